@@ -1,0 +1,244 @@
+"""The TransMamba mixer: shared Q/K/V (= C/B/x), attention before the layer's TransPoint, SSM after it.
+
+Token index t < P (the layer's TransPoint) runs causal softmax attention over tokens [0, t]; t >= P runs the
+Mamba-2 SSM. The Memory Converter is parameter-free: the SSM state handed to token P is the state of the scan
+over tokens [0, P) with B = K, x = V (and their Δ), computed with the scan itself. With a cache the state is
+kept current during the attention phase, so the switch costs nothing during decoding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from ..ops import ssd_scan, ssd_step
+from .cache import LayerState
+from .configuration import TransMambaConfig
+
+_FEATURE_MAPS = {
+    "identity": lambda t: t,
+    "silu": F.silu,
+    "elu1": lambda t: F.elu(t) + 1.0,
+    "relu": F.relu,
+}
+
+
+class GatedRMSNorm(nn.Module):
+    """Mamba-2's gated norm, per head: rmsnorm(y * silu(z)) * weight.  y, z: (batch, seqlen, nheads, headdim)."""
+
+    def __init__(self, head_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(head_dim))
+        self.eps = eps
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        dtype = y.dtype
+        y = y.float() * F.silu(z.float())
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight * y.to(dtype)).to(dtype)
+
+
+class TransMambaMixer(nn.Module):
+    """One layer's token mixer. Parameter names q/k/v/o_proj match Llama's, so teacher weights load as is."""
+
+    def __init__(self, config: TransMambaConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.hidden_size = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim**-0.5
+        h, nq, nkv, d = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
+        self.q_proj = nn.Linear(h, nq * d, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(h, nkv * d, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(h, nkv * d, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(nq * d, h, bias=config.o_bias)
+        # SSM-only parameters (the student's additions; see reset_ssm_parameters for their init).
+        self.dt_proj = nn.Linear(h, nq, bias=False)
+        self.dt_bias = nn.Parameter(torch.empty(nq))
+        self.A_log = nn.Parameter(torch.empty(nq))
+        self.D = nn.Parameter(torch.empty(nq))
+        if config.use_z_gate:
+            self.z_proj = nn.Linear(h, nq * d, bias=False)
+            self.ssm_norm = GatedRMSNorm(d, eps=config.rms_norm_eps)
+        if config.use_conv:
+            channels = (2 * nkv + nq) * d
+            self.conv1d = nn.Conv1d(channels, channels, config.conv_kernel, groups=channels, bias=True)
+        self.feature_map = _FEATURE_MAPS[config.bc_feature_map]
+
+    @property
+    def transpoint(self) -> int:
+        return self.config.transpoints[self.layer_idx]
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Mamba-2 init for Δ and A, D = 0 (keeps the attention-matched output), identity conv, small W_Δ."""
+        cfg, nq = self.config, self.num_heads
+        dev = self.A_log.device
+        u = torch.rand(nq, generator=generator, device="cpu").to(dev)
+        dt = torch.exp(u * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min))
+        dt = dt.clamp(min=cfg.dt_init_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1
+        a = torch.rand(nq, generator=generator, device="cpu").to(dev) * (cfg.a_init_max - cfg.a_init_min)
+        self.A_log.copy_(torch.log(a + cfg.a_init_min))
+        self.D.zero_()
+        std = 0.1 / math.sqrt(self.hidden_size)
+        self.dt_proj.weight.copy_(torch.randn(self.dt_proj.weight.shape, generator=generator).to(dev) * std)
+        if cfg.use_conv:
+            self.conv1d.weight.zero_()
+            self.conv1d.weight[:, 0, -1] = 1.0
+            self.conv1d.bias.zero_()
+        if cfg.use_z_gate:
+            self.z_proj.weight.copy_(torch.randn(self.z_proj.weight.shape, generator=generator).to(dev) * 0.02)
+            self.ssm_norm.weight.fill_(1.0)
+
+    # ----------------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        state: LayerState | None = None,
+        offset: int = 0,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """hidden_states: (batch, seqlen, hidden); tokens are at indices [offset, offset + seqlen).
+
+        attention_mask: (batch, offset + seqlen) with 1 for real tokens and 0 for padding, or None.
+        state: this layer's cache entry (updated in place) or None for a cache-free forward.
+        """
+        b, t, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
+        n_attn = min(max(self.transpoint - offset, 0), t)
+        parts = []
+        if n_attn > 0:
+            parts.append(self._attend(q, k, v, position_embeddings, n_attn, state, offset, attention_mask))
+        runs_ssm = n_attn < t or (state is not None and self.config.switches(self.layer_idx))
+        if runs_ssm:
+            y = self._ssm(hidden_states, q, k, v, position_embeddings, n_attn, state, offset, attention_mask)
+            if n_attn < t:
+                parts.append(y)
+        y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return self.o_proj(y.reshape(b, t, -1))
+
+    def _attend(self, q, k, v, position_embeddings, n_attn, state, offset, attention_mask):
+        """Causal softmax attention for the first n_attn tokens of this call. Returns (batch, n_attn, nq, d)."""
+        cos, sin = (e[:, :n_attn] for e in position_embeddings)
+        q_rot, k_rot = apply_rotary_pos_emb(
+            q[:, :n_attn].transpose(1, 2), k[:, :n_attn].transpose(1, 2), cos, sin
+        )  # (b, heads, n, d)
+        v_new = v[:, :n_attn].transpose(1, 2)
+        if state is not None and state.keys is not None:
+            k_all = torch.cat([state.keys, k_rot], dim=2)
+            v_all = torch.cat([state.values, v_new], dim=2)
+        else:
+            k_all, v_all = k_rot, v_new
+        if state is not None:
+            q_total = offset + q.shape[1]
+            keep = q_total < self.transpoint  # more attention tokens may follow
+            state.keys, state.values = (k_all, v_all) if keep else (None, None)
+        kv_len = k_all.shape[2]
+        mask = None
+        is_causal = offset == 0 and n_attn > 1
+        if attention_mask is not None or (offset > 0 and n_attn > 1):
+            q_pos = torch.arange(offset, offset + n_attn, device=q.device)
+            k_pos = torch.arange(kv_len, device=q.device)
+            mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # (1, 1, n, kv)
+            if attention_mask is not None:
+                keys_ok = attention_mask[:, None, None, :kv_len].bool()
+                mask = (mask & keys_ok) | (k_pos[None, :] == q_pos[:, None])[None, None]
+            is_causal = False
+        out = F.scaled_dot_product_attention(
+            q_rot, k_all, v_all, attn_mask=mask, is_causal=is_causal, scale=self.scaling,
+            enable_gqa=self.num_heads != self.num_kv_heads,
+        )
+        return out.transpose(1, 2)
+
+    def ssm_inputs(self, hidden_states, q, k, v, position_embeddings, state=None, attention_mask=None, offset=0):
+        """The SSM's x, dt, A, B, C for every token of this call.
+
+        Returns x (b, t, nq, d), dt (b, t, nq) fp32, A (nq,) fp32, B (b, t, nkv, d), C (b, t, nq, d).
+        """
+        b, t = q.shape[:2]
+        if self.config.ssm_rope:
+            cos, sin = position_embeddings
+            q, k = (r.transpose(1, 2) for r in apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin))
+        real = None
+        if attention_mask is not None:
+            real = attention_mask[:, offset : offset + t].to(q.dtype)  # (b, t)
+        if self.config.use_conv:
+            xbc = torch.cat([v.flatten(2), k.flatten(2), q.flatten(2)], dim=-1)  # (b, t, ch)
+            if real is not None:
+                xbc = xbc * real[..., None]
+            xbc = self._conv(xbc, state)
+            nv = self.num_kv_heads * self.head_dim
+            v, k, q = (
+                xbc[..., :nv].view_as(v),
+                xbc[..., nv : 2 * nv].view_as(k),
+                xbc[..., 2 * nv :].view_as(q),
+            )
+        B = self.feature_map(k)
+        C = self.feature_map(q)
+        if self.config.ssm_c_scale:
+            C = C * self.scaling
+        x = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=2)
+        dt = F.softplus(self.dt_proj(hidden_states).float() + self.dt_bias.float())
+        if real is not None:
+            dt = dt * real[..., None].float()  # padding leaves the state untouched
+        A = -torch.exp(self.A_log.float())
+        return x, dt, A, B, C
+
+    def _conv(self, xbc: torch.Tensor, state: LayerState | None) -> torch.Tensor:
+        """Causal depthwise conv over time. xbc: (b, t, ch)."""
+        kernel = self.config.conv_kernel
+        seq = xbc.transpose(1, 2)  # (b, ch, t)
+        past = state.conv_state if state is not None and state.conv_state is not None else seq.new_zeros(
+            seq.shape[0], seq.shape[1], kernel - 1
+        )
+        full = torch.cat([past, seq], dim=-1)
+        if state is not None:
+            state.conv_state = full[..., -(kernel - 1) :].detach() if kernel > 1 else full[..., :0]
+        out = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=full.shape[1])
+        return out.transpose(1, 2)
+
+    def _ssm(self, hidden_states, q, k, v, position_embeddings, n_attn, state, offset, attention_mask):
+        """SSM outputs for tokens [n_attn, t) of this call, (batch, t - n_attn, nq, d); updates state."""
+        x, dt, A, B, C = self.ssm_inputs(hidden_states, q, k, v, position_embeddings, state, attention_mask, offset)
+        t = x.shape[1]
+        h0 = state.ssm_state if state is not None else None
+        chunk, backend = self.config.ssm_chunk_size, self.config.ssm_backend
+        if n_attn > 0:  # Memory Converter: fold this call's attention tokens into the state
+            _, h0 = ssd_scan(
+                x[:, :n_attn], dt[:, :n_attn], A, B[:, :n_attn], C[:, :n_attn], chunk,
+                initial_states=h0, return_final_states=True, backend=backend,
+            )
+        y = None
+        if n_attn < t:
+            xs, dts, Bs, Cs = x[:, n_attn:], dt[:, n_attn:], B[:, n_attn:], C[:, n_attn:]
+            if state is not None and xs.shape[1] == 1:  # decode: one recurrent step
+                h_prev = h0 if h0 is not None else xs.new_zeros(
+                    xs.shape[0], self.num_heads, self.head_dim, Bs.shape[-1], dtype=torch.float32
+                )
+                h0, y1 = ssd_step(h_prev, xs[:, 0], dts[:, 0], A, Bs[:, 0], Cs[:, 0], self.D)
+                y = y1.to(xs.dtype).unsqueeze(1)
+            else:
+                y, h0 = ssd_scan(
+                    xs, dts, A, Bs, Cs, chunk, D=self.D, initial_states=h0, return_final_states=True,
+                    backend=backend,
+                )
+            if self.config.use_z_gate:
+                z = self.z_proj(hidden_states[:, n_attn:]).view_as(y)
+                y = self.ssm_norm(y, z)
+        if state is not None:
+            state.ssm_state = h0
+        return y
+
+
+__all__ = ["GatedRMSNorm", "TransMambaMixer"]

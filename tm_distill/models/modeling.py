@@ -1,0 +1,176 @@
+"""The TransMamba hybrid causal LM: a Llama decoder whose attention is a TransMamba mixer.
+
+Norms, MLP and rotary embeddings are transformers' own Llama modules, so a student whose every TransPoint is
+past the sequence computes exactly what the teacher computes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
+
+from .cache import TransMambaCache
+from .configuration import TransMambaConfig
+from .mixer import GatedRMSNorm, TransMambaMixer
+
+
+class TransMambaDecoderLayer(nn.Module):
+    def __init__(self, config: TransMambaConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.mixer = TransMambaMixer(config, layer_idx)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, position_embeddings, cache=None, offset=0, attention_mask=None):
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        state = cache.states[self.layer_idx] if cache is not None else None
+        hidden_states = self.mixer(hidden_states, position_embeddings, state, offset, attention_mask)
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        hidden_states = self.mlp(hidden_states)
+        return residual + hidden_states
+
+
+class TransMambaPreTrainedModel(PreTrainedModel):
+    config_class = TransMambaConfig
+    config: TransMambaConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TransMambaDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _is_stateful = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, TransMambaMixer):
+            module.reset_ssm_parameters()
+        elif isinstance(module, GatedRMSNorm):
+            init.ones_(module.weight)
+
+
+class TransMambaModel(TransMambaPreTrainedModel):
+    def __init__(self, config: TransMambaConfig):
+        super().__init__(config)
+        self.padding_idx = config.pad_token_id
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        self.layers = nn.ModuleList(TransMambaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config=config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: TransMambaCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_tokens(input_ids)
+        use_cache = use_cache if use_cache is not None else False
+        if past_key_values is not None and not isinstance(past_key_values, TransMambaCache):
+            raise TypeError(
+                f"a TransMamba model needs a TransMambaCache, got {type(past_key_values).__name__}; "
+                "let generate() create it or pass TransMambaCache(config.num_hidden_layers)"
+            )
+        if use_cache and past_key_values is None:
+            past_key_values = TransMambaCache(self.config.num_hidden_layers)
+        offset = past_key_values.get_seq_length() if past_key_values is not None else 0
+        t = inputs_embeds.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(offset, offset + t, device=inputs_embeds.device).unsqueeze(0)
+        if attention_mask is not None:
+            if attention_mask.dim() != 2:
+                raise ValueError("attention_mask must be a 2D (batch, seqlen) padding mask")
+            attention_mask = None if bool(attention_mask.all()) else attention_mask
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
+        all_hidden = [] if output_hidden_states else None
+        for layer in self.layers:
+            if all_hidden is not None:
+                all_hidden.append(hidden_states)
+            if self.gradient_checkpointing and self.training and past_key_values is None:
+                hidden_states = self._gradient_checkpointing_func(
+                    layer.__call__, hidden_states, position_embeddings, None, offset, attention_mask
+                )
+            else:
+                hidden_states = layer(hidden_states, position_embeddings, past_key_values, offset, attention_mask)
+        hidden_states = self.norm(hidden_states)
+        if all_hidden is not None:
+            all_hidden.append(hidden_states)
+        if past_key_values is not None:
+            past_key_values.seen_tokens = offset + t
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+        )
+
+
+class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: TransMambaConfig):
+        super().__init__(config)
+        self.model = TransMambaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # forward() makes its own TransMambaCache
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: TransMambaCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        )
+
+
+__all__ = ["TransMambaDecoderLayer", "TransMambaForCausalLM", "TransMambaModel", "TransMambaPreTrainedModel"]

@@ -1,0 +1,92 @@
+"""Scan dispatch: mamba-ssm's Triton SSD kernel on CUDA when installed, the PyTorch reference elsewhere.
+
+``ssd_scan`` takes the arguments of ``mamba_chunk_scan_combined`` (see ``ssd_ref`` for shapes) and a
+``backend`` ("auto", "torch" or "mamba_ssm"). The reference is the spec; the fast path is tested against it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from .ssd_ref import ssd_naive, ssd_scan_ref, ssd_step
+
+HAS_MAMBA_SSM = importlib.util.find_spec("mamba_ssm") is not None
+
+BACKENDS = ("auto", "torch", "mamba_ssm")
+
+
+class BackendUnavailable(RuntimeError):
+    pass
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend that will actually run for tensors on ``device``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown SSM backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return "torch"
+    if backend == "mamba_ssm":
+        if not HAS_MAMBA_SSM:
+            raise BackendUnavailable(
+                "SSM backend 'mamba_ssm' was requested but mamba-ssm is not installed: "
+                "`pip install 'tm-distill[gpu]'` on a CUDA machine, or use backend 'torch'"
+            )
+        if device.type != "cuda":
+            raise BackendUnavailable(f"SSM backend 'mamba_ssm' needs CUDA tensors, got device {device}")
+        return "mamba_ssm"
+    return "mamba_ssm" if (HAS_MAMBA_SSM and device.type == "cuda") else "torch"
+
+
+def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states):
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    h = x.shape[2]
+    if B.shape[2] != C.shape[2]:  # the kernel wants one group count for B and C
+        g = max(B.shape[2], C.shape[2])
+        B = B.repeat_interleave(g // B.shape[2], dim=2) if B.shape[2] != g else B
+        C = C.repeat_interleave(g // C.shape[2], dim=2) if C.shape[2] != g else C
+    assert h % B.shape[2] == 0
+    out = mamba_chunk_scan_combined(
+        x.contiguous(),
+        dt.contiguous(),
+        A.float(),
+        B.contiguous(),
+        C.contiguous(),
+        chunk_size,
+        D=D,
+        z=z,
+        initial_states=initial_states,
+        seq_idx=seq_idx,
+        return_final_states=return_final_states,
+    )
+    return out
+
+
+def ssd_scan(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size: int = 64,
+    D=None,
+    z=None,
+    initial_states=None,
+    seq_idx=None,
+    return_final_states: bool = False,
+    backend: str = "auto",
+):
+    """Run the SSD scan with the chosen backend. Same contract as :func:`ssd_scan_ref`."""
+    which = resolve_backend(backend, x.device)
+    if which == "mamba_ssm":
+        return _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states)
+    return ssd_scan_ref(
+        x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, initial_states=initial_states,
+        seq_idx=seq_idx, return_final_states=return_final_states,
+    )
+
+
+__all__ = ["BACKENDS", "HAS_MAMBA_SSM", "BackendUnavailable", "resolve_backend", "ssd_naive", "ssd_scan",
+           "ssd_scan_ref", "ssd_step"]
