@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Run the CPU test suite (GPU tests are marked `gpu` and skipped without CUDA).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pytest -q tests "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: that is a failure, not a pass" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,1 @@
+"""One module per CLI command (parsing and presentation only)."""

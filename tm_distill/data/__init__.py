@@ -1,0 +1,1 @@
+"""Data: corpora, loading through `datasets`, tokenization and packing."""
