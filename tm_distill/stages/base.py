@@ -1,0 +1,114 @@
+"""The one small interface every distillation stage implements, and helpers the stages share.
+
+A stage owns *what* is trained and *what* the loss is; the loop (``tm_distill.training.loop``) owns the
+optimizer, schedule, precision, checkpoints and the per-batch TransPoints. Per batch the loop does::
+
+    with use_transpoints(student, tps):
+        loss, metrics = stage.loss(input_ids)   # input_ids: (batch, seqlen)
+    loss.backward()
+
+and calls ``stage.finalize()`` once at the end of the stage, before the final checkpoint is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from transformers import PreTrainedModel
+
+from ..convert.seed import SSM_PARAM_PATTERN
+
+if TYPE_CHECKING:  # the recipe imports the stage registry, not the other way round
+    from ..models import TransMambaForCausalLM
+    from ..recipe import StageConfig
+
+TRAINABLE_SETS = ("ssm", "mixer", "all")
+_MIXER_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class Stage:
+    """Base class of a distillation stage.
+
+    cfg: the stage's ``StageConfig`` (loss options, trainable set, lora, precision, ...).
+    student: the TransMamba student being trained (its ``config.transpoints`` are set per batch by the loop).
+    teacher: the frozen teacher (eval mode, requires_grad False); run it under ``torch.no_grad()``.
+    """
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, cfg: StageConfig, student: TransMambaForCausalLM, teacher: PreTrainedModel):
+        self.cfg = cfg
+        self.student = student
+        self.teacher = teacher
+
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The (name, parameter) pairs the optimizer gets; everything else must have requires_grad=False.
+
+        The default freezes the student except ``select_parameters(student, cfg.trainable)``.
+        """
+        return freeze_except(self.student, select_parameters(self.student, self.cfg.trainable))
+
+    def loss(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """input_ids: (batch, seqlen). Returns a scalar loss to backprop and float metrics to log."""
+        raise NotImplementedError(f"stage {self.name!r} must implement loss()")
+
+    def finalize(self) -> None:
+        """Called once at stage end, before the final save (e.g. to merge LoRA adapters). Default: nothing."""
+
+
+def _is_ssm(name: str) -> bool:
+    return SSM_PARAM_PATTERN.search(name) is not None
+
+
+def _is_mixer_proj(name: str) -> bool:
+    parts = name.split(".")
+    return len(parts) >= 3 and parts[-3] == "mixer" and parts[-2] in _MIXER_PROJ
+
+
+def select_parameters(student: torch.nn.Module, which: str) -> list[tuple[str, torch.nn.Parameter]]:
+    """The student's parameters in a trainable set.
+
+    which: "ssm" (the SSM-only additions: dt_proj, dt_bias, A_log, D and the optional z/norm/conv),
+    "mixer" (ssm + each mixer's q/k/v/o projections) or "all" (every parameter). Tied parameters appear once.
+    """
+    if which not in TRAINABLE_SETS:
+        raise ValueError(f"trainable set {which!r} is unknown: choose one of {', '.join(TRAINABLE_SETS)}")
+    out = []
+    for name, param in student.named_parameters():  # named_parameters de-duplicates tied weights
+        if which == "all" or _is_ssm(name) or (which == "mixer" and _is_mixer_proj(name)):
+            out.append((name, param))
+    if not out:
+        raise ValueError(f"trainable set {which!r} selects no parameters of {type(student).__name__}")
+    return out
+
+
+def freeze_except(model: torch.nn.Module, params: list[tuple[str, torch.nn.Parameter]]):
+    """Set requires_grad=True on ``params`` and False on every other parameter of ``model``; returns params."""
+    keep = {id(p) for _, p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
+    return params
+
+
+@contextlib.contextmanager
+def use_transpoints(model: torch.nn.Module, transpoints: list[int]) -> Iterator[None]:
+    """Set ``model.config.transpoints`` for the block and restore the previous list afterwards.
+
+    The mixers read ``config.transpoints`` live, so this changes the schedule of the next forward passes.
+    """
+    config = model.config
+    n = config.num_hidden_layers
+    if len(transpoints) != n:
+        raise ValueError(f"got {len(transpoints)} TransPoints for a model with {n} layers")
+    previous = list(config.transpoints)
+    config.transpoints = [int(p) for p in transpoints]
+    try:
+        yield
+    finally:
+        config.transpoints = previous
+
+
+__all__ = ["Stage", "TRAINABLE_SETS", "freeze_except", "select_parameters", "use_transpoints"]
