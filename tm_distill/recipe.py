@@ -1,0 +1,371 @@
+"""The recipe schema: typed dataclasses with help text; a YAML recipe file is a serialized ``Recipe``.
+
+Loading is strict: an unknown key, a wrong type or a bad value fails before any work, naming the full key
+path (``stages[1].optimizer.lr: must be > 0``). Command-line overrides are ``key=value`` pairs with dotted
+paths; list items are addressed by index or, for stages, by name, and the value is parsed as YAML::
+
+    seed=1  data.seq_len=128  stages.1.optimizer.lr=3e-4  stages.logits.steps=50  stages.0.lr=1e-3
+
+(``lr`` at stage level is shorthand for ``optimizer.lr``, in files and overrides alike.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+
+class RecipeError(ValueError):
+    """A bad recipe; ``key`` is the full dotted path of the offending entry."""
+
+    def __init__(self, key: str, message: str):
+        self.key, self.message = key, message
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+def _help(text: str, default: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with help text in its metadata; a class or list/dict default becomes a factory."""
+    meta = {"help": text}
+    if isinstance(default, type):
+        return field(default_factory=default, metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise RecipeError(key, message)
+
+
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class LossConfig:
+    kind: Literal["forward_kl", "reverse_kl", "jsd"] = _help("logits stage divergence: KL(teacher||student), "
+                                                             "KL(student||teacher) or generalized JSD", "forward_kl")
+    beta: float = _help("JSD interpolation in [0, 1] (0 -> forward KL, 1 -> reverse KL limits)", 0.5)
+    temperature: float = _help("softmax temperature for both models' logits", 1.0)
+    ce_weight: float = _help("weight of the cross-entropy on the data, added to the distillation loss", 0.0)
+    normalize: bool = _help("hidden stage: normalize the L2 by the teacher output's norm", True)
+    chunk_size: int = _help("logits stage: positions per vocabulary chunk (never B x T x V twice)", 256)
+    layers: list[int] | None = _help("matrix/hidden: layer indices to train (default: every layer with an SSM "
+                                     "part in the batch)", None)
+
+    def __post_init__(self):
+        _check(self.beta >= 0 and self.beta <= 1, "beta", f"must be in [0, 1], got {self.beta}")
+        _check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        _check(self.ce_weight >= 0, "ce_weight", f"must be >= 0, got {self.ce_weight}")
+        _check(self.chunk_size > 0, "chunk_size", f"must be > 0, got {self.chunk_size}")
+        _check(self.layers is None or all(i >= 0 for i in self.layers), "layers", "layer indices must be >= 0")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _help("LoRA rank", 16)
+    alpha: float = _help("LoRA alpha (scale = alpha / r)", 32.0)
+    dropout: float = _help("LoRA dropout", 0.0)
+    target_modules: list[str] = _help("module names LoRA wraps (q/k/v/o and MLP projections)",
+                                      ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+    def __post_init__(self):
+        _check(self.r > 0, "r", f"must be > 0, got {self.r}")
+        _check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(len(self.target_modules) > 0, "target_modules", "must name at least one module")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = _help("peak learning rate (AdamW)", 1e-3)
+    weight_decay: float = _help("AdamW weight decay", 0.0)
+    betas: list[float] = _help("AdamW betas", [0.9, 0.95])
+    eps: float = _help("AdamW epsilon", 1e-8)
+
+    def __post_init__(self):
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
+               f"must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
+class ScheduleConfig:
+    kind: Literal["cosine", "linear", "constant"] = _help("LR decay after warmup", "cosine")
+    warmup_steps: int | None = _help("linear warmup steps (default: warmup_ratio of the stage's steps)", None)
+    warmup_ratio: float = _help("warmup as a fraction of the stage's steps when warmup_steps is not given", 0.1)
+    min_lr_ratio: float = _help("final LR as a fraction of the peak (cosine/linear)", 0.1)
+
+    def __post_init__(self):
+        _check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class StageConfig:
+    name: str = _help("stage kind: matrix, hidden or logits")
+    trainable: Literal["ssm", "mixer", "all", "lora"] = _help(
+        "what trains: SSM-only params, SSM + mixer projections, everything, or LoRA (+ SSM params)", "ssm")
+    steps: int | None = _help("optimizer steps (give steps or tokens)", None)
+    tokens: int | None = _help("token budget; steps = ceil(tokens / (batch_size * grad_accum * seq_len))", None)
+    seq_len: int | None = _help("tokens per sequence (default: data.seq_len)", None)
+    batch_size: int = _help("sequences per micro-batch", 2)
+    grad_accum: int = _help("micro-batches per optimizer step", 1)
+    precision: Literal["fp32", "bf16"] = _help("autocast precision (bf16 needs CUDA or is emulated slowly on CPU)",
+                                               "fp32")
+    max_grad_norm: float | None = _help("gradient clipping norm (null: no clipping)", 1.0)
+    optimizer: OptimizerConfig = _help("AdamW settings", OptimizerConfig)
+    schedule: ScheduleConfig = _help("LR schedule", ScheduleConfig)
+    loss: LossConfig = _help("loss options", LossConfig)
+    lora: LoraConfig = _help("LoRA settings (trainable: lora)", LoraConfig)
+    transpoint_schedule: Literal["fixed", "sampled"] = _help(
+        "fixed: the recipe's TransPoints every batch; sampled: each layer's P times a random factor in "
+        "[1-jitter, 1+jitter] per batch (seeded)", "fixed")
+    jitter: float = _help("relative range of the sampled TransPoints", 0.5)
+    checkpoint_every: int = _help("save a checkpoint every N steps (0: only at the stage end)", 0)
+    keep_last: int = _help("keep the newest N step checkpoints of this stage (final/ is always kept)", 2)
+    log_every: int = _help("write metrics every N steps", 1)
+
+    def __post_init__(self):
+        _check(self.steps is not None or self.tokens is not None, "steps", "give steps or tokens (a budget)")
+        _check(self.steps is None or self.steps > 0, "steps", f"token budget must be > 0, got steps={self.steps}")
+        _check(self.tokens is None or self.tokens > 0, "tokens", f"token budget must be > 0, got {self.tokens}")
+        _check(self.seq_len is None or self.seq_len > 1, "seq_len", f"must be > 1, got {self.seq_len}")
+        _check(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
+        _check(self.grad_accum > 0, "grad_accum", f"must be > 0, got {self.grad_accum}")
+        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "must be > 0 or null")
+        _check(0 <= self.jitter < 1, "jitter", f"must be in [0, 1), got {self.jitter}")
+        _check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
+        _check(self.keep_last >= 1, "keep_last", f"must be >= 1, got {self.keep_last}")
+        _check(self.log_every >= 1, "log_every", "must be >= 1")
+        from .stages import STAGES  # noqa: PLC0415  (names only; no stage module is imported)
+
+        if self.name not in STAGES:
+            close = difflib.get_close_matches(self.name, STAGES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RecipeError("name", f"unknown stage {self.name!r}{hint}; valid stages: {', '.join(STAGES)}")
+        _check(self.trainable != "lora" or self.name == "logits", "trainable",
+               "lora is only for the logits stage (matrix/hidden train the SSM per layer)")
+
+    def tokens_per_step(self, seq_len: int) -> int:
+        return self.batch_size * self.grad_accum * seq_len
+
+    def total_steps(self, seq_len: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        return math.ceil(self.tokens / self.tokens_per_step(seq_len))
+
+    def warmup(self, total: int) -> int:
+        return self.schedule.warmup_steps if self.schedule.warmup_steps is not None else int(
+            self.schedule.warmup_ratio * total)
+
+
+@dataclass
+class DataConfig:
+    source: str = _help("'shakespeare' (shipped corpus), a local txt/jsonl/parquet file or folder, or a dataset "
+                        "name", "shakespeare")
+    text_field: str = _help("column holding the text (jsonl/parquet/datasets)", "text")
+    seq_len: int = _help("default tokens per sequence for every stage", 256)
+    heldout_fraction: float = _help("fraction of the tokens kept for held-out KL", 0.02)
+    max_tokens: int | None = _help("cap on tokenized tokens (null: all)", None)
+    heldout_windows: int = _help("held-out windows used for the before/after KL", 8)
+
+    def __post_init__(self):
+        _check(bool(self.source), "source", "must name a data source")
+        _check(self.seq_len > 1, "seq_len", f"must be > 1, got {self.seq_len}")
+        _check(0 < self.heldout_fraction < 1, "heldout_fraction", f"must be in (0, 1), got {self.heldout_fraction}")
+        _check(self.max_tokens is None or self.max_tokens > 0, "max_tokens", "token budget must be > 0")
+        _check(self.heldout_windows >= 1, "heldout_windows", "must be >= 1")
+
+
+@dataclass
+class Recipe:
+    teacher: str = _help("teacher: HF folder, hub id, .gguf file or 'smollm2-135m'")
+    stages: list[StageConfig] = _help("the stages, run in order")
+    name: str = _help("recipe name (shown in logs and summary.json)", "recipe")
+    transpoints: str = _help("TransPoint spec (all=N, cycle=..., attn=...;ssm=rest, a list, auto:kv_budget=25%)",
+                             "cycle=0,64,128,256")
+    student: str | None = _help("an already-converted student folder to start from (default: convert the "
+                                "teacher on the fly)", None)
+    ssm: dict[str, Any] = _help("conversion options passed to seed_student (use_z_gate, use_conv, ...)", {})
+    output_dir: str = _help("where checkpoints, metrics.jsonl and summary.json go", "runs/recipe")
+    seed: int = _help("seed for the SSM init, data order, TransPoint sampling and dropout", 0)
+    device: Literal["auto", "cpu", "cuda"] = _help("auto: CUDA when available", "auto")
+    data: DataConfig = _help("training and held-out text", DataConfig)
+
+    def __post_init__(self):
+        _check(bool(self.teacher), "teacher", "a recipe needs a teacher (HF folder, hub id, .gguf, smollm2-135m)")
+        _check(len(self.stages) > 0, "stages", "a recipe needs at least one stage")
+        _check(bool(self.transpoints), "transpoints", "a recipe needs a TransPoint spec")
+
+    def stage_seq_len(self, stage: StageConfig) -> int:
+        return stage.seq_len or self.data.seq_len
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------------------
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp, value, key: str):
+    """Check ``value`` against the annotation ``tp`` (ints are accepted for floats); returns the value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except RecipeError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        _check(value in choices, key, f"{value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin is list:
+        _check(isinstance(value, list), key, f"expected a list, got {type(value).__name__} {value!r}")
+        (arg,) = typing.get_args(tp)
+        return [_coerce(arg, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _check(isinstance(value, dict), key, f"expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key,
+               f"expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        _check(isinstance(value, str), key, f"expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise RecipeError(key, f"unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls, data: Any, path: str = ""):
+    """Build dataclass ``cls`` from a mapping, strictly; errors carry the full key path."""
+    _check(isinstance(data, dict), path or "recipe", f"expected a mapping, got {type(data).__name__}")
+    data = dict(data)
+    if cls is StageConfig and "lr" in data:  # stage-level shorthand for optimizer.lr
+        opt = dict(data.get("optimizer") or {})
+        opt["lr"] = data.pop("lr")
+        data["optimizer"] = opt
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{path}." if path else ""
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise RecipeError(f"{prefix}{key}", f"unknown key{hint}; valid keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            key = f"{prefix}{name}"
+            if name == "stages":
+                _check(isinstance(data[name], list), key, "expected a list of stages")
+                kwargs[name] = [from_dict(StageConfig, s, f"{key}[{i}]") for i, s in enumerate(data[name])]
+            else:
+                kwargs[name] = _coerce(hints[name], data[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RecipeError(f"{prefix}{name}", f"missing required key ({f.metadata.get('help', '')})")
+    try:
+        return cls(**kwargs)
+    except RecipeError as err:
+        raise RecipeError(f"{prefix}{err.key}", err.message) from None
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if part.isdigit():
+                idx = int(part)
+            else:  # a stage addressed by name
+                names = [s.get("name") if isinstance(s, dict) else None for s in node]
+                if names.count(part) != 1:
+                    raise RecipeError(where, f"no single list item named {part!r}; use an index 0..{len(node) - 1} "
+                                             f"or one of {names}")
+                idx = names.index(part)
+            _check(idx < len(node), where, f"index {idx} out of range (the list has {len(node)} items)")
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        else:
+            _check(isinstance(node, dict), where, "cannot index into a scalar")
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply ``key=value`` overrides (dotted paths; values parsed as YAML) to a raw recipe mapping."""
+    raw = yaml.safe_load(yaml.safe_dump(raw))  # deep copy
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(item, "override must look like key=value, e.g. stages.logits.steps=50")
+        key, text = item.split("=", 1)
+        _set_path(raw, key.strip(), yaml.safe_load(text) if text.strip() else None)
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe, apply overrides and validate the schema (no teacher is loaded)."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError("", f"recipe file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecipeError("", f"{path} is not valid YAML: {err}") from None
+    return recipe_from_dict(raw or {}, overrides)
+
+
+def recipe_from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    return from_dict(Recipe, apply_overrides(raw, overrides))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+
+
+__all__ = ["DataConfig", "LoraConfig", "LossConfig", "OptimizerConfig", "Recipe", "RecipeError", "ScheduleConfig",
+           "StageConfig", "apply_overrides", "dump_recipe", "from_dict", "load_recipe", "recipe_from_dict"]
