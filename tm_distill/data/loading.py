@@ -1,0 +1,156 @@
+"""Load training text through `datasets`: local txt / JSONL / JSON / parquet, folders and globs, the shipped
+corpora ("shakespeare"), and hub datasets ("org/name" or "org/name:config").
+
+Every source becomes a plain ``list[str]`` of documents. A ``.txt`` file is ONE document (read with
+``sample_by="document"``), so document boundaries survive into tokenization (EOS after each document).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .corpora import CORPORA, corpus_files
+
+log = logging.getLogger(__name__)
+
+# file suffix -> datasets builder
+BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_GLOB_CHARS = set("*?[")
+
+
+class DataSourceError(ValueError):
+    """A data source that does not exist, is empty, or lacks the requested field."""
+
+
+def _expand(source: str | Path) -> list[Path] | None:
+    """Local files for one source string (file, folder or glob), or None if it is not a local path."""
+    text = str(source)
+    if _GLOB_CHARS & set(text):
+        matches = sorted(Path(p) for p in glob.glob(str(Path(text).expanduser()), recursive=True))
+        files = [p for p in matches if p.is_file() and p.suffix in BUILDERS]
+        if not files:
+            raise DataSourceError(f"glob {text!r} matches no {'/'.join(BUILDERS)} files")
+        return files
+    path = Path(text).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in BUILDERS)
+        if not files:
+            raise DataSourceError(f"folder {str(path)!r} holds no {'/'.join(BUILDERS)} files")
+        return files
+    if path.is_file():
+        if path.suffix not in BUILDERS:
+            raise DataSourceError(f"{str(path)!r}: unsupported file type {path.suffix!r}; use one of {', '.join(BUILDERS)}")
+        return [path]
+    return None
+
+
+def _looks_like_hub_name(text: str) -> bool:
+    name = text.split(":", 1)[0]
+    return name.count("/") == 1 and not text.startswith((".", "/", "~")) and Path(name).suffix not in BUILDERS
+
+
+def _extract(dataset, text_field: str, chat_field: str | None, tokenizer, where: str) -> list[str]:
+    """Documents from a `datasets.Dataset`: the text column, or chat messages rendered with the template."""
+    columns = list(dataset.column_names)
+    field = chat_field or text_field
+    if field not in columns:
+        hint = "set text_field" if chat_field is None else "set chat_field"
+        raise DataSourceError(f"{where} has no field {field!r} (its columns: {', '.join(columns) or 'none'}); {hint}")
+    if chat_field is not None:
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise DataSourceError(f"chat_field={chat_field!r} needs a tokenizer with a chat template to render {where}")
+        return [tokenizer.apply_chat_template(list(m), tokenize=False) for m in dataset[chat_field] if m]
+    docs = []
+    for value in dataset[text_field]:
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise DataSourceError(
+                f"{where}: field {text_field!r} holds {type(value).__name__}, not text; for chat messages pass "
+                f"chat_field={text_field!r} and a tokenizer"
+            )
+        docs.append(value)
+    return docs
+
+
+def _load_files(files: Sequence[Path], split: str, **fields) -> list[str]:
+    import datasets
+
+    by_builder: dict[str, list[str]] = defaultdict(list)
+    for f in files:
+        by_builder[BUILDERS[f.suffix]].append(str(f))
+    docs: list[str] = []
+    for builder, paths in by_builder.items():
+        extra = {"sample_by": "document"} if builder == "text" else {}
+        where = paths[0] if len(paths) == 1 else f"{len(paths)} {builder} files ({paths[0]}, ...)"
+        try:
+            ds = datasets.load_dataset(builder, data_files={split: paths}, split=split, **extra)
+        except Exception as err:  # datasets raises many types; name the files
+            raise DataSourceError(f"could not read {where} as {builder}: {err}") from err
+        docs.extend(_extract(ds, where=where, **fields))
+    return docs
+
+
+def _load_hub(name: str, split: str, **fields) -> list[str]:
+    import datasets
+
+    repo, _, config = name.partition(":")
+    try:
+        ds = datasets.load_dataset(repo, config or None, split=split)
+    except Exception as err:
+        raise DataSourceError(
+            f"could not load hub dataset {repo!r} (config {config or 'default'}, split {split!r}): {err}. "
+            "Check the name and network access, or download it and pass the local files"
+        ) from err
+    return _extract(ds, where=f"hub dataset {name!r}", **fields)
+
+
+def load_texts(
+    source: str | Path | Iterable[str | Path], *, text_field: str = "text", split: str = "train",
+    limit: int | None = None, tokenizer=None, chat_field: str | None = None,
+) -> list[str]:
+    """Documents from a data source, in a stable order.
+
+    source: a .txt/.jsonl/.json/.parquet file, a folder (searched recursively) or glob of them, a list of
+    such, a shipped corpus name ("shakespeare"), or a hub dataset "org/name" / "org/name:config".
+    text_field: the column holding text (JSON/parquet/hub); split: the split to read (local files are all
+    one split); limit: keep at most this many documents; chat_field: a column of chat messages
+    (list of {"role", "content"}) rendered with ``tokenizer``'s chat template instead of text_field.
+    Empty documents are dropped. Raises DataSourceError naming the missing file, the missing field and the
+    columns that exist, or the source that gave no text.
+    """
+    if limit is not None and limit < 1:
+        raise DataSourceError(f"limit={limit} must be >= 1 (or None for all documents)")
+    fields = {"text_field": text_field, "chat_field": chat_field, "tokenizer": tokenizer}
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    if not sources:
+        raise DataSourceError("empty data source list: give at least one file, folder, corpus or dataset name")
+    docs: list[str] = []
+    for src in sources:
+        text = str(src)
+        if text in CORPORA and not Path(text).exists():
+            got = _load_files(corpus_files(text), split, **fields)
+        elif (files := _expand(text)) is not None:
+            got = _load_files(files, split, **fields)
+        elif _looks_like_hub_name(text):
+            got = _load_hub(text, split, **fields)
+        else:
+            raise DataSourceError(
+                f"data source {text!r} does not exist: give a .txt/.jsonl/.json/.parquet file, a folder or glob of "
+                f"them, a corpus ({', '.join(CORPORA)}), or a hub dataset 'org/name[:config]'"
+            )
+        got = [d for d in got if d.strip()]
+        log.info("loaded %d documents from %s", len(got), text)
+        docs.extend(got)
+        if limit is not None and len(docs) >= limit:
+            break
+    if not docs:
+        raise DataSourceError(f"data source {source!r} gave no text (every document is empty)")
+    return docs[:limit] if limit is not None else docs
+
+
+__all__ = ["BUILDERS", "DataSourceError", "load_texts"]

@@ -1,0 +1,229 @@
+"""Tokenize documents into fixed-length training windows with a document-level held-out split.
+
+Packing (``pack=True``, the default): each split's documents, each followed by EOS, are concatenated and cut
+into ``seq_len`` windows ("packed, documents separated by EOS"); the final partial window is dropped. A
+window may hold the tail of one document and the start of the next. The student has no document reset
+inside a sequence yet, so ``TokenData.train_doc_ids`` / ``heldout_doc_ids`` give, per position, the index
+of its document within the window (0, 1, 2, ...; the layout of mamba-ssm's ``seq_idx``) for a loop that
+wants to reset state or mask positions at document starts.
+``pack=False``: windows never cross documents; each document is cut into windows and its tail shorter
+than ``seq_len`` is dropped (documents shorter than ``seq_len`` give nothing); doc_ids are all 0.
+
+The held-out split is by DOCUMENT (a seeded permutation), so no held-out text appears in train.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+_FORMAT = 1  # bump when the cached layout changes
+
+
+@dataclass
+class TokenData:
+    """train: (n, seq_len) long; heldout: (m, seq_len) long; meta: counts and the parameters that built them.
+
+    train_doc_ids / heldout_doc_ids: (n, seq_len) / (m, seq_len) int32, per position the index of its
+    document inside the window (all zeros without packing).
+    """
+
+    train: Tensor
+    heldout: Tensor
+    meta: dict
+    train_doc_ids: Tensor | None = field(default=None, repr=False)
+    heldout_doc_ids: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.train.shape[1])
+
+
+def default_cache_dir() -> Path:
+    from ..convert.teacher import cache_dir
+
+    return cache_dir() / "tokens"
+
+
+def _texts_hash(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        data = t.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def _cache_key(texts: Sequence[str], tokenizer, params: dict) -> str:
+    ident = (f"v{_FORMAT}|{_texts_hash(texts)}|{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}|"
+             f"{len(tokenizer)}|{tokenizer.eos_token_id}|{sorted(params.items())}")
+    return hashlib.sha256(ident.encode()).hexdigest()[:20]
+
+
+def _windows(docs: list[list[int]], seq_len: int, pack: bool) -> tuple[Tensor, Tensor, int]:
+    """Cut token lists into (n, seq_len) windows; returns (tokens, doc_ids, tokens dropped)."""
+    total = sum(len(d) for d in docs)
+    if pack:
+        flat = torch.tensor([tok for d in docs for tok in d], dtype=torch.long)
+        starts = torch.zeros(total, dtype=torch.int32)
+        offsets = torch.tensor([len(d) for d in docs], dtype=torch.long).cumsum(0)[:-1]
+        starts[offsets] = 1  # a new document begins here
+        n = total // seq_len
+        tokens = flat[: n * seq_len].view(n, seq_len)
+        starts = starts[: n * seq_len].view(n, seq_len)
+        starts[:, 0] = 0
+        return tokens, starts.cumsum(1, dtype=torch.int32), total - n * seq_len
+    rows = [torch.tensor(d[i:i + seq_len], dtype=torch.long) for d in docs for i in range(0, len(d) - seq_len + 1, seq_len)]
+    tokens = torch.stack(rows) if rows else torch.empty(0, seq_len, dtype=torch.long)
+    return tokens, torch.zeros(tokens.shape, dtype=torch.int32), total - tokens.numel()
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def build_token_dataset(
+    texts: Sequence[str], tokenizer, seq_len: int, *, heldout_fraction: float = 0.05, seed: int = 0,
+    max_tokens: int | None = None, cache_dir: str | Path | None = None, pack: bool = True,
+) -> TokenData:
+    """Tokenize ``texts`` (EOS after each document), split by document, cut into ``seq_len`` windows.
+
+    texts: documents (e.g. from ``load_texts``); tokenizer: the teacher's (needs an EOS token);
+    heldout_fraction: share of documents held out, in [0, 1) (at least one document when > 0);
+    seed: the split permutation; max_tokens: cap on training tokens (whole windows, held-out not capped);
+    cache_dir: where the tokenized result is cached as ``<key>.pt`` (default ~/.cache/tm-distill/tokens/),
+    keyed on the texts, tokenizer and these parameters; pack: see the module docstring.
+    Returns TokenData(train (n, seq_len), heldout (m, seq_len), meta).
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len={seq_len} must be >= 2 tokens")
+    if not 0.0 <= heldout_fraction < 1.0:
+        raise ValueError(f"heldout_fraction={heldout_fraction} must be in [0, 1), e.g. 0.05")
+    if max_tokens is not None and max_tokens < seq_len:
+        raise ValueError(f"max_tokens={max_tokens} is less than one window of seq_len={seq_len}")
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of documents, not one string: wrap it as [text]")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no documents to tokenize: texts is empty")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no EOS token to end documents")
+    n_held = 0 if heldout_fraction == 0 else max(1, round(heldout_fraction * len(texts)))
+    if n_held >= len(texts):
+        raise ValueError(
+            f"heldout_fraction={heldout_fraction} of {len(texts)} document(s) leaves none for training: the split is "
+            "by document, so give more documents (e.g. one per file) or set heldout_fraction=0"
+        )
+    params = {"seq_len": seq_len, "heldout_fraction": heldout_fraction, "seed": seed, "max_tokens": max_tokens,
+              "pack": pack}
+    key = _cache_key(texts, tokenizer, params)
+    path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = path / f"{key}.pt"
+    if path.exists():
+        try:
+            blob = torch.load(path, weights_only=True)
+            log.info("token cache hit: %s", path)
+            return TokenData(blob["train"], blob["heldout"], {**blob["meta"], "from_cache": True},
+                             blob["train_doc_ids"], blob["heldout_doc_ids"])
+        except Exception as err:  # a corrupt or foreign file: rebuild it
+            log.warning("ignoring unreadable token cache %s (%s); rebuilding", path, err)
+
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    docs = [list(d) + [eos] for d in ids]
+    perm = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
+    held_idx = sorted(perm[:n_held])
+    train_idx = sorted(perm[n_held:])
+    train, train_doc, dropped = _windows([docs[i] for i in train_idx], seq_len, pack)
+    heldout, held_doc, held_dropped = _windows([docs[i] for i in held_idx], seq_len, pack)
+    if max_tokens is not None and train.shape[0] > max_tokens // seq_len:
+        keep = max_tokens // seq_len
+        dropped += (train.shape[0] - keep) * seq_len
+        train, train_doc = train[:keep], train_doc[:keep]
+    if train.shape[0] == 0:
+        raise ValueError(
+            f"{len(train_idx)} training document(s) give no full window of seq_len={seq_len} "
+            f"({sum(len(docs[i]) for i in train_idx)} tokens{'' if pack else ', pack=False'}): use more text, "
+            "a shorter seq_len" + ("" if pack else ", or pack=True")
+        )
+    if n_held and heldout.shape[0] == 0:
+        raise ValueError(
+            f"the {n_held} held-out document(s) give no full window of seq_len={seq_len} "
+            f"({sum(len(docs[i]) for i in held_idx)} tokens): raise heldout_fraction or lower seq_len"
+        )
+    meta = {
+        "seq_len": seq_len, "pack": pack, "seed": seed, "heldout_fraction": heldout_fraction,
+        "max_tokens": max_tokens, "eos_token_id": int(eos), "vocab_size": len(tokenizer),
+        "tokenizer": str(getattr(tokenizer, "name_or_path", "")), "num_documents": len(docs),
+        "train_documents": len(train_idx), "heldout_documents": n_held,
+        "train_tokens": int(train.numel()), "heldout_tokens": int(heldout.numel()),
+        "dropped_tokens": int(dropped + held_dropped), "cache_key": key,
+    }
+    try:
+        _save_atomic({"train": train, "heldout": heldout, "train_doc_ids": train_doc, "heldout_doc_ids": held_doc,
+                      "meta": meta}, path)
+    except OSError as err:
+        log.warning("could not write token cache %s: %s", path, err)
+    log.info("tokenized %d documents: %d train / %d held-out windows of %d", len(docs), train.shape[0],
+             heldout.shape[0], seq_len)
+    return TokenData(train, heldout, {**meta, "from_cache": False}, train_doc, held_doc)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    g = torch.Generator().manual_seed((seed * 0x9E3779B1 + epoch) % (2**63 - 1))
+    return torch.randperm(n, generator=g)
+
+
+def iterate_batches(
+    tokens: Tensor, batch_size: int, *, seed: int = 0, start_step: int = 0, drop_last: bool = True,
+    num_steps: int | None = None,
+) -> Iterator[tuple[int, Tensor]]:
+    """Yield ``(step, tokens[rows])`` batches, rows (batch_size, ...) from a fresh seeded shuffle each epoch.
+
+    tokens: (n, seq_len) (any tensor whose first dim indexes samples; the same n, batch_size and seed give
+    the same rows, so ``doc_ids`` batches line up with token batches). Endless across epochs unless
+    num_steps is given (stops before step ``num_steps``). Step s depends only on (seed, s), so
+    ``start_step=s`` resumes exactly where an uninterrupted run would be. drop_last=False adds a final
+    short batch per epoch.
+    """
+    n = int(tokens.shape[0])
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step} must be >= 0")
+    per_epoch = n // batch_size if drop_last else -(-n // batch_size)
+    if per_epoch == 0:
+        raise ValueError(
+            f"{n} sequence(s) make no full batch of batch_size={batch_size}: use more data, a smaller batch, "
+            "or drop_last=False"
+        )
+    step = start_step
+    epoch, order = -1, None
+    while num_steps is None or step < num_steps:
+        if step // per_epoch != epoch:
+            epoch = step // per_epoch
+            order = _epoch_order(n, seed, epoch)
+        i = step % per_epoch
+        yield step, tokens[order[i * batch_size:(i + 1) * batch_size]]
+        step += 1
+
+
+__all__ = ["TokenData", "build_token_dataset", "default_cache_dir", "iterate_batches"]
