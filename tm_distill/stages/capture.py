@@ -1,0 +1,204 @@
+"""Teacher activations for the layer-parallel stages, and the two mixing matrices they compare.
+
+``capture_teacher`` runs the frozen teacher once under ``no_grad`` and records, per requested layer l, the
+input of its attention block (the output of ``input_layernorm``) and the attention block's output (before the
+residual add), through forward hooks that a context manager always removes. The forward stops after the
+last requested layer: nothing past it is needed.
+
+``teacher_attention_matrix`` recomputes layer l's softmax attention from that input (RoPE with transformers'
+own ``apply_rotary_pos_emb``, GQA repeat, scale 1/sqrt(d), causal, fp32). ``ssm_mixing_matrix`` materializes
+the student's SSM on the same input: ``M[t, s] = exp(sum_{s<r<=t} A dt_r) (C_t . B_s) dt_s`` for s <= t, so that
+``y_t = sum_s M[t, s] x_s + D x_t`` is the SSM output (before the optional z gate). Rows t >= P of the hybrid
+mixer see every column s <= t: the Memory Converter folds the attention prefix into the state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from ..ops.ssd_ref import _segsum
+
+
+@dataclass
+class TeacherActivations:
+    """What one teacher forward recorded.
+
+    attn_inputs[l]: (b, t, H) output of layer l's input_layernorm (the attention block's input).
+    attn_outputs[l]: (b, t, H) layer l's attention output, before the residual add.
+    residuals[l]: (b, t, H) the residual stream entering layer l (only when asked for).
+    position_embeddings: (cos, sin), each (1, t, head_dim), the teacher's RoPE for positions 0..t-1.
+    """
+
+    attn_inputs: dict[int, Tensor] = field(default_factory=dict)
+    attn_outputs: dict[int, Tensor] = field(default_factory=dict)
+    residuals: dict[int, Tensor] = field(default_factory=dict)
+    position_embeddings: tuple[Tensor, Tensor] | None = None
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the last needed activation is recorded, to skip the rest of the model."""
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a Llama-family causal LM (teacher) or of a TransMamba student."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(
+            f"{type(model).__name__} has no `model.layers`: the layer-parallel stages need a Llama-family causal "
+            "LM (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) or a TransMambaForCausalLM"
+        )
+    return layers
+
+
+def _check_layers(layers: Iterable[int], num_layers: int) -> list[int]:
+    out = sorted({int(i) for i in layers})
+    bad = [i for i in out if not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"layer index {bad[0]} is out of range: the model has layers 0..{num_layers - 1}")
+    return out
+
+
+@contextlib.contextmanager
+def record_activations(
+    model: nn.Module, layers: Iterable[int], *, attention: bool = True, residual: bool = False,
+    stop_after: int | None = None,
+) -> Iterator[TeacherActivations]:
+    """Hook ``model``'s layers for one block; the hooks are removed on exit, whatever happens.
+
+    attention: record attention inputs/outputs of ``layers``; residual: record the residual stream entering
+    them. stop_after: raise ``_StopForward`` once that layer's attention output is recorded (the caller
+    catches it; ``capture_teacher`` does).
+    """
+    blocks = decoder_layers(model)
+    wanted = _check_layers(layers, len(blocks))
+    acts = TeacherActivations()
+    handles = []
+
+    def save_norm(i):
+        return lambda mod, args, out: acts.attn_inputs.__setitem__(i, out.detach())
+
+    def save_attn(i):
+        def hook(mod, args, out):
+            acts.attn_outputs[i] = (out[0] if isinstance(out, tuple) else out).detach()
+            if stop_after == i:
+                raise _StopForward
+
+        return hook
+
+    def save_residual(i):
+        def hook(mod, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            acts.residuals[i] = hidden.detach()
+
+        return hook
+
+    try:
+        for i in wanted:
+            block = blocks[i]
+            if residual:
+                handles.append(block.register_forward_pre_hook(save_residual(i), with_kwargs=True))
+            if attention:
+                attn = getattr(block, "self_attn", None) or getattr(block, "mixer", None)
+                handles.append(block.input_layernorm.register_forward_hook(save_norm(i)))
+                handles.append(attn.register_forward_hook(save_attn(i)))
+        yield acts
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def capture_teacher(
+    teacher: nn.Module, input_ids: Tensor, layers: Iterable[int], *, residual: bool = False,
+) -> TeacherActivations:
+    """Run the frozen teacher once and record layers' attention inputs/outputs (and residuals if asked).
+
+    input_ids: (b, t) on the teacher's device. Stops after the last requested layer's attention.
+    The position embeddings are the teacher's own RoPE for positions 0..t-1.
+    """
+    layers = _check_layers(layers, len(decoder_layers(teacher)))
+    if not layers:
+        raise ValueError("capture_teacher needs at least one layer index")
+    stop = None if residual else layers[-1]
+    with record_activations(teacher, layers, attention=True, residual=residual, stop_after=stop) as acts:
+        try:
+            teacher(input_ids=input_ids, use_cache=False)
+        except _StopForward:
+            pass
+    missing = [i for i in layers if i not in acts.attn_outputs]
+    if missing:
+        raise RuntimeError(f"the teacher forward never reached layer {missing[0]}: is it a Llama-family model?")
+    any_input = acts.attn_inputs[layers[0]]
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    acts.position_embeddings = teacher.model.rotary_emb(any_input, position_ids=positions)
+    return acts
+
+
+def _heads(heads: slice | None, num_heads: int) -> slice:
+    return heads if heads is not None else slice(0, num_heads)
+
+
+def teacher_attention_matrix(
+    attn: nn.Module, hidden: Tensor, position_embeddings: tuple[Tensor, Tensor], heads: slice | None = None,
+) -> Tensor:
+    """Softmax attention probabilities of a Llama attention block (or a student mixer's attention), fp32.
+
+    attn: the layer's ``self_attn`` (q_proj, k_proj, head_dim, scaling). hidden: (b, t, H) its input.
+    position_embeddings: (cos, sin) each (1 or b, t, head_dim). heads: a slice of the query heads (chunking).
+    Returns (b, n_heads_in_slice, t, t), causal (zeros above the diagonal), rows summing to 1.
+    """
+    b, t, _ = hidden.shape
+    d = attn.head_dim
+    nq = attn.q_proj.out_features // d
+    nkv = attn.k_proj.out_features // d
+    hs = _heads(heads, nq)
+    q = attn.q_proj(hidden).view(b, t, nq, d).transpose(1, 2)[:, hs]
+    k = attn.k_proj(hidden).view(b, t, nkv, d).transpose(1, 2)
+    cos, sin = position_embeddings
+    q, k = apply_rotary_pos_emb(q.float(), k.float(), cos.float(), sin.float())
+    kv_of_q = torch.arange(nq, device=hidden.device)[hs] // (nq // nkv)  # GQA: query head -> its kv head
+    k = k[:, kv_of_q]
+    scores = torch.einsum("bhtd,bhsd->bhts", q, k) * float(getattr(attn, "scaling", d**-0.5))
+    causal = torch.ones(t, t, dtype=torch.bool, device=hidden.device).tril()
+    return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+
+
+def ssm_mixing_matrix(
+    mixer: nn.Module, hidden: Tensor, position_embeddings: tuple[Tensor, Tensor], heads: slice | None = None,
+) -> Tensor:
+    """The student's materialized SSM mixing matrix for one layer, fp32 and differentiable.
+
+    mixer: a TransMambaMixer; hidden: (b, t, H) its input; heads: a slice of the query heads.
+    Returns M (b, n_heads_in_slice, t, t) with ``M[t, s] = exp(sum_{s<r<=t} A dt_r) (C_t . B_s) dt_s`` for
+    s <= t and 0 above, so ``y = M x + D x`` reproduces the scan (before the z gate, if any).
+    """
+    b, t, _ = hidden.shape
+    nq, nkv, d = mixer.num_heads, mixer.num_kv_heads, mixer.head_dim
+    q = mixer.q_proj(hidden).view(b, t, nq, d)
+    k = mixer.k_proj(hidden).view(b, t, nkv, d)
+    v = mixer.v_proj(hidden).view(b, t, nkv, d)
+    _, dt, A, B, C = mixer.ssm_inputs(hidden, q, k, v, position_embeddings)
+    hs = _heads(heads, nq)
+    kv_of_q = torch.arange(nq, device=hidden.device)[hs] // (nq // nkv)
+    C = C[:, :, hs].float().transpose(1, 2)  # (b, h, t, n)
+    B = B.float()[:, :, kv_of_q].transpose(1, 2)  # (b, h, t, n)
+    dt = dt[:, :, hs].transpose(1, 2)  # (b, h, t) fp32
+    decay = torch.exp(_segsum(dt * A[hs].view(1, -1, 1)))  # (b, h, t, t), 0 above the diagonal
+    return torch.einsum("bhtn,bhsn->bhts", C, B) * decay * dt.unsqueeze(-2)
+
+
+def head_chunk_size(batch: int, seq_len: int, num_heads: int, max_bytes: int) -> int:
+    """Heads per chunk so that one chunk's (b, h, t, t) fp32 matrices (with ~8 temporaries) fit max_bytes."""
+    per_head = 8 * 4 * batch * seq_len * seq_len
+    return max(1, min(num_heads, max_bytes // max(per_head, 1)))
+
+
+__all__ = ["TeacherActivations", "capture_teacher", "decoder_layers", "head_chunk_size", "record_activations",
+           "ssm_mixing_matrix", "teacher_attention_matrix"]
