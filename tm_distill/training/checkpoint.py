@@ -1,0 +1,151 @@
+"""Atomic, self-describing checkpoints and finding where to resume.
+
+Layout under a run's output folder::
+
+    OUTPUT/<idx>-<stage>/step-<N>/   every ``checkpoint_every`` steps (the newest ``keep_last`` kept)
+    OUTPUT/<idx>-<stage>/final/      at the stage's end
+    OUTPUT/final/                    the last stage's result
+
+Each checkpoint is a loadable HF student (config.json with its TransPoints, safetensors, tokenizer) plus
+``training_state.pt`` (optimizer, scheduler, python/numpy/torch RNG, step, data position, stage index) and
+``tm_distill.json`` (recipe name, stage, step, metrics). A checkpoint is written into a temporary sibling
+folder and renamed into place with ``os.replace``, so a crash mid-write never leaves a half-written
+checkpoint under a real name; leftover ``.tmp-*`` folders are ignored and removed on the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "training_state.pt"
+META_FILE = "tm_distill.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def stage_dir(output_dir: str | Path, stage_idx: int, stage_name: str) -> Path:
+    return Path(output_dir) / f"{stage_idx}-{stage_name}"
+
+
+def capture_rng() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    dest: str | Path, model, tokenizer=None, training_state: dict | None = None, metadata: dict | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write a checkpoint to ``dest`` atomically (temp folder + os.replace); an existing ``dest`` is replaced.
+
+    model: the student (``save_pretrained``); state_dict: weights to save instead of the model's own (e.g.
+    with LoRA merged); training_state: what ``--resume`` needs; metadata: small JSON-able facts.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{dest.name}-"))
+    try:
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if training_state is not None:
+            torch.save(training_state, tmp / STATE_FILE)
+        (tmp / META_FILE).write_text(json.dumps(metadata or {}, indent=2, default=str))
+        old = None
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-old-{dest.name}-"))
+            os.replace(dest, old / dest.name)
+        os.replace(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved checkpoint %s", dest)
+    return dest
+
+
+def step_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """Complete ``step-N`` checkpoints in a stage folder, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    out = []
+    for child in folder.iterdir():
+        m = _STEP_DIR.match(child.name)
+        if m and (child / STATE_FILE).exists():
+            out.append((int(m.group(1)), child))
+    return sorted(out)
+
+
+def prune(folder: str | Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` step checkpoints of a stage folder."""
+    for _, path in step_checkpoints(folder)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_temp(output_dir: str | Path) -> None:
+    """Remove the leftovers of interrupted writes (``.tmp-*`` folders) anywhere in the run folder."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return
+    for tmp in list(root.glob(".tmp-*")) + list(root.glob("*/.tmp-*")):
+        log.info("removing interrupted checkpoint write %s", tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class ResumePoint:
+    stage_idx: int  # the stage to run next (== number of stages when all are finished)
+    path: Path | None  # the checkpoint to load the student from (None: start from scratch)
+    step: int  # completed optimizer steps in stage ``stage_idx`` (0 when starting it)
+    state: dict | None  # training_state.pt of a mid-stage checkpoint (None: start the stage fresh)
+
+
+def find_resume_point(output_dir: str | Path, stage_names: list[str]) -> ResumePoint:
+    """The newest complete checkpoint of a run: finished stages are skipped, a mid-stage one continues."""
+    root = Path(output_dir)
+    point = ResumePoint(0, None, 0, None)
+    for idx, name in enumerate(stage_names):
+        folder = stage_dir(root, idx, name)
+        final = folder / "final"
+        if (final / STATE_FILE).exists():
+            point = ResumePoint(idx + 1, final, 0, None)
+            continue
+        steps = step_checkpoints(folder)
+        if steps:
+            step, path = steps[-1]
+            point = ResumePoint(idx, path, step, torch.load(path / STATE_FILE, weights_only=False))
+        break
+    return point
+
+
+def read_metadata(path: str | Path) -> dict:
+    meta = Path(path) / META_FILE
+    return json.loads(meta.read_text()) if meta.exists() else {}
+
+
+__all__ = ["META_FILE", "ResumePoint", "STATE_FILE", "capture_rng", "clean_temp", "find_resume_point", "prune",
+           "read_metadata", "restore_rng", "save_checkpoint", "stage_dir", "step_checkpoints"]

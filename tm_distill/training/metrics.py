@@ -1,0 +1,65 @@
+"""Training metrics: one JSON object per logged step in OUTPUT/metrics.jsonl, and TensorBoard when installed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(output_dir: str | Path) -> list[dict]:
+    """Every row of a run's metrics.jsonl, in order (empty when there is none)."""
+    path = Path(output_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsWriter:
+    """Append rows to OUTPUT/metrics.jsonl (and TensorBoard scalars under OUTPUT/tensorboard if available).
+
+    keep: on resume, a predicate choosing which existing rows stay (rows logged after the checkpoint the
+    run resumes from are dropped, so the file reads as one uninterrupted run). enabled: False on non-main
+    processes.
+    """
+
+    def __init__(self, output_dir: str | Path, keep: Callable[[dict], bool] | None = None, enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(output_dir) / METRICS_FILE
+        self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows = read_metrics(output_dir) if keep is not None else []
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)) if keep else "")
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415  (optional: needs tensorboard)
+
+            self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+        except ImportError:
+            log.debug("tensorboard not installed; metrics go to %s only", self.path)
+
+    def write(self, row: dict, global_step: int | None = None) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None and global_step is not None:
+            prefix = f"{row.get('stage_idx', 0)}-{row.get('stage', 'stage')}"
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    self._tb.add_scalar(f"{prefix}/{key}", value, global_step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+__all__ = ["METRICS_FILE", "MetricsWriter", "read_metrics"]

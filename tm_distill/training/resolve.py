@@ -1,0 +1,121 @@
+"""Check a recipe against its teacher and resolve the plan (stages, steps, tokens, TransPoints), no training.
+
+``validate`` runs this; ``distill`` runs it before any work, so a missing teacher, a sequence longer than
+the teacher supports, or a TransPoint spec that does not fit the model fails first, naming the key.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoConfig, PretrainedConfig
+
+from ..convert.teacher import TeacherNotFound, resolve_source
+from ..convert.transpoints import TransPointSpecError, describe_transpoints, parse_transpoints
+from ..recipe import Recipe, RecipeError
+
+log = logging.getLogger(__name__)
+
+
+def teacher_config(source: str, *, allow_download: bool = False) -> PretrainedConfig | None:
+    """The teacher's config without loading its weights where possible; None for an uncached hub id.
+
+    Raises RecipeError("teacher", ...) when the teacher does not exist.
+    """
+    try:
+        resolved = resolve_source(source)
+    except TeacherNotFound as err:
+        raise RecipeError("teacher", str(err)) from None
+    path = Path(resolved)
+    if path.suffix == ".gguf":
+        from ..convert.teacher import _gguf_cache_path, load_teacher  # noqa: PLC0415
+
+        cached = _gguf_cache_path(path)
+        if (cached / "config.json").exists():
+            return AutoConfig.from_pretrained(str(cached))
+        return load_teacher(source).model.config  # de-quantizes once and caches
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise RecipeError("teacher", f"{path} has no config.json: is it a Hugging Face model folder?")
+        return AutoConfig.from_pretrained(str(path))
+    try:
+        return AutoConfig.from_pretrained(resolved, local_files_only=not allow_download)
+    except OSError:
+        log.info("teacher %s is a hub id that is not cached; checking the recipe schema only", resolved)
+        return None
+
+
+@dataclass
+class StagePlan:
+    index: int
+    name: str
+    steps: int
+    seq_len: int
+    tokens: int
+    trainable: str
+    lr: float
+    precision: str
+    transpoint_schedule: str
+
+
+@dataclass
+class Plan:
+    recipe: Recipe
+    num_layers: int | None
+    max_positions: int | None
+    transpoints: list[int] | None  # None when auto (resolved at run time) or the teacher is not known
+    stages: list[StagePlan]
+
+    def lines(self) -> list[str]:
+        r = self.recipe
+        out = [f"recipe {r.name!r}: teacher {r.teacher}"
+               + (f" ({self.num_layers} layers, max {self.max_positions} positions)" if self.num_layers else
+                  " (not cached: schema checked only)"),
+               f"student: {r.student or 'converted on the fly'}; output: {r.output_dir}; seed {r.seed}; "
+               f"device {r.device}",
+               f"data: {r.data.source} (seq_len {r.data.seq_len}, held-out {r.data.heldout_fraction:g})"]
+        if self.transpoints is not None:
+            out.append(f"transpoints: {r.transpoints} -> {describe_transpoints(self.transpoints)} "
+                       f"(min P {min(self.transpoints)})")
+        else:
+            out.append(f"transpoints: {r.transpoints} (resolved when the run starts)")
+        total = 0
+        for s in self.stages:
+            total += s.tokens
+            out.append(f"  [{s.index}] {s.name:<7} {s.steps:>7} steps x {s.tokens // s.steps:>8} tokens = "
+                       f"{s.tokens:>13,} tokens  seq_len {s.seq_len}  trainable {s.trainable}  lr {s.lr:g}  "
+                       f"{s.precision}  transpoints {s.transpoint_schedule}")
+        out.append(f"total: {total:,} tokens over {len(self.stages)} stage(s)")
+        return out
+
+
+def resolve_plan(recipe: Recipe, config: PretrainedConfig | None) -> Plan:
+    """Check the recipe against the teacher's config (when known) and compute each stage's budget."""
+    n_layers = getattr(config, "num_hidden_layers", None) if config is not None else None
+    max_pos = getattr(config, "max_position_embeddings", None) if config is not None else None
+    if max_pos is not None and recipe.data.seq_len > max_pos:
+        raise RecipeError("data.seq_len", f"{recipe.data.seq_len} is longer than the teacher supports "
+                                          f"(max_position_embeddings={max_pos})")
+    stages = []
+    for i, s in enumerate(recipe.stages):
+        seq_len = recipe.stage_seq_len(s)
+        if max_pos is not None and seq_len > max_pos:
+            raise RecipeError(f"stages[{i}].seq_len", f"{seq_len} is longer than the teacher supports "
+                                                      f"(max_position_embeddings={max_pos})")
+        steps = s.total_steps(seq_len)
+        stages.append(StagePlan(i, s.name, steps, seq_len, steps * s.tokens_per_step(seq_len), s.trainable,
+                                s.optimizer.lr, s.precision, s.transpoint_schedule))
+        if s.loss.layers is not None and n_layers is not None and any(j >= n_layers for j in s.loss.layers):
+            raise RecipeError(f"stages[{i}].loss.layers", f"layer indices must be < {n_layers}")
+    tps = None
+    if n_layers is not None and not recipe.transpoints.startswith("auto"):
+        try:
+            tps = parse_transpoints(recipe.transpoints, n_layers)
+        except TransPointSpecError as err:
+            raise RecipeError("transpoints", str(err)) from None
+    return Plan(recipe, n_layers, max_pos, tps, stages)
+
+
+__all__ = ["Plan", "StagePlan", "resolve_plan", "teacher_config"]

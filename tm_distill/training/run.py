@@ -1,0 +1,200 @@
+"""Run a whole recipe: teacher -> (seeded or given) student -> stages in order -> OUTPUT/final + summary.json.
+
+``run_recipe(recipe, resume=True)`` continues from the newest complete checkpoint: finished stages are
+skipped and a mid-stage checkpoint continues with its optimizer, scheduler, RNG and data position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..recipe import Recipe, RecipeError, dump_recipe
+from .checkpoint import ResumePoint, clean_temp, find_resume_point, stage_dir
+from .loop import StageRun, train_stage
+from .metrics import MetricsWriter
+from .resolve import resolve_plan
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+_SEEDED_FILE = "seeded_kl.json"
+
+
+@torch.no_grad()
+def heldout_kl(student, teacher, windows: torch.Tensor, transpoints: list[int], *, batch_size: int = 4,
+               chunk_size: int = 256) -> float:
+    """Mean forward KL(teacher || student) per token over ``windows`` (n, t), on positions >= min P."""
+    from ..losses import chunked_distill_loss  # noqa: PLC0415
+    from ..stages.base import use_transpoints  # noqa: PLC0415
+
+    device = next(student.parameters()).device
+    total, count = 0.0, 0
+    was_training = student.training
+    student.eval()
+    with use_transpoints(student, transpoints):
+        for rows in windows.split(batch_size):
+            rows = rows.to(device)
+            mask = torch.zeros(rows.shape, dtype=torch.bool, device=device)
+            mask[:, min(min(transpoints), rows.shape[1]):] = True
+            if not mask.any():
+                continue
+            s = student.model(input_ids=rows).last_hidden_state
+            t = teacher.model(input_ids=rows).last_hidden_state
+            kl = chunked_distill_loss(s, t, student.lm_head, teacher.lm_head, mask=mask, chunk_size=chunk_size)
+            total += float(kl) * int(mask.sum())
+            count += int(mask.sum())
+    student.train(was_training)
+    return total / max(count, 1)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device(recipe: Recipe) -> str:
+    if recipe.device == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("device", "cuda was asked for but no CUDA device is available; use device=auto or cpu")
+    return "cuda" if recipe.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+
+
+def _resolve_transpoints(recipe: Recipe, teacher, texts: list[str], seq_len: int, device) -> tuple[list[int], str]:
+    from ..convert import parse_transpoints  # noqa: PLC0415
+
+    if recipe.transpoints.startswith("auto"):
+        from ..plan import resolve_auto  # noqa: PLC0415  (engineer C2's calibration-based planner)
+
+        return resolve_auto(recipe.transpoints, teacher.model, teacher.tokenizer, texts, seq_len, device=device)
+    return parse_transpoints(recipe.transpoints, teacher.model.config.num_hidden_layers), ""
+
+
+def _copy_atomic(src: Path, dest: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{dest.name}-"))
+    try:
+        shutil.copytree(src, tmp / "x")
+        old = dest.parent / f".tmp-old-{dest.name}"
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp / "x", dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, int, float], None] | None = None,
+               teacher=None) -> dict:
+    """Distill per ``recipe``; returns the summary (also written to OUTPUT/summary.json).
+
+    resume: continue from the newest complete checkpoint under ``recipe.output_dir``.
+    on_step: callback(stage_idx, step, loss) after each step; teacher: an already-loaded ``Teacher`` to
+    use instead of loading ``recipe.teacher`` (tests).
+    """
+    from accelerate import Accelerator  # noqa: PLC0415
+
+    from ..convert import load_teacher, seed_student  # noqa: PLC0415
+    from ..data.loading import load_texts  # noqa: PLC0415
+    from ..data.tokens import build_token_dataset  # noqa: PLC0415
+    from ..models import TransMambaForCausalLM  # noqa: PLC0415
+    from ..stages import get_stage_class  # noqa: PLC0415
+
+    device = _device(recipe)
+    out = Path(recipe.output_dir)
+    names = [s.name for s in recipe.stages]
+    if not resume and out.exists() and any(stage_dir(out, i, n).exists() for i, n in enumerate(names)):
+        raise RecipeError("output_dir", f"{out} already holds checkpoints of a run: pass --resume to continue it, "
+                                        "or give a new output_dir")
+    if teacher is None:
+        teacher = load_teacher(recipe.teacher, device=device)
+    teacher.model.eval().requires_grad_(False)
+    plan = resolve_plan(recipe, teacher.model.config)
+    accelerator = Accelerator(cpu=device == "cpu")
+    _seed_everything(recipe.seed)
+    texts = load_texts(recipe.data.source, text_field=recipe.data.text_field)
+    data = {}
+    for seq_len in sorted({recipe.data.seq_len, *(recipe.stage_seq_len(s) for s in recipe.stages)}):
+        data[seq_len] = build_token_dataset(texts, teacher.tokenizer, seq_len, seed=recipe.seed,
+                                            heldout_fraction=recipe.data.heldout_fraction,
+                                            max_tokens=recipe.data.max_tokens)
+    heldout = data[recipe.data.seq_len].heldout[: recipe.data.heldout_windows]
+    transpoints, why = _resolve_transpoints(recipe, teacher, texts, recipe.data.seq_len, device)
+    if why:
+        log.info("auto TransPoints: %s", why)
+
+    if accelerator.is_main_process:
+        clean_temp(out)
+    point = find_resume_point(out, names) if resume else ResumePoint(0, None, 0, None)
+    if point.path is None:
+        if recipe.student:
+            student = TransMambaForCausalLM.from_pretrained(recipe.student).to(device)
+            student.config.transpoints = list(transpoints)
+        else:
+            student = seed_student(teacher.model, transpoints, recipe.transpoints, recipe.teacher, seed=recipe.seed,
+                                   dtype=torch.float32, **recipe.ssm)
+        student.to(device)
+    else:
+        log.info("resuming from %s (stage %d, step %d)", point.path, point.stage_idx, point.step)
+        student = TransMambaForCausalLM.from_pretrained(point.path).to(device)
+        student.config.transpoints = list(transpoints)
+
+    seeded_file = out / _SEEDED_FILE
+    if seeded_file.exists() and resume:
+        seeded_kl = json.loads(seeded_file.read_text())["heldout_kl"]
+    else:
+        seeded_kl = heldout_kl(student, teacher.model, heldout, transpoints)
+        if accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            seeded_file.write_text(json.dumps({"heldout_kl": seeded_kl}))
+            (out / "recipe.yaml").write_text(dump_recipe(recipe))
+    log.info("held-out KL of the starting student: %.5f", seeded_kl)
+
+    def keep(row: dict) -> bool:
+        return row["stage_idx"] < point.stage_idx or (row["stage_idx"] == point.stage_idx and row["step"] <= point.step)
+
+    metrics = MetricsWriter(out, keep=keep if resume else None, enabled=accelerator.is_main_process)
+    meta = {"recipe": recipe.name, "teacher": recipe.teacher, "transpoints": transpoints,
+            "transpoint_spec": recipe.transpoints, "transpoint_explanation": why}
+    last_rows = {}
+    try:
+        for idx in range(point.stage_idx, len(recipe.stages)):
+            cfg = recipe.stages[idx]
+            stage = get_stage_class(cfg.name)(cfg, student, teacher.model)
+            run = StageRun(idx, cfg, data[recipe.stage_seq_len(cfg)].train, transpoints, recipe.seed, str(out),
+                           teacher.tokenizer, meta, on_step)
+            state = point.state if idx == point.stage_idx else None
+            last_rows[cfg.name] = train_stage(stage, run, accelerator, metrics, resume_state=state)
+            student = stage.student
+    finally:
+        metrics.close()
+
+    final_kl = heldout_kl(student, teacher.model, heldout, transpoints)
+    change = 100.0 * (final_kl - seeded_kl) / seeded_kl if seeded_kl > 0 else 0.0
+    summary = {"recipe": recipe.name, "teacher": recipe.teacher, "transpoints": transpoints,
+               "heldout_windows": int(heldout.shape[0]), "heldout_seq_len": recipe.data.seq_len,
+               "heldout_kl_seeded": seeded_kl, "heldout_kl_distilled": final_kl, "heldout_kl_change_pct": change,
+               "stages": [{"name": p.name, "steps": p.steps, "tokens": p.tokens} for p in plan.stages],
+               "final": str(out / "final")}
+    if accelerator.is_main_process:
+        last = stage_dir(out, len(names) - 1, names[-1]) / "final"
+        _copy_atomic(last, out / "final")
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def kl_line(summary: dict) -> str:
+    """'held-out KL: seeded X -> distilled Y (-Z%)'."""
+    return (f"held-out KL: seeded {summary['heldout_kl_seeded']:.4f} -> distilled "
+            f"{summary['heldout_kl_distilled']:.4f} ({summary['heldout_kl_change_pct']:+.1f}%)")
+
+
+__all__ = ["SUMMARY_FILE", "heldout_kl", "kl_line", "run_recipe"]
