@@ -228,7 +228,8 @@ def matrix_loss(student_matrix: Tensor, teacher_matrix: Tensor, row_mask: Tensor
         zero = 0.0 * student_matrix.float().sum()
         return zero, zero.detach()
     diff_sq = (s - t).pow(2).sum(dim=(-2, -1))  # (b, h)
-    loss = diff_sq.clamp_min(torch.finfo(torch.float32).tiny).sqrt().mean()
+    nonzero = diff_sq > 0  # sqrt has an infinite slope at 0: give exact matches a zero (sub)gradient instead
+    loss = torch.where(nonzero, torch.where(nonzero, diff_sq, 1.0).sqrt(), 0.0).mean()
     with torch.no_grad():
         relative = (diff_sq.sum() / t.pow(2).sum().clamp_min(torch.finfo(torch.float32).tiny)).sqrt()
     return loss, relative
