@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from ..ops import ssd_scan, ssd_step
+from ..ops import ssd_scan, ssd_update
 from .cache import LayerState
 from .configuration import TransMambaConfig
 
@@ -226,7 +226,7 @@ class TransMambaMixer(nn.Module):
                 h_prev = h0 if h0 is not None else xs.new_zeros(
                     xs.shape[0], self.num_heads, self.head_dim, Bs.shape[-1], dtype=torch.float32
                 )
-                h0, y1 = ssd_step(h_prev, xs[:, 0], dts[:, 0], A, Bs[:, 0], Cs[:, 0], self.D)
+                h0, y1 = ssd_update(h_prev, xs[:, 0], dts[:, 0], A, Bs[:, 0], Cs[:, 0], self.D)  # fused on CUDA
                 y = y1.to(xs.dtype).unsqueeze(1)
             else:
                 y, h0 = ssd_scan(

@@ -2,6 +2,8 @@
 
 ``ssd_scan`` takes the arguments of ``mamba_chunk_scan_combined`` (see ``ssd_ref`` for shapes) and a
 ``backend`` ("auto", "torch" or "mamba_ssm"). The reference is the spec; the fast path is tested against it.
+``ssd_update`` is the one-token decode step (a fused Triton kernel on CUDA, ``ssd_step`` elsewhere);
+``ops.graphs.DecodeGraph`` captures a whole decode step in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import importlib.util
 
 import torch
 
+from .decode import HAS_TRITON, fused_update_available, ssd_update, ssd_update_fused
 from .ssd_ref import ssd_naive, ssd_scan_ref, ssd_step
 
 HAS_MAMBA_SSM = importlib.util.find_spec("mamba_ssm") is not None
@@ -88,5 +91,5 @@ def ssd_scan(
     )
 
 
-__all__ = ["BACKENDS", "HAS_MAMBA_SSM", "BackendUnavailable", "resolve_backend", "ssd_naive", "ssd_scan",
-           "ssd_scan_ref", "ssd_step"]
+__all__ = ["BACKENDS", "HAS_MAMBA_SSM", "HAS_TRITON", "BackendUnavailable", "fused_update_available",
+           "resolve_backend", "ssd_naive", "ssd_scan", "ssd_scan_ref", "ssd_step", "ssd_update", "ssd_update_fused"]

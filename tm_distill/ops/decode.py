@@ -1,0 +1,118 @@
+"""One decode step of the SSM state, fused into a single kernel on CUDA.
+
+``ssd_update`` is what the mixer calls for one token: on CUDA (with Triton) one Triton launch reads the
+state once, writes it back in place and emits ``y``; elsewhere it is :func:`ssd_step`, the spec. The eager
+PyTorch step is a handful of launches per layer (decay, outer product, add, contraction, skip), which made
+decode launch-bound; the fused kernel moves the state exactly once and is CUDA-graph capturable.
+
+Shapes (as ``ssd_step``):
+- ``state``: (batch, nheads, headdim, dstate), fp32, updated in place by the fused path
+- ``x``: (batch, nheads, headdim); ``dt``: (batch, nheads) (already softplus'd); ``A``: (nheads,)
+- ``B``, ``C``: (batch, ngroups, dstate), ngroups dividing nheads; ``D``: (nheads,) or (nheads, headdim)
+- returns (state, y) with y (batch, nheads, headdim) fp32.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from .ssd_ref import ssd_step
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+if HAS_TRITON:  # pragma: no cover - needs a GPU
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _ssd_update_kernel(
+        state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr,
+        nheads, headdim, dstate, heads_per_group,
+        s_sb, s_sh, s_sp, s_sn,
+        s_xb, s_xh, s_xp,
+        s_dtb, s_dth,
+        s_Bb, s_Bg, s_Bn,
+        s_Cb, s_Cg, s_Cn,
+        s_Dh, s_Dp,
+        s_yb, s_yh, s_yp,
+        HAS_D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    ):
+        pid_p = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // nheads
+        h = pid_bh % nheads
+        g = h // heads_per_group
+        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        offs_n = tl.arange(0, BLOCK_N)
+        mask_p = offs_p < headdim
+        mask_n = offs_n < dstate
+        dt = tl.load(dt_ptr + b * s_dtb + h * s_dth).to(tl.float32)
+        a = tl.load(A_ptr + h).to(tl.float32)
+        decay = tl.exp(a * dt)
+        x = tl.load(x_ptr + b * s_xb + h * s_xh + offs_p * s_xp, mask=mask_p, other=0.0).to(tl.float32)
+        Bv = tl.load(B_ptr + b * s_Bb + g * s_Bg + offs_n * s_Bn, mask=mask_n, other=0.0).to(tl.float32)
+        Cv = tl.load(C_ptr + b * s_Cb + g * s_Cg + offs_n * s_Cn, mask=mask_n, other=0.0).to(tl.float32)
+        sp = state_ptr + b * s_sb + h * s_sh + offs_p[:, None] * s_sp + offs_n[None, :] * s_sn
+        m2 = mask_p[:, None] & mask_n[None, :]
+        s = tl.load(sp, mask=m2, other=0.0)
+        s = s * decay + (dt * x)[:, None] * Bv[None, :]
+        tl.store(sp, s, mask=m2)
+        y = tl.sum(s * Cv[None, :], axis=1)
+        if HAS_D:
+            d = tl.load(D_ptr + h * s_Dh + offs_p * s_Dp, mask=mask_p, other=0.0).to(tl.float32)
+            y += d * x
+        tl.store(y_ptr + b * s_yb + h * s_yh + offs_p * s_yp, y, mask=mask_p)
+
+
+def fused_update_available(state: torch.Tensor) -> bool:
+    """Whether :func:`ssd_update` will take the fused in-place path for this state tensor."""
+    return HAS_TRITON and state.is_cuda and state.dtype == torch.float32
+
+
+def ssd_update_fused(state, x, dt, A, B, C, D=None):
+    """The fused step: updates ``state`` in place (it must be fp32 on CUDA) and returns (state, y)."""
+    if not fused_update_available(state):
+        raise RuntimeError(
+            f"the fused SSM decode step needs an fp32 CUDA state and Triton; got {state.dtype} on {state.device} "
+            f"(Triton installed: {HAS_TRITON}); use ssd_update, which falls back to ssd_step"
+        )
+    b, h, p, n = state.shape
+    if B.shape[1] != C.shape[1] or h % B.shape[1]:
+        raise ValueError(f"B and C need one group count dividing nheads={h}, got {B.shape[1]} and {C.shape[1]}")
+    y = torch.empty(b, h, p, device=state.device, dtype=torch.float32)
+    if D is not None:
+        Dm = D if D.dim() == 2 else D.view(h, 1).expand(h, p)
+        d_strides = (Dm.stride(0), Dm.stride(1))
+    else:
+        Dm, d_strides = state, (0, 0)
+    block_n = triton.next_power_of_2(n)
+    block_p = min(triton.next_power_of_2(p), max(1, 8192 // block_n), 64)
+    grid = (triton.cdiv(p, block_p), b * h)
+    _ssd_update_kernel[grid](
+        state, x, dt, A, B, C, Dm, y,
+        h, p, n, h // B.shape[1],
+        *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *d_strides, *y.stride(),
+        HAS_D=D is not None, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4,
+    )
+    return state, y
+
+
+def ssd_update(state, x, dt, A, B, C, D=None, fused: bool | None = None):
+    """One SSM decode step. Returns (new_state, y); see the module docstring for shapes.
+
+    fused: None picks the fused in-place kernel when available and no gradient is needed through the step;
+    True demands it; False forces the reference :func:`ssd_step` (which returns a new state tensor).
+    """
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (state, x, dt, A, B, C, D)
+    )
+    if fused is None:
+        fused = fused_update_available(state) and not needs_grad and state.is_contiguous()
+    if fused:
+        return ssd_update_fused(state, x, dt, A, B, C, D)
+    return ssd_step(state, x, dt, A, B, C, D)
+
+
+__all__ = ["HAS_TRITON", "fused_update_available", "ssd_update", "ssd_update_fused"]
