@@ -1,0 +1,59 @@
+"""`tm-distill convert`: turn a Llama-family teacher into a seeded TransMamba student checkpoint."""
+
+from __future__ import annotations
+
+import click
+
+from ..convert.api import DTYPES, convert as convert_teacher
+from ..convert.transpoints import describe_transpoints
+
+# Errors a user can cause; anything else is a bug and keeps its traceback.
+USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, PermissionError)
+
+
+@click.command("convert")
+@click.argument("teacher")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--transpoints", "spec", required=True, metavar="SPEC",
+              help="Per-layer TransPoints: all=N, cycle=P0,P1,..., attn=L0,L1,...;ssm=rest, a per-layer list, "
+                   "attn or ssm.")
+@click.option("--dtype", type=click.Choice(sorted(DTYPES)), default="float32", show_default=True,
+              help="Dtype of the saved student.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists (only once the new checkpoint is complete).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the SSM parameters' init.")
+@click.option("--device", default="cpu", show_default=True, help="Where to seed (cpu, cuda, cuda:1, ...).")
+@click.option("--z-gate/--no-z-gate", default=False, help="Gate + gated RMSNorm on SSM tokens (new z projection).")
+@click.option("--conv/--no-conv", default=False, help="Causal depthwise conv1d on x, B, C (identity init).")
+@click.option("--feature-map", type=click.Choice(["identity", "silu", "elu1", "relu"]), default="identity",
+              show_default=True, help="Activation on B and C.")
+@click.option("--c-scale/--no-c-scale", default=False, help="Scale C by 1/sqrt(head_dim), the softmax scale.")
+@click.option("--ssm-rope/--no-ssm-rope", default=False, help="Use RoPE-rotated q, k as C, B.")
+def convert(teacher, out, spec, dtype, force, seed, device, z_gate, conv, feature_map, c_scale, ssm_rope):
+    """Convert TEACHER into a TransMamba student saved at OUT (a Hugging Face folder).
+
+    TEACHER is a local HF folder, a hub id (org/name), a .gguf file, or `smollm2-135m` (the shipped
+    SmolLM2-135M-Instruct). Every layer keeps the teacher's weights; tokens before the layer's TransPoint
+    run attention, later ones the SSM. The checkpoint loads with AutoModelForCausalLM after
+    `import tm_distill`; nothing is written if conversion fails.
+
+    \b
+    Examples:
+      tm-distill convert smollm2-135m runs/student --transpoints cycle=0,64,128,256
+      tm-distill convert smollm2-135m runs/teacher-copy --transpoints attn
+      tm-distill convert ./Llama-3.2-1B runs/l1b --transpoints "attn=0,8;ssm=rest" --dtype bfloat16
+      tm-distill convert model.gguf runs/s --transpoints all=512 --z-gate --conv --force
+    """
+    options = dict(use_z_gate=z_gate, use_conv=conv, bc_feature_map=feature_map, ssm_c_scale=c_scale,
+                   ssm_rope=ssm_rope)
+    try:
+        path = convert_teacher(teacher, out, spec, dtype=dtype, force=force, seed=seed, device=device, **options)
+    except USER_ERRORS as err:
+        raise click.ClickException(str(err)) from err
+    from ..convert.api import read_metadata  # noqa: PLC0415
+
+    meta = read_metadata(path)
+    click.echo(f"student written to {path}")
+    click.echo(f"  teacher:     {meta['teacher']['source']} ({meta['teacher']['model_type']})")
+    click.echo(f"  transpoints: {spec} -> {describe_transpoints(meta['transpoints'])}")
+    click.echo(f"  dtype:       {dtype}")
+    click.echo(f"next: tm-distill generate {path} --chat --prompt \"Hello!\"   |   tm-distill inspect {path}")

@@ -1,0 +1,57 @@
+"""`tm-distill generate`: continue a prompt (or answer it as a chat turn) with a student or a teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .convert import USER_ERRORS
+
+
+def load_any(model: str, device: str):
+    """A student folder through ``load_student``; anything else (teacher folder, .gguf, alias) as a teacher."""
+    from ..convert.api import NotAStudent, load_student  # noqa: PLC0415
+    from ..convert.teacher import load_teacher  # noqa: PLC0415
+
+    path = Path(model).expanduser()
+    if path.is_dir():
+        try:
+            return load_student(path, device=device)
+        except NotAStudent:
+            pass
+    teacher = load_teacher(model, device=device)
+    return teacher.model, teacher.tokenizer
+
+
+@click.command("generate")
+@click.argument("model")
+@click.option("--prompt", required=True, help="The prompt text.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--chat", is_flag=True, help="Wrap the prompt as a user turn in the tokenizer's chat template.")
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="0 decodes greedily; > 0 samples.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+def generate(model, prompt, max_new_tokens, chat, temperature, seed, device):
+    """Generate text with MODEL and print the continuation.
+
+    MODEL is a student folder (from `tm-distill convert` or `distill`) or, to compare, a teacher source
+    (HF folder, .gguf, `smollm2-135m`). Decoding uses the hybrid cache: KV only before each layer's
+    TransPoint, SSM state after it.
+
+    \b
+    Examples:
+      tm-distill generate runs/student --chat --prompt "What is the capital of France?"
+      tm-distill generate runs/student --prompt "To be, or not to be" --max-new-tokens 40
+      tm-distill generate smollm2-135m --chat --prompt "Hi!" --temperature 0.7 --seed 1
+    """
+    from ..convert.api import generate_text  # noqa: PLC0415
+
+    try:
+        lm, tokenizer = load_any(model, device)
+        text, _ = generate_text(lm, tokenizer, prompt, max_new_tokens, chat=chat, temperature=temperature,
+                                seed=seed)
+    except USER_ERRORS as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(text)

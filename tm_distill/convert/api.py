@@ -1,0 +1,250 @@
+"""The user-facing conversion API: convert a teacher, save and load students, generate text.
+
+Checkpoints are written atomically: everything goes into a temporary sibling folder (``.tmp-<name>-*``) that
+is renamed into place with ``os.replace``, so an error leaves nothing at the output path. A checkpoint is a
+plain Hugging Face folder (safetensors, config.json with the TransPoints, tokenizer with its chat template,
+generation_config.json) plus ``tm_distill.json``, a small record of where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+from ..models.configuration import TransMambaConfig
+from .seed import seed_student
+from .teacher import SHIPPED_TEACHER, load_teacher
+from .transpoints import parse_transpoints
+
+log = logging.getLogger(__name__)
+
+META_FILE = "tm_distill.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The config fields a user may set at conversion (everything TransMambaConfig adds but the bookkeeping).
+SSM_OPTIONS = tuple(
+    f.name for f in dataclasses.fields(TransMambaConfig)
+    if f.name not in {g.name for g in dataclasses.fields(LlamaConfig)}
+    and f.name not in ("transpoints", "transpoint_spec", "teacher", "teacher_model_type", "qkv_bias", "o_bias")
+)
+
+
+class OutputExists(FileExistsError):
+    pass
+
+
+class StudentNotFound(FileNotFoundError):
+    pass
+
+
+class NotAStudent(ValueError):
+    pass
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported: choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def check_output(out_dir: str | Path, force: bool) -> Path:
+    """Refuse an existing ``out_dir`` unless ``force``; with force, refuse a folder that is not a checkpoint."""
+    out = Path(out_dir).expanduser()
+    if not out.exists():
+        return out
+    if not force:
+        raise OutputExists(f"output {out} already exists: pass --force (force=True) to replace it")
+    if out.is_dir() and any(out.iterdir()) and not ((out / "config.json").exists() or (out / META_FILE).exists()):
+        raise OutputExists(f"output {out} is a non-empty folder that is not a checkpoint; refusing to replace it")
+    if not out.is_dir():
+        raise OutputExists(f"output {out} is a file, not a checkpoint folder; remove it or pick another path")
+    return out
+
+
+def save_student(model, tokenizer, out_dir: str | Path, metadata: dict | None = None, force: bool = False) -> Path:
+    """Write model (+ generation config), tokenizer and ``tm_distill.json`` to ``out_dir`` atomically.
+
+    An existing ``out_dir`` is an error unless ``force``; then it is replaced only once the new checkpoint
+    is complete. Returns the output path.
+    """
+    out = check_output(out_dir, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is an ordinary folder
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(json.dumps(metadata or {}, indent=2, default=str) + "\n")
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-old-{out.name}-"))
+            os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("saved student to %s", out)
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def convert(
+    teacher_source: str,
+    out_dir: str | Path,
+    transpoints_spec: str,
+    dtype: str | torch.dtype = "float32",
+    force: bool = False,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    **ssm_options,
+) -> Path:
+    """Convert a Llama-family teacher into a seeded TransMamba student checkpoint at ``out_dir``.
+
+    teacher_source: HF folder, hub id, .gguf file or 'smollm2-135m'. transpoints_spec: see
+    ``parse_transpoints``. ssm_options: TransMambaConfig switches (``SSM_OPTIONS``), e.g. use_z_gate=True.
+    Nothing is written unless the whole conversion succeeds.
+    """
+    out = check_output(out_dir, force)  # before any work
+    torch_dtype = parse_dtype(dtype)
+    unknown = sorted(set(ssm_options) - set(SSM_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown SSM option(s) {unknown}: choose from {', '.join(SSM_OPTIONS)}")
+    steps = tqdm(total=3, desc="load teacher (a GGUF is de-quantized once, ~15 s)", disable=not progress,
+                 bar_format="{desc} [{n}/{total}] {elapsed}")
+    with steps:
+        teacher = load_teacher(teacher_source, dtype=torch.float32, device=device)
+        transpoints = parse_transpoints(transpoints_spec, teacher.model.config.num_hidden_layers)
+        steps.update()
+        steps.set_description("seed student")
+        recorded = SHIPPED_TEACHER if teacher_source == SHIPPED_TEACHER else teacher.source
+        student = seed_student(
+            teacher.model, transpoints, transpoints_spec, recorded, seed=seed, dtype=torch_dtype, **ssm_options
+        )
+        steps.update()
+        steps.set_description(f"write {out}")
+        metadata = {
+            "tool": "tm-distill",
+            "version": _version(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "stage": "seeded",
+            "teacher": {"source": teacher_source, "resolved": teacher.source,
+                        "model_type": teacher.model.config.model_type},
+            "transpoint_spec": transpoints_spec,
+            "transpoints": transpoints,
+            "dtype": str(torch_dtype).removeprefix("torch."),
+            "seed": seed,
+            "ssm_options": ssm_options,
+        }
+        path = save_student(student, teacher.tokenizer, out, metadata, force=force)
+        steps.update()
+    return path
+
+
+def _version() -> str:
+    from .. import __version__  # noqa: PLC0415
+
+    return __version__
+
+
+def read_metadata(path: str | Path) -> dict:
+    meta = Path(path) / META_FILE
+    return json.loads(meta.read_text()) if meta.exists() else {}
+
+
+def student_config_from(path: str | Path) -> TransMambaConfig:
+    """The config of the student checkpoint at ``path``; clear errors for a missing folder or a non-student."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise StudentNotFound(
+            f"student {path} does not exist: create one with `tm-distill convert TEACHER {path} --transpoints SPEC`"
+        )
+    if not (path / "config.json").exists():
+        raise StudentNotFound(f"{path} has no config.json: it is not a model checkpoint folder")
+    config = AutoConfig.from_pretrained(path)
+    if not isinstance(config, TransMambaConfig):
+        raise NotAStudent(
+            f"{path} holds a {config.model_type!r} model, not a TransMamba student: "
+            f"convert it first with `tm-distill convert {path} OUT --transpoints SPEC`"
+        )
+    return config
+
+
+def load_student(path: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"):
+    """Load a student checkpoint: (model in eval mode, tokenizer). dtype None keeps the checkpoint's."""
+    student_config_from(path)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=parse_dtype(dtype) if dtype is not None else "auto"
+    ).to(device).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise StudentNotFound(f"{path} has no usable tokenizer ({err}); re-create it with `tm-distill convert`") from err
+    return model, tokenizer
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool = False) -> torch.Tensor:
+    """Token ids (1, t) of ``prompt``; with ``chat`` as a user turn in the tokenizer's chat template."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("this model's tokenizer has no chat template: drop --chat")
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    return tokenizer(prompt, return_tensors="pt").input_ids
+
+
+class PromptTooLong(ValueError):
+    pass
+
+
+@torch.no_grad()
+def generate_text(
+    model, tokenizer, prompt: str, max_new_tokens: int = 64, chat: bool = False, temperature: float = 0.0,
+    seed: int = 0,
+) -> tuple[str, torch.Tensor]:
+    """Greedy (temperature 0) or sampled continuation of ``prompt``. Returns (text, new token ids (n,))."""
+    ids = encode_prompt(tokenizer, prompt, chat).to(model.device)
+    limit = model.config.max_position_embeddings
+    if ids.shape[1] >= limit:
+        raise PromptTooLong(
+            f"the prompt is {ids.shape[1]} tokens but the model handles at most {limit} "
+            "(max_position_embeddings): shorten it"
+        )
+    if ids.shape[1] + max_new_tokens > limit:
+        log.warning("only %d new tokens fit in the model's %d positions", limit - ids.shape[1], limit)
+        max_new_tokens = limit - ids.shape[1]
+    torch.manual_seed(seed)
+    sample = temperature > 0
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=sample,
+        temperature=temperature if sample else None, top_p=None, top_k=None,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    new = out[0, ids.shape[1]:]
+    return tokenizer.decode(new, skip_special_tokens=True), new
+
+
+__all__ = ["DTYPES", "META_FILE", "NotAStudent", "OutputExists", "PromptTooLong", "SSM_OPTIONS", "StudentNotFound",
+           "check_output", "convert", "encode_prompt", "generate_text", "load_student", "parse_dtype",
+           "read_metadata", "save_student", "student_config_from"]
