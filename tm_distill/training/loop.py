@@ -136,7 +136,7 @@ def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter
                 loss, mets = stage.loss(micro)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
-                    f"stage {run.stage_idx} ({cfg.name}) step {step + 1}: loss is {float(loss)}; training stopped. "
+                    f"stage {run.stage_idx} ({cfg.name}) step {step + 1}: loss is {float(loss.detach())}; training stopped. "
                     f"The last good checkpoint is the newest under {run.output_dir}; lower the learning rate "
                     "(stages[i].optimizer.lr) or use precision fp32, then resume with --resume")
             accelerator.backward(loss / cfg.grad_accum)

@@ -1,0 +1,76 @@
+"""Checkpoints: atomic writes (a crash mid-write leaves the previous one intact), keep-last-k, loadability."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import tm_distill  # noqa: F401
+from tm_distill.convert import seed_student
+from tm_distill.training import checkpoint as ckpt
+
+
+@pytest.fixture
+def student(tiny_teacher):
+    return seed_student(tiny_teacher, [0, 4, 8])
+
+
+def test_checkpoint_is_a_loadable_student_with_state(student, tmp_path):
+    dest = ckpt.save_checkpoint(tmp_path / "0-logits" / "step-3", student, None, {"step": 3, "rng": ckpt.capture_rng()},
+                                {"stage": "logits"})
+    loaded = AutoModelForCausalLM.from_pretrained(dest)
+    assert loaded.config.transpoints == [0, 4, 8]
+    x = torch.randint(0, 97, (1, 12))
+    torch.testing.assert_close(loaded(x).logits, student(x).logits, rtol=0, atol=0)
+    assert torch.load(dest / ckpt.STATE_FILE, weights_only=False)["step"] == 3
+    assert ckpt.read_metadata(dest)["stage"] == "logits"
+
+
+def test_crash_mid_write_leaves_no_half_checkpoint_and_previous_intact(student, tmp_path, monkeypatch):
+    folder = tmp_path / "0-logits"
+    ckpt.save_checkpoint(folder / "step-2", student, None, {"step": 2})
+    before = sorted(os.listdir(folder / "step-2"))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while writing training_state.pt")
+
+    with torch.no_grad():
+        student.model.layers[0].mixer.A_log.add_(1.0)
+    monkeypatch.setattr(ckpt.torch, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(folder / "step-4", student, None, {"step": 4})
+    with pytest.raises(KeyboardInterrupt):  # overwriting an existing checkpoint is atomic too
+        ckpt.save_checkpoint(folder / "step-2", student, None, {"step": 2})
+    monkeypatch.undo()
+    assert sorted(os.listdir(folder)) == ["step-2"]
+    assert sorted(os.listdir(folder / "step-2")) == before
+    assert [s for s, _ in ckpt.step_checkpoints(folder)] == [2]
+    reloaded = AutoModelForCausalLM.from_pretrained(folder / "step-2")
+    assert not torch.equal(reloaded.model.layers[0].mixer.A_log, student.model.layers[0].mixer.A_log)
+
+
+def test_hard_kill_leftover_temp_folder_is_ignored_and_cleaned(student, tmp_path):
+    folder = tmp_path / "0-logits"
+    ckpt.save_checkpoint(folder / "step-2", student, None, {"step": 2})
+    (folder / ".tmp-step-4-abc").mkdir()  # what a SIGKILL during a write leaves behind
+    (folder / ".tmp-step-4-abc" / "config.json").write_text("{")
+    point = ckpt.find_resume_point(tmp_path, ["logits"])
+    assert (point.stage_idx, point.step, point.path.name) == (0, 2, "step-2")
+    ckpt.clean_temp(tmp_path)
+    assert sorted(os.listdir(folder)) == ["step-2"]
+
+
+def test_prune_keeps_newest_and_resume_point_prefers_finished_stages(student, tmp_path):
+    folder = ckpt.stage_dir(tmp_path, 0, "matrix")
+    for step in (2, 4, 6):
+        ckpt.save_checkpoint(folder / f"step-{step}", student, None, {"step": step})
+    ckpt.prune(folder, keep_last=2)
+    assert [s for s, _ in ckpt.step_checkpoints(folder)] == [4, 6]
+    assert ckpt.find_resume_point(tmp_path, ["matrix", "logits"]).step == 6
+    ckpt.save_checkpoint(folder / "final", student, None, {"step": 8, "done": True})
+    point = ckpt.find_resume_point(tmp_path, ["matrix", "logits"])
+    assert (point.stage_idx, point.step, point.path.name, point.state) == (1, 0, "final", None)
+    assert ckpt.find_resume_point(tmp_path / "nothing", ["matrix"]).path is None
