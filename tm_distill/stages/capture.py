@@ -15,6 +15,7 @@ mixer see every column s <= t: the Memory Converter folds the attention prefix i
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -23,6 +24,9 @@ from torch import Tensor, nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from ..ops.ssd_ref import _segsum
+from .base import Stage, freeze_except, select_parameters
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -194,11 +198,64 @@ def ssm_mixing_matrix(
     return torch.einsum("bhtn,bhsn->bhts", C, B) * decay * dt.unsqueeze(-2)
 
 
+class LayerParallelStage(Stage):
+    """The common part of the matrix and hidden stages: which layers train, and the teacher's inputs to them.
+
+    Each selected layer gets the teacher's own (detached) input, so layers train independently and nothing
+    backpropagates through the model. A layer takes part in a batch when its TransPoint P_l < t (it has an SSM
+    part); ``cfg.loss.layers`` restricts the set further. Only the selected layers' parameters are trainable.
+    """
+
+    def __init__(self, cfg, student, teacher):
+        super().__init__(cfg, student, teacher)
+        num_layers = student.config.num_hidden_layers
+        if len(decoder_layers(teacher)) != num_layers:
+            raise ValueError(f"teacher has {len(decoder_layers(teacher))} layers but the student {num_layers}: "
+                             "the student must be seeded from this teacher")
+        if cfg.trainable not in ("ssm", "mixer", "all"):
+            raise ValueError(f"stage {self.name!r}: trainable={cfg.trainable!r} is not supported; use ssm "
+                             "(default), mixer (also trains q/k/v/o) or all")
+        layers = getattr(cfg.loss, "layers", None)
+        self.layers = _check_layers(layers, num_layers) if layers is not None else list(range(num_layers))
+        if not self.layers:
+            raise ValueError(f"stage {self.name!r}: loss.layers is empty; list layer indices or leave it null")
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        prefixes = tuple(f"model.layers.{i}." for i in self.layers)
+        chosen = [(n, p) for n, p in select_parameters(self.student, self.cfg.trainable) if n.startswith(prefixes)]
+        if not chosen:
+            raise ValueError(f"stage {self.name!r}: trainable={self.cfg.trainable!r} selects nothing in layers "
+                             f"{self.layers}")
+        return freeze_except(self.student, chosen)
+
+    def active_layers(self, seq_len: int) -> list[int]:
+        """Selected layers whose TransPoint (read live from student.config) falls inside the sequence."""
+        tps = self.student.config.transpoints
+        return [i for i in self.layers if tps[i] < seq_len]
+
+    def student_inputs(self, acts: TeacherActivations, layer: int) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """The teacher's input to ``layer`` on the student's device/dtype, and the student's RoPE for it."""
+        ref = next(self.student.parameters())
+        hidden = acts.attn_inputs[layer].to(device=ref.device, dtype=ref.dtype)
+        positions = torch.arange(hidden.shape[1], device=ref.device).unsqueeze(0)
+        return hidden, self.student.model.rotary_emb(hidden, position_ids=positions)
+
+    def teacher_batch(self, input_ids: Tensor, layers: list[int]) -> TeacherActivations:
+        ref = next(self.teacher.parameters())
+        return capture_teacher(self.teacher, input_ids.to(ref.device), layers)
+
+    def no_layer_loss(self, seq_len: int) -> tuple[Tensor, dict[str, float]]:
+        log.warning("stage %s: no selected layer has a TransPoint below the batch length %d; the loss is 0",
+                    self.name, seq_len)
+        ref = next(self.student.parameters())
+        return torch.zeros((), device=ref.device, requires_grad=True), {"layers": 0.0}
+
+
 def head_chunk_size(batch: int, seq_len: int, num_heads: int, max_bytes: int) -> int:
     """Heads per chunk so that one chunk's (b, h, t, t) fp32 matrices (with ~8 temporaries) fit max_bytes."""
     per_head = 8 * 4 * batch * seq_len * seq_len
     return max(1, min(num_heads, max_bytes // max(per_head, 1)))
 
 
-__all__ = ["TeacherActivations", "capture_teacher", "decoder_layers", "head_chunk_size", "record_activations",
+__all__ = ["LayerParallelStage", "TeacherActivations", "capture_teacher", "decoder_layers", "head_chunk_size", "record_activations",
            "ssm_mixing_matrix", "teacher_attention_matrix"]
