@@ -27,7 +27,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tm_distill.convert import parse_transpoints, seed_student  # noqa: E402
+from tm_distill.convert import map_teacher_key, parse_transpoints, seed_student  # noqa: E402
 from tm_distill.models import TransMambaCache  # noqa: E402
 from tm_distill.ops.graphs import DecodeGraph, capturable_reason  # noqa: E402
 
@@ -95,12 +95,24 @@ def build(shape: str, device):
     return teacher
 
 
+def share_weights(student, teacher):
+    """Point the student's seeded parameters at the teacher's (identical values), so that the teacher and
+    three students fit on one GPU at the 8B shape; each model's weights are still counted in full."""
+    for key, tensor in teacher.state_dict().items():
+        if "rotary_emb" in key:
+            continue
+        target = student.get_parameter(map_teacher_key(key))
+        assert torch.equal(target, tensor), key
+        target.data = tensor
+    torch.cuda.empty_cache()
+
+
 def prefill(rec, shape, teacher, students, contexts, args):
     L = teacher.config.num_hidden_layers
     kv_per_tok = 2 * L * teacher.config.num_key_value_heads * teacher.config.head_dim * 2
     for T in contexts:
         ids = torch.randint(0, teacher.config.vocab_size, (1, T), device="cuda")
-        warm, reps = (1, 2) if T >= 65536 else (1, 3) if T >= 16384 else (2, 5)
+        warm, reps = (1, 2) if T >= 16384 else (1, 3) if T >= 8192 else (2, 5)
         models = [("teacher", "-", teacher)] + [("student", s, m) for s, m in students.items()]
         for who, sched, model in models:
             if time.time() > args.deadline:
@@ -299,12 +311,15 @@ def main(argv=None):
         students = {}
         for s in args.schedules.split(","):
             spec = SCHEDULES[s](L)
-            students[s] = seed_student(teacher, parse_transpoints(spec, L), spec, shape, seed=0,
-                                       dtype=torch.bfloat16, ssm_backend="auto")
-        if "prefill" in parts:
-            prefill(rec, shape, teacher, students, contexts, args)
-        if "decode" in parts:
-            decode(rec, shape, teacher, students, contexts, [int(b) for b in args.batches.split(",")], args)
+            student = seed_student(teacher, parse_transpoints(spec, L), spec, shape, seed=0,
+                                   dtype=torch.bfloat16, ssm_backend="auto")
+            share_weights(student, teacher)
+            students[s] = student
+        for T in contexts:  # context by context, so a run cut short by its budget still covers the first ones
+            if "prefill" in parts:
+                prefill(rec, shape, teacher, students, [T], args)
+            if "decode" in parts:
+                decode(rec, shape, teacher, students, [T], [int(b) for b in args.batches.split(",")], args)
         if "maxbatch" in parts and shape == "1b":
             max_batch_decode(rec, shape, teacher, students, args.maxbatch_context, args.student_maxbatch, args)
         del teacher, students

@@ -51,6 +51,8 @@ def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx,
         B = B.repeat_interleave(g // B.shape[2], dim=2) if B.shape[2] != g else B
         C = C.repeat_interleave(g // C.shape[2], dim=2) if C.shape[2] != g else C
     assert h % B.shape[2] == 0
+    if x.shape[1] > _MAX_SEGMENT:
+        return _segmented(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states)
     out = mamba_chunk_scan_combined(
         x.contiguous(),
         dt.contiguous(),
@@ -65,6 +67,28 @@ def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx,
         return_final_states=return_final_states,
     )
     return out
+
+
+# mamba-ssm 2.3.2's kernels failed to launch ("Triton Error [CUDA]: invalid argument") on 131072 tokens on an
+# H200 (2026-11-23) and ran at 32768. Longer sequences are scanned in segments, each handing its final state to
+# the next as initial state: exact, by the same property the Memory Converter relies on.
+_MAX_SEGMENT = 32768
+
+
+def _segmented(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states):
+    ys, state = [], initial_states
+    for s in range(0, x.shape[1], _MAX_SEGMENT):
+        sl = slice(s, s + _MAX_SEGMENT)
+        if s > 0 and seq_idx is not None:  # a document starting here must not inherit the carried state
+            same = (seq_idx[:, s] == seq_idx[:, s - 1]).to(state.dtype)
+            state = state * same.view(-1, 1, 1, 1)
+        y, state = _mamba_chunk_scan(
+            x[:, sl], dt[:, sl], A, B[:, sl], C[:, sl], chunk_size, D, None if z is None else z[:, sl], state,
+            None if seq_idx is None else seq_idx[:, sl], True,
+        )
+        ys.append(y)
+    y = torch.cat(ys, dim=1)
+    return (y, state) if return_final_states else y
 
 
 def ssd_scan(

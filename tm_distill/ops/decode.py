@@ -8,7 +8,7 @@ decode launch-bound; the fused kernel moves the state exactly once and is CUDA-g
 Shapes (as ``ssd_step``):
 - ``state``: (batch, nheads, headdim, dstate), fp32, updated in place by the fused path
 - ``x``: (batch, nheads, headdim); ``dt``: (batch, nheads) (already softplus'd); ``A``: (nheads,)
-- ``B``, ``C``: (batch, ngroups, dstate), ngroups dividing nheads; ``D``: (nheads,) or (nheads, headdim)
+- ``B``, ``C``: (batch, ngroups, dstate), each group count dividing nheads (they may differ: B per KV head); ``D``: (nheads,) or (nheads, headdim)
 - returns (state, y) with y (batch, nheads, headdim) fp32.
 """
 
@@ -29,7 +29,7 @@ if HAS_TRITON:  # pragma: no cover - needs a GPU
     @triton.jit
     def _ssd_update_kernel(
         state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, y_ptr,
-        nheads, headdim, dstate, heads_per_group,
+        nheads, headdim, dstate, heads_per_group_b, heads_per_group_c,
         s_sb, s_sh, s_sp, s_sn,
         s_xb, s_xh, s_xp,
         s_dtb, s_dth,
@@ -43,7 +43,8 @@ if HAS_TRITON:  # pragma: no cover - needs a GPU
         pid_bh = tl.program_id(1)
         b = pid_bh // nheads
         h = pid_bh % nheads
-        g = h // heads_per_group
+        gb = h // heads_per_group_b
+        gc = h // heads_per_group_c
         offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         offs_n = tl.arange(0, BLOCK_N)
         mask_p = offs_p < headdim
@@ -52,8 +53,8 @@ if HAS_TRITON:  # pragma: no cover - needs a GPU
         a = tl.load(A_ptr + h).to(tl.float32)
         decay = tl.exp(a * dt)
         x = tl.load(x_ptr + b * s_xb + h * s_xh + offs_p * s_xp, mask=mask_p, other=0.0).to(tl.float32)
-        Bv = tl.load(B_ptr + b * s_Bb + g * s_Bg + offs_n * s_Bn, mask=mask_n, other=0.0).to(tl.float32)
-        Cv = tl.load(C_ptr + b * s_Cb + g * s_Cg + offs_n * s_Cn, mask=mask_n, other=0.0).to(tl.float32)
+        Bv = tl.load(B_ptr + b * s_Bb + gb * s_Bg + offs_n * s_Bn, mask=mask_n, other=0.0).to(tl.float32)
+        Cv = tl.load(C_ptr + b * s_Cb + gc * s_Cg + offs_n * s_Cn, mask=mask_n, other=0.0).to(tl.float32)
         sp = state_ptr + b * s_sb + h * s_sh + offs_p[:, None] * s_sp + offs_n[None, :] * s_sn
         m2 = mask_p[:, None] & mask_n[None, :]
         s = tl.load(sp, mask=m2, other=0.0)
@@ -79,8 +80,8 @@ def ssd_update_fused(state, x, dt, A, B, C, D=None):
             f"(Triton installed: {HAS_TRITON}); use ssd_update, which falls back to ssd_step"
         )
     b, h, p, n = state.shape
-    if B.shape[1] != C.shape[1] or h % B.shape[1]:
-        raise ValueError(f"B and C need one group count dividing nheads={h}, got {B.shape[1]} and {C.shape[1]}")
+    if h % B.shape[1] or h % C.shape[1]:
+        raise ValueError(f"B and C group counts must divide nheads={h}, got {B.shape[1]} and {C.shape[1]}")
     y = torch.empty(b, h, p, device=state.device, dtype=torch.float32)
     if D is not None:
         Dm = D if D.dim() == 2 else D.view(h, 1).expand(h, p)
@@ -92,7 +93,7 @@ def ssd_update_fused(state, x, dt, A, B, C, D=None):
     grid = (triton.cdiv(p, block_p), b * h)
     _ssd_update_kernel[grid](
         state, x, dt, A, B, C, Dm, y,
-        h, p, n, h // B.shape[1],
+        h, p, n, h // B.shape[1], h // C.shape[1],
         *state.stride(), *x.stride(), *dt.stride(), *B.stride(), *C.stride(), *d_strides, *y.stride(),
         HAS_D=D is not None, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4,
     )
