@@ -1,0 +1,128 @@
+"""The recipe schema: strict loading with key paths, overrides, checks against the teacher, shipped recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tm_distill.recipe import Recipe, RecipeError, StageConfig, dump_recipe, load_recipe, recipe_from_dict
+from tm_distill.training.resolve import resolve_plan, teacher_config
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/*.yaml"))
+
+
+def _raw(**top):
+    raw = {"teacher": "smollm2-135m", "stages": [{"name": "matrix", "steps": 4}, {"name": "logits", "steps": 8}]}
+    raw.update(top)
+    return raw
+
+
+def test_every_shipped_recipe_loads_and_validates():
+    assert {p.parent.name + "/" + p.name for p in RECIPES} >= {
+        "smollm2-135m/cpu-demo.yaml", "smollm2-135m/gpu-cycle.yaml", "llama-3.2-1b/attn25.yaml",
+        "llama-3-8b/cycle-multigpu.yaml"}
+    for path in RECIPES:
+        recipe = load_recipe(path)
+        plan = resolve_plan(recipe, teacher_config(recipe.teacher))  # uncached hub teachers: schema only
+        assert [s.name for s in plan.stages] == [s.name for s in recipe.stages]
+        assert all(s.steps > 0 and s.tokens > 0 for s in plan.stages)
+        assert any(line.startswith("transpoints:") for line in plan.lines())
+
+
+def test_cpu_demo_resolves_against_the_real_teacher():
+    recipe = load_recipe(next(p for p in RECIPES if p.name == "cpu-demo.yaml"))
+    plan = resolve_plan(recipe, teacher_config(recipe.teacher))
+    assert plan.num_layers == 30 and len(plan.transpoints) == 30
+    assert len(set(plan.transpoints)) > 1  # never one shared switch position
+    assert [s.name for s in plan.stages] == ["matrix", "hidden", "logits"]
+
+
+def test_llama_1b_recipe_has_a_quarter_attention_layers():
+    from tm_distill.convert import parse_transpoints
+    from tm_distill.models import ATTENTION_ONLY
+
+    recipe = load_recipe(next(p for p in RECIPES if p.name == "attn25.yaml"))
+    tps = parse_transpoints(recipe.transpoints, 16)  # Llama-3.2-1B has 16 layers
+    assert sum(p == ATTENTION_ONLY for p in tps) == 4 and tps.count(0) == 12
+
+
+def test_round_trip_through_yaml(tmp_path):
+    recipe = recipe_from_dict(_raw())
+    path = tmp_path / "r.yaml"
+    path.write_text(dump_recipe(recipe))
+    assert load_recipe(path) == recipe
+
+
+@pytest.mark.parametrize("raw, key, words", [
+    (_raw(bogus=1), "bogus", "unknown key"),
+    (_raw(data={"seqlen": 64}), "data.seqlen", "did you mean 'seq_len'"),
+    (_raw(stages=[{"name": "logits", "steps": 3, "loss": {"temprature": 2}}]), "stages[0].loss.temprature",
+     "unknown key"),
+    (_raw(stages=[{"name": "logits", "steps": "ten"}]), "stages[0].steps", "expected an integer"),
+    (_raw(seed=1.5), "seed", "expected an integer"),
+    (_raw(stages=[{"name": "logits", "steps": 3, "loss": {"normalize": "yes"}}]), "stages[0].loss.normalize",
+     "true or false"),
+    (_raw(stages=[{"name": "matrix", "steps": 3}, {"name": "logits", "steps": 3, "optimizer": {"lr": -1}}]),
+     "stages[1].optimizer.lr", "must be > 0"),
+    (_raw(stages=[{"name": "logit", "steps": 3}]), "stages[0].name", "valid stages: matrix, hidden, logits"),
+    (_raw(stages=[{"name": "logits", "steps": 0}]), "stages[0].steps", "budget must be > 0"),
+    (_raw(stages=[{"name": "logits", "tokens": -5}]), "stages[0].tokens", "budget must be > 0"),
+    (_raw(stages=[{"name": "logits"}]), "stages[0].steps", "give steps or tokens"),
+    (_raw(data={"max_tokens": 0}), "data.max_tokens", "budget must be > 0"),
+    (_raw(stages=[{"name": "logits", "steps": 3, "precision": "fp16"}]), "stages[0].precision", "fp32, bf16"),
+    (_raw(stages=[{"name": "matrix", "steps": 3, "trainable": "lora"}]), "stages[0].trainable", "only for the logits"),
+    (_raw(stages=[]), "stages", "at least one stage"),
+    ({"stages": [{"name": "logits", "steps": 3}]}, "teacher", "missing required key"),
+])
+def test_bad_recipes_fail_naming_the_key(raw, key, words):
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict(raw)
+    assert err.value.key == key
+    assert str(err.value).startswith(f"{key}: ") and words in str(err.value)
+
+
+def test_overrides_by_index_by_stage_name_and_lr_shorthand():
+    recipe = recipe_from_dict(_raw(stages=[{"name": "matrix", "steps": 4, "lr": 1e-3}, {"name": "logits", "steps": 8}]),
+                              ["seed=3", "data.seq_len=64", "stages.1.optimizer.lr=3e-4", "stages.matrix.steps=9",
+                               "stages.logits.loss.kind=jsd", "stages.0.lr=2e-3", "ssm.use_conv=true"])
+    assert recipe.seed == 3 and recipe.data.seq_len == 64 and recipe.ssm == {"use_conv": True}
+    assert recipe.stages[0].steps == 9 and recipe.stages[0].optimizer.lr == 2e-3
+    assert recipe.stages[1].optimizer.lr == 3e-4 and recipe.stages[1].loss.kind == "jsd"
+    assert isinstance(recipe, Recipe) and isinstance(recipe.stages[1], StageConfig)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("stages.5.steps=1", "stages.5"), ("stages.hiden.steps=1", "stages.hiden"), ("nokey", "nokey"),
+    ("stages.0.lr=-1", "stages[0].optimizer.lr"), ("data.seq_len=abc", "data.seq_len"),
+])
+def test_bad_overrides_name_the_key(override, key):
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict(_raw(), [override])
+    assert err.value.key == key
+
+
+def test_checks_against_the_real_teacher(smol):
+    config = smol.model.config
+    too_long = config.max_position_embeddings + 1
+    with pytest.raises(RecipeError, match=rf"^stages\[1\]\.seq_len: {too_long} is longer than the teacher supports"):
+        resolve_plan(recipe_from_dict(_raw(), [f"stages.1.seq_len={too_long}"]), config)
+    with pytest.raises(RecipeError, match=r"^data\.seq_len: "):
+        resolve_plan(recipe_from_dict(_raw(), [f"data.seq_len={too_long}"]), config)
+    with pytest.raises(RecipeError, match=r"^transpoints: .*'x'"):
+        resolve_plan(recipe_from_dict(_raw(transpoints="cycle=0,x")), config)
+    with pytest.raises(RecipeError, match=r"^stages\[0\]\.loss\.layers: "):
+        resolve_plan(recipe_from_dict(_raw(), ["stages.0.loss.layers=[0,30]"]), config)
+    plan = resolve_plan(recipe_from_dict(_raw(transpoints="attn=0,10,20;ssm=rest"), ["stages.1.tokens=1000",
+                                                                                      "stages.1.steps=null"]), config)
+    assert (plan.stages[1].steps, plan.stages[1].tokens) == (2, 1024)  # ceil(1000 / (2 * 1 * 256))
+
+
+def test_missing_teacher_fails_naming_the_key(tmp_path):
+    with pytest.raises(RecipeError, match=r"^teacher: .*does not exist"):
+        teacher_config(str(tmp_path / "no-such-model"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RecipeError, match=r"^teacher: .*config.json"):
+        teacher_config(str(empty))
+    assert teacher_config("some-org/not-cached-model") is None  # hub id, never downloaded here
