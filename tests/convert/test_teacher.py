@@ -1,0 +1,41 @@
+"""Teacher loading: the shipped GGUF, local folders, and clear errors for everything else."""
+
+from __future__ import annotations
+
+import pytest
+
+from tm_distill.convert import TeacherNotFound, UnsupportedTeacher, load_teacher
+
+
+def test_shipped_teacher(smol):
+    cfg = smol.model.config
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads) == (
+        "llama", 30, 9, 3)
+    assert cfg.hidden_size == 576 and cfg.vocab_size == 49152
+    assert smol.tokenizer.chat_template and smol.source.endswith(".gguf")
+
+
+def test_local_folder(tiny_teacher_dir):
+    teacher = load_teacher(str(tiny_teacher_dir))
+    assert teacher.model.config.num_key_value_heads in (2, 4) and not teacher.model.training
+
+
+@pytest.mark.parametrize("kind,fragment", [
+    ("missing", "does not exist"),
+    ("missing.gguf", "does not exist"),
+    ("text-file", "not a .gguf"),
+    ("no-config", "has no config.json"),
+])
+def test_bad_sources(tmp_path, kind, fragment):
+    source = tmp_path / kind
+    if kind == "text-file":
+        source.write_text("hello")
+    elif kind == "no-config":
+        source.mkdir()
+    with pytest.raises(TeacherNotFound, match=fragment):
+        load_teacher(str(source))
+
+
+def test_unsupported_family(gpt2_dir):
+    with pytest.raises(UnsupportedTeacher, match="'gpt2' is not supported.*llama"):
+        load_teacher(str(gpt2_dir))
