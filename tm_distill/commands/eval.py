@@ -1,0 +1,106 @@
+"""`tm-distill eval`: the student-vs-teacher report (held-out metrics, retrieval, lm-eval, speed)."""
+
+from __future__ import annotations
+
+import click
+
+
+def _ints(ctx, param, value):
+    if value is None or value.strip().lower() in ("", "none"):
+        return []
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 1024,2048") from None
+    if any(v <= 0 for v in out):
+        raise click.BadParameter(f"{value!r}: lengths must be positive")
+    return out
+
+
+def _floats(ctx, param, value):
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.1,0.5,0.9") from None
+
+
+def _names(ctx, param, value):
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    return names or None
+
+
+@click.command("eval")
+@click.argument("students", nargs=-1, required=True)
+@click.option("--teacher", required=True, help="Teacher: HF folder, .gguf file, hub id, or smollm2-135m.")
+@click.option("--data", default="shakespeare", show_default=True,
+              help="Text: a corpus name, .txt/.jsonl/.json/.parquet file, folder, glob, or hub dataset.")
+@click.option("--text-field", default="text", show_default=True, help="Text column of JSON/parquet data.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True, help="Window length.")
+@click.option("--windows", type=click.IntRange(min=1), default=8, show_default=True, help="Held-out windows.")
+@click.option("--heldout-fraction", type=float, default=0.05, show_default=True,
+              help="Documents held out (use the distillation's value and seed).")
+@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of the held-out document split.")
+@click.option("--transpoints", default=None, help="Override every student's TransPoints (e.g. all=128).")
+@click.option("--passkey-lengths", callback=_ints, default="1024,2048", show_default=True,
+              help="Retrieval context lengths (passkey and phonebook); 'none' skips retrieval.")
+@click.option("--depths", callback=_floats, default="0.1,0.5,0.9", show_default=True, help="Needle depths in [0,1].")
+@click.option("--trials", type=click.IntRange(min=1), default=2, show_default=True, help="Prompts per length/depth.")
+@click.option("--retrieval-tasks", callback=_names, default="passkey,phonebook", show_default=True)
+@click.option("--tasks", callback=_names, default=None, help="lm-eval tasks, e.g. arc_easy,hellaswag (needs lm-eval).")
+@click.option("--task-dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of local lm-eval task YAMLs.")
+@click.option("--limit", "lm_eval_limit", type=float, default=None, help="lm-eval: examples per task (or fraction).")
+@click.option("--num-fewshot", type=int, default=None, help="lm-eval: few-shot examples.")
+@click.option("--speed-lengths", callback=_ints, default="256,1024", show_default=True, help="Prompt lengths to time.")
+@click.option("--decode-tokens", type=click.IntRange(min=2), default=16, show_default=True)
+@click.option("--no-speed", is_flag=True, help="Skip the speed and memory section.")
+@click.option("--no-layer-error", is_flag=True, help="Skip the per-layer hidden-state error.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the retrieval prompts.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+def eval_cmd(students, teacher, data, text_field, out_dir, seq_len, windows, heldout_fraction, data_seed,
+             transpoints, passkey_lengths, depths, trials, retrieval_tasks, tasks, task_dir, lm_eval_limit,
+             num_fewshot, speed_lengths, decode_tokens, no_speed, no_layer_error, seed, device, dtype):
+    """Compare STUDENTS (one or more student folders) with the teacher and write a report to --out.
+
+    The report has perplexity, KL to the teacher and top-1 agreement on held-out text, overall and by
+    position relative to each student's TransPoints; the per-layer hidden-state error; passkey and
+    phonebook retrieval; optional lm-evaluation-harness tasks; and prefill/decode speed and memory.
+    Files: report.json, report.md and PNG plots. See docs/eval.md for how to read them.
+
+    \b
+    Examples:
+      tm-distill eval runs/demo/final --teacher smollm2-135m --out runs/demo/eval
+      tm-distill eval runs/seeded runs/distilled --teacher smollm2-135m --data shakespeare \\
+          --seq-len 512 --windows 16 --passkey-lengths 1024,2048 --out runs/compare
+      tm-distill eval runs/demo/final --teacher smollm2-135m --transpoints all=128 --out runs/robust
+      tm-distill eval runs/demo/final --teacher smollm2-135m --tasks arc_easy --limit 100 --out runs/arc
+      tm-distill eval runs/s --teacher smollm2-135m --tasks my_task --task-dir tasks/ --no-speed --out r
+    """
+    from ..convert.api import parse_dtype  # noqa: PLC0415
+    from ..convert.transpoints import TransPointSpecError  # noqa: PLC0415
+    from ..eval.api import EvalInputError, EvalOptions, run_eval  # noqa: PLC0415
+    from ..eval.lmeval import LMEvalUnavailable, lm_eval_available, INSTALL_HINT  # noqa: PLC0415
+    from ..eval.retrieval import RetrievalError  # noqa: PLC0415
+
+    if tasks and not lm_eval_available():
+        raise click.ClickException(f"--tasks needs lm-evaluation-harness, which is not installed: {INSTALL_HINT}")
+    try:
+        options = EvalOptions(
+            seq_len=seq_len, windows=windows, heldout_fraction=heldout_fraction, data_seed=data_seed,
+            text_field=text_field, transpoints=transpoints, layer_error=not no_layer_error,
+            retrieval_tasks=retrieval_tasks or [], retrieval_lengths=passkey_lengths if retrieval_tasks else [],
+            depths=depths, trials=trials, seed=seed, tasks=tasks, task_dir=task_dir, lm_eval_limit=lm_eval_limit,
+            num_fewshot=num_fewshot, speed=not no_speed and bool(speed_lengths), speed_lengths=speed_lengths,
+            decode_tokens=decode_tokens,
+        )
+        report = run_eval(list(students), teacher, data, out_dir, options, device=device, dtype=parse_dtype(dtype))
+    except (EvalInputError, TransPointSpecError, RetrievalError, LMEvalUnavailable, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from err
+    for name, m in report["models"].items():
+        ppl = "–" if m["perplexity"] is None else f"{m['perplexity']:.3f}"
+        click.echo(f"{name}: perplexity {ppl}, KL {m['kl_to_teacher']:.4f}, top-1 {m['top1_agreement']:.3f}")
+    click.echo(f"report: {out_dir}/report.md ({', '.join(['report.json', *report['plots']])})")
