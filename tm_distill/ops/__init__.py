@@ -51,6 +51,8 @@ def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx,
         B = B.repeat_interleave(g // B.shape[2], dim=2) if B.shape[2] != g else B
         C = C.repeat_interleave(g // C.shape[2], dim=2) if C.shape[2] != g else C
     assert h % B.shape[2] == 0
+    if seq_idx is not None:  # mamba-ssm hands initial_states only to document id 0: number documents from 0
+        seq_idx = (seq_idx - seq_idx[:, :1]).to(torch.int32).contiguous()
     if x.shape[1] > _MAX_SEGMENT:
         return _segmented(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states)
     out = mamba_chunk_scan_combined(
