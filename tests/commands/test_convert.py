@@ -56,6 +56,7 @@ def test_option_flags_reach_the_config(tiny_dir, tmp_path):
 
 @pytest.mark.parametrize("teacher,spec,fragment", [
     ("missing", "all=4", "does not exist"),
+    ("garbage.gguf", "all=4", "not a GGUF file"),
     ("gpt2", "all=4", "'gpt2' is not supported"),
     ("tiny", "every=4", "unknown key 'every'"),
     ("tiny", "all=-4", "negative"),
@@ -68,7 +69,9 @@ def test_user_errors_are_one_line(tiny_dir, tmp_path, teacher, spec, fragment):
 
         GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32)).save_pretrained(
             tmp_path / "gpt2")
-    source = {"missing": str(tmp_path / "nope"), "gpt2": str(tmp_path / "gpt2"), "tiny": str(tiny_dir)}[teacher]
+    (tmp_path / "garbage.gguf").write_bytes(b"unreadable")
+    source = {"missing": str(tmp_path / "nope"), "gpt2": str(tmp_path / "gpt2"), "tiny": str(tiny_dir),
+              "garbage.gguf": str(tmp_path / "garbage.gguf")}[teacher]
     out = tmp_path / "out"
     result = run("convert", source, str(out), "--transpoints", spec)
     assert result.exit_code == 1

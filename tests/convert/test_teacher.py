@@ -39,3 +39,20 @@ def test_bad_sources(tmp_path, kind, fragment):
 def test_unsupported_family(gpt2_dir):
     with pytest.raises(UnsupportedTeacher, match="'gpt2' is not supported.*llama"):
         load_teacher(str(gpt2_dir))
+
+
+@pytest.mark.parametrize("kind,fragment", [
+    ("garbage.gguf", "not a GGUF file"),
+    ("corrupt-config", "not a valid JSON"),
+    ("no-weights", "no file named model.safetensors"),
+])
+def test_unreadable_sources(tmp_path, tiny_teacher_dir, kind, fragment):
+    source = tmp_path / kind
+    if kind == "garbage.gguf":
+        source.write_bytes(b"not a gguf at all")
+    else:
+        source.mkdir()
+        text = (tiny_teacher_dir / "config.json").read_text()
+        (source / "config.json").write_text(text[: len(text) // 2] if kind == "corrupt-config" else text)
+    with pytest.raises(TeacherNotFound, match=fragment):
+        load_teacher(str(source))

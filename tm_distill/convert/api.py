@@ -129,7 +129,9 @@ def convert(
     unknown = sorted(set(ssm_options) - set(SSM_OPTIONS))
     if unknown:
         raise ValueError(f"unknown SSM option(s) {unknown}: choose from {', '.join(SSM_OPTIONS)}")
-    steps = tqdm(total=3, desc="load teacher (a GGUF is de-quantized once, ~15 s)", disable=not progress,
+    gguf = teacher_source == SHIPPED_TEACHER or str(teacher_source).endswith(".gguf")
+    desc = "load teacher" + (" (a GGUF is de-quantized once, ~15 s)" if gguf else "")
+    steps = tqdm(total=3, desc=desc, disable=not progress,
                  bar_format="{desc} [{n}/{total}] {elapsed}")
     with steps:
         teacher = load_teacher(teacher_source, dtype=torch.float32, device=device)

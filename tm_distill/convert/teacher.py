@@ -101,8 +101,11 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | 
         cached = _gguf_cache_path(path)
         if not (cached / "config.json").exists():
             log.info("de-quantizing %s (once; cached at %s)", path.name, cached)
-            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            try:
+                model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+                tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            except (OSError, ValueError) as err:
+                raise TeacherNotFound(f"cannot read GGUF teacher {source!r}: {err}") from err
             _save_dequantized(model, tok, cached)
         folder = str(cached)
     elif path.is_dir():
@@ -120,8 +123,11 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | 
     from .seed import _adapter  # noqa: PLC0415  (checks the model family before loading weights)
 
     _adapter(config)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except OSError as err:  # missing or unreadable weights / tokenizer files
+        raise TeacherNotFound(f"cannot load teacher {source!r}: {err}") from err
     return Teacher(model=model, tokenizer=tokenizer, source=resolved)
 
 
