@@ -1,0 +1,173 @@
+"""`auto` TransPoints: spec parsing, layer sensitivity, the greedy schedule and the `tm-distill plan` command."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tm_distill.cli import cli
+from tm_distill.convert import parse_transpoints, seed_student
+from tm_distill.models.configuration import ATTENTION_ONLY
+from tm_distill.plan import (
+    CANDIDATE_FRACTIONS, AutoSpec, AutoSpecError, calibration_windows, choose_transpoints, measure_sensitivity,
+    parse_auto_spec, plan_transpoints, resolve_auto,
+)
+
+
+# ---------------------------------------------------------------------------------------------------- spec
+@pytest.mark.parametrize("spec, expect", [
+    ("auto:kv_budget=25%", AutoSpec(0.25, None)),
+    ("auto:kv_budget=0.5,context=8192", AutoSpec(0.5, 8192)),
+    ("auto: context=64 , kv_budget=100%", AutoSpec(1.0, 64)),
+])
+def test_parse_auto_spec(spec, expect):
+    assert parse_auto_spec(spec) == expect
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("auto", "needs a budget"),
+    ("auto:speed=2x", "unknown key 'speed'.*kv_budget, context"),
+    ("auto:kv_budget=0%", r"outside \(0, 100%\]"),
+    ("auto:kv_budget=150%", r"outside \(0, 100%\]"),
+    ("auto:kv_budget=25", r"outside \(0, 100%\]"),
+    ("auto:kv_budget=-5%", r"outside \(0, 100%\]"),
+    ("auto:kv_budget=lots", "not a number"),
+    ("auto:context=128", "has no kv_budget"),
+    ("auto:kv_budget=25%,context=0", "must be >= 1"),
+    ("auto:kv_budget=25%,kv_budget=30%", "given twice"),
+    ("auto:kv_budget", "not key=value"),
+])
+def test_bad_auto_specs_name_the_problem(spec, message):
+    with pytest.raises(AutoSpecError, match=message):
+        parse_auto_spec(spec)
+
+
+# ---------------------------------------------------------------------------------------------------- greedy
+def _kv_share(points, context):
+    return sum(min(p, context) for p in points) / (len(points) * context)
+
+
+def test_greedy_switches_the_least_sensitive_layers_first():
+    # 4 layers; layers 1 and 3 barely care, layer 0 is very sensitive
+    sens = torch.tensor([[9.0, 8.0, 7.0, 6.0], [0.2, 0.1, 0.05, 0.01], [3.0, 2.0, 1.0, 0.5], [0.3, 0.2, 0.1, 0.0]])
+    tps = choose_transpoints(sens, CANDIDATE_FRACTIONS, context=256, kv_budget=0.5)
+    assert _kv_share(tps, 256) <= 0.5
+    assert tps[0] == ATTENTION_ONLY and tps[1] == 0 and tps[3] == 0
+    assert choose_transpoints(sens, CANDIDATE_FRACTIONS, 256, 1.0) == [ATTENTION_ONLY] * 4
+
+
+@pytest.mark.parametrize("budget", [0.03, 0.1, 0.2, 0.3, 0.45, 0.7, 0.9])
+def test_greedy_meets_budget_and_never_switches_all_layers_at_one_point(budget):
+    gen = torch.Generator().manual_seed(int(budget * 100))
+    sens = torch.rand(8, 4, generator=gen).sort(dim=1, descending=True).values
+    tps = choose_transpoints(sens, CANDIDATE_FRACTIONS, context=512, kv_budget=budget)
+    assert _kv_share(tps, 512) <= budget + 1e-9
+    assert len(set(tps)) > 1
+
+
+def test_unreachable_budget_says_the_smallest_one():
+    sens = torch.ones(4, 4)
+    with pytest.raises(AutoSpecError, match=r"smallest reachable budget is 3\.12%"):
+        choose_transpoints(sens, CANDIDATE_FRACTIONS, context=256, kv_budget=0.01)
+
+
+# ---------------------------------------------------------------------------------------------------- measurement
+def _tiny_teacher(vocab_size=97, layers=3, seed=0):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_sensitivity_equals_full_forward_kl():
+    """The from-layer-l shortcut gives the KL of a full student forward with only layer l switched."""
+    teacher = _tiny_teacher()
+    ids = torch.randint(0, 97, (3, 32), generator=torch.Generator().manual_seed(0))
+    sens = measure_sensitivity(teacher, ids, seed=1, max_batch_tokens=64, progress=False)  # 2 micro-batches
+    assert sens.shape == (3, 4) and torch.all(sens >= 0) and torch.all(sens[:, 0] > 0)
+    student = seed_student(teacher, [ATTENTION_ONLY] * 3, seed=1)
+    with torch.no_grad():
+        t_logp = F.log_softmax(teacher(ids).logits, -1)
+        for layer, c in ((0, 0), (1, 2), (2, 3)):
+            tps = [ATTENTION_ONLY] * 3
+            tps[layer] = int(CANDIDATE_FRACTIONS[c] * 32)
+            student.config.transpoints = tps
+            s_logp = F.log_softmax(student(ids).logits, -1)
+            kl = F.kl_div(s_logp, t_logp, reduction="sum", log_target=True) / ids.numel()
+            assert float(sens[layer, c]) == pytest.approx(float(kl), rel=1e-3, abs=1e-7)
+
+
+def test_calibration_windows_spread_over_documents(smol):
+    docs = ["alpha beta gamma delta " * 300, "one two three four five " * 300, "red green blue " * 300]
+    ids = calibration_windows(docs, smol.tokenizer, 32, 3)
+    assert ids.shape == (3, 32)
+    assert len({tuple(row.tolist()[:4]) for row in ids}) == 3  # one window from each document
+    with pytest.raises(ValueError, match="no window of 4096 tokens"):
+        calibration_windows(["short text"], smol.tokenizer, 4096, 2)
+
+
+def _tiny_folder(tmp_path, smol):
+    """A tiny random Llama with the real tokenizer's vocabulary, saved as an HF folder."""
+    model = _tiny_teacher(vocab_size=len(smol.tokenizer), layers=4)
+    folder = tmp_path / "tiny"
+    model.save_pretrained(folder)
+    smol.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_resolve_auto_on_tiny_model(smol, real_text):
+    teacher = _tiny_teacher(vocab_size=len(smol.tokenizer), layers=4)
+    tps, text = resolve_auto("auto:kv_budget=40%,context=256", teacher, smol.tokenizer, [real_text], 32, windows=2)
+    assert len(tps) == 4 and _kv_share(tps, 256) <= 0.4 and len(set(tps)) > 1
+    assert parse_transpoints(text.splitlines()[-1], 4) == tps  # the last line is a spec users can paste
+    assert "chosen P" in text and "KV cache at 256 tokens" in text
+
+
+def test_plan_command_on_tiny_folder(tmp_path, smol, real_text):
+    folder = _tiny_folder(tmp_path, smol)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(real_text)
+    runner = CliRunner()
+    args = ["plan", str(folder), "--calib", str(calib), "--windows", "2", "--seq-len", "32", "--device", "cpu"]
+    result = runner.invoke(cli, [*args, "--budget", "kv=30%", "--context", "128"])
+    assert result.exit_code == 0, result.output
+    tps = parse_transpoints(result.output.strip().splitlines()[-1], 4)
+    assert _kv_share(tps, 128) <= 0.3
+    bad = runner.invoke(cli, [*args, "--budget", "kv=0%"])
+    assert bad.exit_code != 0 and "outside (0, 100%]" in bad.output
+    bad = runner.invoke(cli, [*args, "--budget", "speed=2"])
+    assert bad.exit_code != 0 and "kv=PERCENT" in bad.output
+    missing = runner.invoke(cli, ["plan", str(tmp_path / "nope"), "--budget", "kv=25%"])
+    assert missing.exit_code != 0 and "does not exist" in missing.output
+
+
+# ---------------------------------------------------------------------------------------------------- real teacher
+def test_plan_on_real_teacher(smol, real_text):
+    """SmolLM2-135M on Shakespeare: switching earlier hurts more; the schedule meets a 25% budget."""
+    plan = plan_transpoints("auto:kv_budget=25%", smol.model, smol.tokenizer, [real_text], 64, windows=2,
+                            progress=False)
+    sens = plan.sensitivity
+    assert sens.shape == (30, 4) and torch.all(sens >= 0)
+    assert float(sens[:, 0].mean()) > float(sens[:, 3].mean())  # P = 0 vs P = t/2
+    assert plan.kv_fraction <= 0.25 and len(set(plan.transpoints)) > 1
+    assert parse_transpoints(plan.spec, 30) == plan.transpoints
+    # the greedy keeps the most sensitive layers as attention
+    kept = [i for i, p in enumerate(plan.transpoints) if p == ATTENTION_ONLY]
+    switched = [i for i, p in enumerate(plan.transpoints) if p == 0]
+    if kept and switched:
+        assert max(float(sens[i, 0]) for i in switched) <= max(float(sens[i, 0]) for i in kept)
+
+
+def test_plan_command_on_real_teacher(tmp_path, real_text):
+    calib = tmp_path / "calib.txt"
+    calib.write_text(real_text)
+    result = CliRunner().invoke(cli, ["plan", "smollm2-135m", "--budget", "kv=25%", "--calib", str(calib),
+                                      "--windows", "1", "--seq-len", "32", "--context", "1024", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert "kv_budget=25.0% at context 1024" in lines[0]
+    tps = parse_transpoints(lines[-1], 30)
+    assert _kv_share(tps, 1024) <= 0.25

@@ -1,0 +1,62 @@
+"""`tm-distill plan TEACHER --budget kv=25%`: choose `auto` TransPoints from calibration text, no training."""
+
+from __future__ import annotations
+
+import click
+
+
+def _auto_spec(budget: str, context: int | None) -> str:
+    key, sep, value = budget.partition("=")
+    if not sep or key.strip() != "kv" or not value.strip():
+        raise click.BadParameter(f"{budget!r}: write kv=PERCENT, e.g. kv=25%", param_hint="--budget")
+    spec = f"auto:kv_budget={value.strip()}"
+    return spec + (f",context={context}" if context is not None else "")
+
+
+@click.command()
+@click.argument("teacher")
+@click.option("--budget", required=True, help="Memory budget: kv=25% keeps at most 25% of the teacher's KV cache.")
+@click.option("--context", type=int, default=None, help="Tokens at which the budget holds (default: --seq-len).")
+@click.option("--calib", default="shakespeare", show_default=True,
+              help="Calibration text: a corpus name, or a .txt/.jsonl/.parquet file or folder.")
+@click.option("--windows", type=int, default=4, show_default=True, help="Calibration windows.")
+@click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per calibration window.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the SSM init the layers are measured with.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def plan(teacher: str, budget: str, context: int | None, calib: str, windows: int, seq_len: int, seed: int,
+         device: str) -> None:
+    """Measure each layer's sensitivity to switching to the SSM and print the schedule that meets BUDGET.
+
+    Sensitivity is the KL(teacher || student) when only that layer switches at P = 0, t/8, t/4, t/2 of the
+    calibration window (other layers attention, seeded SSM). The last line is an explicit TransPoint spec to
+    paste into a recipe or `tm-distill convert --transpoints`.
+
+    \b
+    Examples:
+      tm-distill plan smollm2-135m --budget kv=25%
+      tm-distill plan smollm2-135m --budget kv=10% --context 8192 --windows 8 --seq-len 256
+    """
+    import torch  # noqa: PLC0415
+
+    from ..convert import TeacherNotFound, TransPointSpecError, load_teacher  # noqa: PLC0415
+    from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
+    from ..data.loading import DataSourceError, load_texts  # noqa: PLC0415
+    from ..plan import parse_auto_spec, resolve_auto  # noqa: PLC0415
+
+    spec = _auto_spec(budget, context)
+    try:
+        parse_auto_spec(spec)
+    except TransPointSpecError as err:
+        raise click.BadParameter(str(err), param_hint="--budget/--context") from None
+    if windows < 1 or seq_len < 2:
+        raise click.BadParameter("need --windows >= 1 and --seq-len >= 2", param_hint="--windows/--seq-len")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        loaded = load_teacher(teacher, device=device)
+        texts = load_texts(calib)
+        _, explanation = resolve_auto(spec, loaded.model, loaded.tokenizer, texts, seq_len, windows=windows,
+                                      seed=seed)
+    except (TeacherNotFound, UnsupportedTeacher, DataSourceError, TransPointSpecError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(explanation)
