@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from tm_distill.losses import (
-    KINDS, ce_loss, chunked_distill_loss, distill_loss, hidden_loss, matrix_loss, token_divergence,
+    KINDS, ce_loss, chunked_ce_loss, chunked_distill_loss, distill_loss, hidden_loss, matrix_loss, token_divergence,
 )
 
 
@@ -212,6 +212,24 @@ def test_ce_loss_is_next_token_cross_entropy():
     assert ce_loss(logits, labels, mask).item() == pytest.approx(ref_masked.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("chunk_size", [1, 5, 1024])
+@pytest.mark.parametrize("as_weight", [False, True])
+def test_chunked_ce_equals_ce(chunk_size, as_weight):
+    torch.manual_seed(1)
+    head = torch.nn.Linear(8, 23, bias=False)
+    hidden = torch.randn(2, 7, 8, requires_grad=True)
+    labels = torch.randint(0, 23, (2, 7))
+    labels[0, 3] = -100
+    mask = torch.rand(2, 7) > 0.3
+    ref = ce_loss(head(hidden), labels, mask)
+    ref_grads = torch.autograd.grad(ref, [hidden, head.weight])
+    out = chunked_ce_loss(hidden, head.weight if as_weight else head, labels, mask, chunk_size=chunk_size)
+    grads = torch.autograd.grad(out, [hidden, head.weight])
+    assert out.item() == pytest.approx(ref.item(), rel=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-7)
+
+
 def test_ce_loss_on_the_real_teacher(smol, real_text):
     ids = smol.tokenizer(real_text[:3000], return_tensors="pt")["input_ids"][:, :64]
     with torch.no_grad():
@@ -221,6 +239,9 @@ def test_ce_loss_on_the_real_teacher(smol, real_text):
     shuffled = ce_loss(logits, ids[:, torch.randperm(ids.shape[1], generator=torch.Generator().manual_seed(0))])
     assert ce < 0.6 * uniform  # the teacher predicts Shakespeare far better than chance
     assert ce < shuffled.item()
+    with torch.no_grad():
+        hidden = smol.model.model(ids).last_hidden_state
+    assert chunked_ce_loss(hidden, smol.model.lm_head, ids, chunk_size=16).item() == pytest.approx(ce, rel=1e-5)
 
 
 def test_hidden_loss():

@@ -183,6 +183,42 @@ def ce_loss(logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tenso
     return F.cross_entropy(rows, target[keep])
 
 
+def chunked_ce_loss(
+    hidden: Tensor, head: nn.Module | Tensor, labels: Tensor, mask: Tensor | None = None, chunk_size: int = 1024,
+) -> Tensor:
+    """``ce_loss(head(hidden), labels, mask)`` computing logits for ``chunk_size`` positions at a time
+    (recomputed in backward), so (b, t, V) logits are never held.
+
+    hidden: (b, t, H) final hidden states; head: lm_head module or (V, H) weight; labels: (b, t) (-100
+    ignored); mask: (b, t) bool over the predicting positions, or None. Returns a fp32 scalar.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be >= 1 (positions per chunk; 1024 is a good default)")
+    if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
+        raise ValueError(f"chunked_ce_loss needs hidden (b, t, H) and labels (b, t); got {tuple(hidden.shape)} "
+                         f"and {tuple(labels.shape)}")
+    head_fn = _as_head(head, "head")
+    target = labels[:, 1:].to(device=hidden.device, dtype=torch.long)
+    keep = target != -100
+    if mask is not None:
+        if mask.shape != labels.shape:
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but labels have {tuple(labels.shape)}")
+        keep = keep & mask[:, :-1].to(device=hidden.device, dtype=torch.bool)
+    rows, target = hidden[:, :-1][keep], target[keep]
+    if rows.shape[0] == 0:
+        return 0.0 * hidden.float().sum()
+
+    def chunk_sum(h: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(head_fn(h).float(), y, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, rows.shape[0], chunk_size):
+        h, y = rows[start:start + chunk_size], target[start:start + chunk_size]
+        total = total + (checkpoint(chunk_sum, h, y, use_reentrant=False) if torch.is_grad_enabled()
+                         else chunk_sum(h, y))
+    return total / rows.shape[0]
+
+
 def hidden_loss(student: Tensor, teacher: Tensor, normalize: bool = True, mask: Tensor | None = None) -> Tensor:
     """L2 distance between hidden states / layer outputs.
 
@@ -235,5 +271,5 @@ def matrix_loss(student_matrix: Tensor, teacher_matrix: Tensor, row_mask: Tensor
     return loss, relative
 
 
-__all__ = ["KINDS", "ce_loss", "chunked_distill_loss", "distill_loss", "hidden_loss", "matrix_loss",
+__all__ = ["KINDS", "ce_loss", "chunked_ce_loss", "chunked_distill_loss", "distill_loss", "hidden_loss", "matrix_loss",
            "token_divergence"]

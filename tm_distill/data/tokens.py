@@ -74,7 +74,7 @@ def _windows(docs: list[list[int]], seq_len: int, pack: bool) -> tuple[Tensor, T
     """Cut token lists into (n, seq_len) windows; returns (tokens, doc_ids, tokens dropped)."""
     total = sum(len(d) for d in docs)
     if pack:
-        flat = torch.tensor([tok for d in docs for tok in d], dtype=torch.long)
+        flat = torch.cat([torch.tensor(d, dtype=torch.long) for d in docs]) if docs else torch.empty(0, dtype=torch.long)
         starts = torch.zeros(total, dtype=torch.int32)
         offsets = torch.tensor([len(d) for d in docs], dtype=torch.long).cumsum(0)[:-1]
         starts[offsets] = 1  # a new document begins here
