@@ -1,0 +1,102 @@
+"""`tm-distill eval` in-process on the real teacher and Shakespeare, and its one-line user errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tm_distill.cli import cli
+from tm_distill.convert import parse_transpoints, seed_student
+from tm_distill.convert.api import save_student
+
+FAST = ["--seq-len", "64", "--windows", "1", "--no-speed", "--passkey-lengths", "none", "--no-layer-error"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory, smol):
+    path = tmp_path_factory.mktemp("students") / "cycle"
+    spec = "cycle=16,32,attn"
+    model = seed_student(smol.model, parse_transpoints(spec, smol.model.config.num_hidden_layers), spec,
+                         teacher_name="smollm2-135m")
+    return save_student(model, smol.tokenizer, path)
+
+
+def test_end_to_end_report_on_real_teacher(student_dir, tmp_path):
+    out = tmp_path / "report"
+    result = run("eval", student_dir, "--teacher", "smollm2-135m", "--data", "shakespeare", "--out", out,
+                 "--seq-len", "64", "--windows", "1", "--passkey-lengths", "128", "--depths", "0.5", "--trials", "1",
+                 "--retrieval-tasks", "passkey", "--speed-lengths", "32", "--decode-tokens", "3")
+    assert result.exit_code == 0, result.output
+    assert "teacher: perplexity" in result.output and f"report: {out}/report.md" in result.output
+    data = json.loads((out / "report.json").read_text())
+    s = data["models"]["cycle"]
+    assert data["models"]["teacher"]["kl_to_teacher"] == 0.0
+    assert s["by_position"]["before"]["positions"] == [0, 16] and s["by_position"]["before"]["top1_agreement"] == 1.0
+    assert s["transpoint_spec"] == "cycle=16,32,attn" and data["data"]["split"] == "held-out"
+    assert data["retrieval"]["tasks"]["passkey"]["teacher"]["accuracy"] == 1.0
+    assert set(data["speed"]["results"]) == {"teacher", "cycle"}
+    assert set(data["plots"]) == {"by_position.png", "retrieval.png", "layer_error.png"}
+    assert all((out / p).stat().st_size < 200_000 for p in data["plots"])
+    assert "| `cycle` | before | [0, 16) |" in (out / "report.md").read_text()
+
+
+def test_transpoints_override(student_dir, tmp_path):
+    result = run("eval", student_dir, "--teacher", "smollm2-135m", "--out", tmp_path, "--transpoints", "all=48", *FAST)
+    assert result.exit_code == 0, result.output
+    s = json.loads((tmp_path / "report.json").read_text())["models"]["cycle"]
+    assert set(s["transpoints"]) == {48} and s["by_position"]["before"]["positions"] == [0, 48]
+    assert s["by_position"]["before"]["kl_to_teacher"] < 1e-6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--passkey-lengths", "9000"], "beyond the teacher's context (max_position_embeddings=8192)"),
+    (["--seq-len", "10000"], "--seq-len: length 10000 is beyond the teacher's context"),
+    (["--transpoints", "cycle=1,x"], "'x' in spec 'cycle=1,x' is not an integer"),
+    (["--passkey-lengths", "1k"], "not a comma-separated list of integers"),
+])
+def test_bad_options_are_clear_errors(student_dir, tmp_path, args, message):
+    result = run("eval", student_dir, "--teacher", "smollm2-135m", "--out", tmp_path / "r", *FAST, *args)
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_missing_student_folder(tmp_path):
+    result = run("eval", tmp_path / "nope", "--teacher", "smollm2-135m", "--out", tmp_path / "r")
+    assert result.exit_code != 0
+    assert "does not exist: create one with `tm-distill convert" in result.output
+
+
+def test_missing_teacher(student_dir, tmp_path):
+    result = run("eval", student_dir, "--teacher", tmp_path / "no-teacher", "--out", tmp_path / "r", *FAST)
+    assert result.exit_code != 0 and "does not exist" in result.output
+
+
+def test_data_without_text(student_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": ""}\n{"text": "   "}\n')
+    result = run("eval", student_dir, "--teacher", "smollm2-135m", "--data", empty, "--out", tmp_path / "r", *FAST)
+    assert result.exit_code != 0 and "gave no text" in result.output
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text('{"body": "To be, or not to be"}\n')
+    result = run("eval", student_dir, "--teacher", "smollm2-135m", "--data", wrong, "--out", tmp_path / "r", *FAST)
+    assert result.exit_code != 0 and "has no field 'text'" in result.output and "body" in result.output
+
+
+def test_tasks_without_lm_eval_says_how_to_install(student_dir, tmp_path, monkeypatch):
+    from tm_distill.eval import lmeval
+
+    monkeypatch.setattr(lmeval, "lm_eval_available", lambda: False)
+    result = run("eval", student_dir, "--teacher", "smollm2-135m", "--out", tmp_path / "r", "--tasks", "arc_easy")
+    assert result.exit_code != 0 and "pip install 'tm-distill[eval]'" in result.output
+
+
+def test_help_has_examples():
+    result = run("eval", "--help")
+    assert result.exit_code == 0
+    assert "tm-distill eval runs/demo/final --teacher smollm2-135m" in result.output and "--transpoints" in result.output
