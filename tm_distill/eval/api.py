@@ -181,7 +181,7 @@ def evaluate(
 
 def student_name(path: str | Path, taken: set[str]) -> str:
     """A short unique name for a student folder: its name, or parent/name, then a numeric suffix."""
-    p = Path(path).expanduser().resolve()
+    p = Path(path).expanduser().absolute()  # keep a symlink's own name
     for candidate in (p.name, f"{p.parent.name}/{p.name}"):
         if candidate not in taken and candidate != "teacher":
             return candidate
