@@ -177,3 +177,10 @@ def test_iterate_batches_errors():
         next(iterate_batches(torch.zeros(5, 4, dtype=torch.long), 8))
     with pytest.raises(ValueError, match="batch_size=0"):
         next(iterate_batches(torch.zeros(5, 4, dtype=torch.long), 0))
+
+
+def test_default_cache_dir_follows_tm_distill_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TM_DISTILL_CACHE", str(tmp_path))
+    data = build_token_dataset(_docs(8), TOK, 8)
+    assert (tmp_path / "tokens" / f"{data.meta['cache_key']}.pt").is_file()
+    assert build_token_dataset(_docs(8), TOK, 8).meta["from_cache"]
