@@ -62,7 +62,7 @@ def test_formula_matches_cache_real(smol, real_text):
     spec = "cycle=4,8,16,attn"
     student = seed_student(smol.model, parse_transpoints(spec, 30), spec, seed=0)
     ids = smol.tokenizer(real_text, return_tensors="pt").input_ids[:, :20]
-    cache, checked = _prefill_then_decode(student, ids, n_prefill=6, check_every=5)
+    cache, checked = _prefill_then_decode(student, ids, n_prefill=14, check_every=3)
     assert len(checked) == 3
     kinds = {(cache.kv_length(i) > 0, cache.states[i].ssm_state is not None) for i in range(30)}
     assert kinds == {(False, True), (True, False)}  # switched layers: state only; attn layers: KV only

@@ -63,7 +63,7 @@ def test_mixed_schedule_prefix_exact_suffix_differs_tiny(tiny_teacher, options):
 
 
 def test_mixed_schedule_real(smol, real_ids):
-    ids = real_ids[:, :128]
+    ids = real_ids[:, :48]
     student = _student(smol.model, "cycle=8,16,32,64")
     with torch.no_grad():
         got, want = student(ids).logits, smol.model(ids).logits
