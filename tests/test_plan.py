@@ -124,6 +124,11 @@ def test_resolve_auto_on_tiny_model(smol, real_text):
     assert len(tps) == 4 and _kv_share(tps, 256) <= 0.4 and len(set(tps)) > 1
     assert parse_transpoints(text.splitlines()[-1], 4) == tps  # the last line is a spec users can paste
     assert "chosen P" in text and "KV cache at 256 tokens" in text
+    # a long training length is planned from shorter windows; the context defaults to seq_len
+    tps, text = resolve_auto("auto:kv_budget=50%", teacher, smol.tokenizer, [real_text], 512, windows=1,
+                             max_calib_len=32)
+    assert "1 windows x 32 tokens" in text and "at context 512 tokens" in text.splitlines()[0]
+    assert _kv_share(tps, 512) <= 0.5
 
 
 def test_plan_command_on_tiny_folder(tmp_path, smol, real_text):

@@ -329,14 +329,21 @@ def plan_transpoints(
 
 def resolve_auto(
     spec: str, teacher_model, tokenizer, texts: list[str], seq_len: int, *, device=None, windows: int = 4,
-    seed: int = 0,
+    seed: int = 0, max_calib_len: int = 1024,
 ) -> tuple[list[int], str]:
     """Resolve an ``auto:...`` spec to per-layer TransPoints and a human-readable explanation.
 
-    texts: calibration documents; seq_len: calibration window length and the default context.
+    texts: calibration documents; seq_len: the training sequence length, the default context (the spec's
+    context= overrides it). Calibration windows are min(seq_len, max_calib_len) tokens long: the candidates
+    are fractions of the window, so a long context is planned from shorter, cheaper windows.
     """
-    plan = plan_transpoints(spec, teacher_model, tokenizer, texts, seq_len, windows=windows, seed=seed,
-                            device=device)
+    if max_calib_len < 2:
+        raise ValueError(f"max_calib_len={max_calib_len} must be >= 2 tokens")
+    auto = parse_auto_spec(spec)
+    if auto.context is None:
+        spec = f"{spec.strip()},context={seq_len}"
+    plan = plan_transpoints(spec, teacher_model, tokenizer, texts, min(seq_len, max_calib_len), windows=windows,
+                            seed=seed, device=device)
     return plan.transpoints, plan.explain()
 
 
