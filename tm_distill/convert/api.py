@@ -134,7 +134,7 @@ def convert(
     steps = tqdm(total=3, desc=desc, disable=not progress,
                  bar_format="{desc} [{n}/{total}] {elapsed}")
     with steps:
-        teacher = load_teacher(teacher_source, dtype=torch.float32, device=device)
+        teacher = load_teacher(teacher_source, dtype=torch_dtype, device=device)  # never a second fp32 copy
         transpoints = parse_transpoints(transpoints_spec, teacher.model.config.num_hidden_layers)
         steps.update()
         steps.set_description("seed student")
