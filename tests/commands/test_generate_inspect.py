@@ -27,8 +27,10 @@ def error_line(result) -> str:
 @pytest.fixture(scope="module")
 def students(tmp_path_factory, smol):
     root = tmp_path_factory.mktemp("students")
+    result = run("convert", "smollm2-135m", root / "attn", "--transpoints", "attn")  # the CLI, as a user would
+    assert result.exit_code == 0, result.output
     return {
-        "attn": convert("smollm2-135m", root / "attn", "attn", progress=False),
+        "attn": root / "attn",
         "mixed": convert("smollm2-135m", root / "mixed", "cycle=0,4,8,16", progress=False),
     }
 
