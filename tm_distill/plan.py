@@ -122,13 +122,17 @@ def candidate_points(seq_len: int, fractions: Sequence[float] = CANDIDATE_FRACTI
 @torch.no_grad()
 def measure_sensitivity(
     teacher_model, windows: Tensor, fractions: Sequence[float] = CANDIDATE_FRACTIONS, *, seed: int = 0,
-    max_batch_tokens: int = 2048, progress: bool = True, **ssm_options,
+    max_batch_tokens: int = 2048, kl_stride: int = 2, progress: bool = True, **ssm_options,
 ) -> Tensor:
-    """KL(teacher || student) in nats per token (over all positions of all windows), (num_layers, len(fractions)).
+    """KL(teacher || student) in nats per token, (num_layers, len(fractions)).
 
     windows: (k, t) token ids. Entry [l, c] switches only layer l to the seeded SSM at P = fractions[c] * t.
+    The KL is averaged over positions 0, kl_stride, 2 kl_stride, ... of every window (positions before P count
+    as 0: they are exact); a stride > 1 cuts the vocabulary-sized work, the largest cost after the layers.
     Runs where the teacher is; windows are processed in micro-batches of at most ``max_batch_tokens`` tokens.
     """
+    if kl_stride < 1:
+        raise ValueError(f"kl_stride={kl_stride} must be >= 1 (1 = every position)")
     device = next(teacher_model.parameters()).device
     num_layers = teacher_model.config.num_hidden_layers
     k, t = windows.shape
@@ -136,11 +140,13 @@ def measure_sensitivity(
     student = seed_student(teacher_model, [ATTENTION_ONLY] * num_layers, seed=seed, **ssm_options).eval()
     totals = torch.zeros(num_layers, len(points), dtype=torch.float64)
     mb = max(1, max_batch_tokens // t)
+    grid = torch.arange(0, t, kl_stride, device=device)  # the positions the KL averages over
     bar = tqdm(total=num_layers * len(points) * math.ceil(k / mb), desc="layer sensitivity", disable=not progress)
     for lo in range(0, k, mb):
         ids = windows[lo:lo + mb].to(device)
         with record_activations(teacher_model, range(num_layers), attention=False, residual=True) as acts:
-            teacher_logp = F.log_softmax(teacher_model(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+            hidden = teacher_model.model(input_ids=ids, use_cache=False).last_hidden_state[:, grid]
+            teacher_logp = F.log_softmax(teacher_model.lm_head(hidden).float(), dim=-1)
         positions = torch.arange(t, device=device).unsqueeze(0)
         pe = student.model.rotary_emb(acts.residuals[0], position_ids=positions)
         for layer in range(num_layers):
@@ -151,13 +157,14 @@ def measure_sensitivity(
                     hidden = acts.residuals[layer].to(next(student.parameters()).dtype)
                     for block in student.model.layers[layer:]:
                         hidden = block(hidden, pe)
-                hidden = student.model.norm(hidden[:, point:])  # earlier positions are exact: KL 0
+                counted = grid >= point  # earlier positions are exact: KL 0
+                hidden = student.model.norm(hidden[:, grid[counted]])
                 logp = F.log_softmax(student.lm_head(hidden).float(), dim=-1)
-                kl = F.kl_div(logp, teacher_logp[:, point:], reduction="sum", log_target=True)
+                kl = F.kl_div(logp, teacher_logp[:, counted], reduction="sum", log_target=True)
                 totals[layer, c] += float(kl)
                 bar.update(1)
     bar.close()
-    return (totals / (k * t)).float()
+    return (totals / (k * len(grid))).float()
 
 
 def _kv(point: int, context: int) -> int:
@@ -298,7 +305,7 @@ class AutoPlan:
 
 
 def plan_transpoints(
-    spec: str, teacher_model, tokenizer, texts: Sequence[str], seq_len: int, *, windows: int = 4,
+    spec: str, teacher_model, tokenizer, texts: Sequence[str], seq_len: int, *, windows: int = 2,
     fractions: Sequence[float] = CANDIDATE_FRACTIONS, seed: int = 0, device=None, progress: bool = True,
 ) -> AutoPlan:
     """Measure the layers' sensitivity on ``windows`` windows of ``seq_len`` tokens and choose the schedule."""
@@ -328,7 +335,7 @@ def plan_transpoints(
 
 
 def resolve_auto(
-    spec: str, teacher_model, tokenizer, texts: list[str], seq_len: int, *, device=None, windows: int = 4,
+    spec: str, teacher_model, tokenizer, texts: list[str], seq_len: int, *, device=None, windows: int = 2,
     seed: int = 0, max_calib_len: int = 1024,
 ) -> tuple[list[int], str]:
     """Resolve an ``auto:...`` spec to per-layer TransPoints and a human-readable explanation.

@@ -19,7 +19,7 @@ def _auto_spec(budget: str, context: int | None) -> str:
 @click.option("--context", type=int, default=None, help="Tokens at which the budget holds (default: --seq-len).")
 @click.option("--calib", default="shakespeare", show_default=True,
               help="Calibration text: a corpus name, or a .txt/.jsonl/.parquet file or folder.")
-@click.option("--windows", type=int, default=4, show_default=True, help="Calibration windows.")
+@click.option("--windows", type=int, default=2, show_default=True, help="Calibration windows.")
 @click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per calibration window.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the SSM init the layers are measured with.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
