@@ -106,16 +106,25 @@ class TransMambaMixer(nn.Module):
         state: LayerState | None = None,
         offset: int = 0,
         attention_mask: torch.Tensor | None = None,
+        seq_idx: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """hidden_states: (batch, seqlen, hidden); tokens are at indices [offset, offset + seqlen).
 
         attention_mask: (batch, offset + seqlen) with 1 for real tokens and 0 for padding, or None.
         state: this layer's cache entry (updated in place) or None for a cache-free forward.
+        seq_idx, position_ids: (batch, seqlen) for packed documents (no cache): the document index of each
+            token and its position inside its document; see ``_forward_packed``.
         """
         b, t, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
+        if seq_idx is not None:
+            if state is not None or attention_mask is not None:
+                raise ValueError("packed documents (seq_idx) take neither a cache nor a padding mask")
+            y = self._forward_packed(hidden_states, q, k, v, position_embeddings, seq_idx, position_ids)
+            return self.o_proj(y.reshape(b, t, -1))
         n_attn = min(max(self.transpoint - offset, 0), t)
         parts = []
         if n_attn > 0:
@@ -127,6 +136,38 @@ class TransMambaMixer(nn.Module):
                 parts.append(y)
         y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.o_proj(y.reshape(b, t, -1))
+
+    def _forward_packed(self, hidden_states, q, k, v, position_embeddings, seq_idx, position_ids):
+        """Several documents in one row: nothing crosses a document boundary, TransPoints count per document.
+
+        Token i uses attention iff position_ids[i] < P (its position inside its document). Attention is
+        block-causal; the SSM scans the whole row with ``seq_idx`` resets, which is the Memory Converter for
+        every document at once (the state at a document's P is the scan over that document's prefix).
+        Returns (batch, seqlen, nq, d).
+        """
+        P = self.transpoint
+        use_attn = position_ids < P  # (b, t)
+        y = None
+        if bool(use_attn.any()):
+            cos, sin = position_embeddings
+            q_rot, k_rot = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+            t = q.shape[1]
+            causal = torch.tril(torch.ones(t, t, dtype=torch.bool, device=q.device))
+            mask = (causal & (seq_idx[:, :, None] == seq_idx[:, None, :]))[:, None]  # (b, 1, t, t)
+            y = F.scaled_dot_product_attention(
+                q_rot, k_rot, v.transpose(1, 2), attn_mask=mask, scale=self.scaling,
+                enable_gqa=self.num_heads != self.num_kv_heads,
+            ).transpose(1, 2)
+        if not bool(use_attn.all()):
+            x, dt, A, B, C = self.ssm_inputs(hidden_states, q, k, v, position_embeddings, seq_idx=seq_idx)
+            y_ssm = ssd_scan(
+                x, dt, A, B, C, self.config.ssm_chunk_size, D=self.D, seq_idx=seq_idx.to(torch.int32),
+                backend=self.config.ssm_backend,
+            )
+            if self.config.use_z_gate:
+                y_ssm = self.ssm_norm(y_ssm, self.z_proj(hidden_states).view_as(y_ssm))
+            y = y_ssm if y is None else torch.where(use_attn[..., None, None], y, y_ssm)
+        return y
 
     def _attend(self, q, k, v, position_embeddings, n_attn, state, offset, attention_mask):
         """Causal softmax attention for the first n_attn tokens of this call. Returns (batch, n_attn, nq, d)."""
@@ -161,7 +202,9 @@ class TransMambaMixer(nn.Module):
         )
         return out.transpose(1, 2)
 
-    def ssm_inputs(self, hidden_states, q, k, v, position_embeddings, state=None, attention_mask=None, offset=0):
+    def ssm_inputs(
+        self, hidden_states, q, k, v, position_embeddings, state=None, attention_mask=None, offset=0, seq_idx=None
+    ):
         """The SSM's x, dt, A, B, C for every token of this call.
 
         Returns x (b, t, nq, d), dt (b, t, nq) fp32, A (nq,) fp32, B (b, t, nkv, d), C (b, t, nq, d).
@@ -177,7 +220,7 @@ class TransMambaMixer(nn.Module):
             xbc = torch.cat([v.flatten(2), k.flatten(2), q.flatten(2)], dim=-1)  # (b, t, ch)
             if real is not None:
                 xbc = xbc * real[..., None]
-            xbc = self._conv(xbc, state)
+            xbc = self._conv(xbc, state, seq_idx)
             nv = self.num_kv_heads * self.head_dim
             v, k, q = (
                 xbc[..., :nv].view_as(v),
@@ -195,9 +238,16 @@ class TransMambaMixer(nn.Module):
         A = -torch.exp(self.A_log.float())
         return x, dt, A, B, C
 
-    def _conv(self, xbc: torch.Tensor, state: LayerState | None) -> torch.Tensor:
-        """Causal depthwise conv over time. xbc: (b, t, ch)."""
+    def _conv(self, xbc: torch.Tensor, state: LayerState | None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal depthwise conv over time. xbc: (b, t, ch); seq_idx (b, t): no tap reaches into another document."""
         kernel = self.config.conv_kernel
+        if seq_idx is not None:
+            out = xbc * self.conv1d.weight[:, 0, -1] + self.conv1d.bias
+            for lag in range(1, kernel):
+                same = (seq_idx[:, lag:] == seq_idx[:, :-lag]).to(xbc.dtype)[..., None]  # (b, t - lag, 1)
+                tap = xbc[:, :-lag] * same * self.conv1d.weight[:, 0, -1 - lag]
+                out = out + F.pad(tap, (0, 0, lag, 0))
+            return out
         seq = xbc.transpose(1, 2)  # (b, ch, t)
         past = state.conv_state if state is not None and state.conv_state is not None else seq.new_zeros(
             seq.shape[0], seq.shape[1], kernel - 1

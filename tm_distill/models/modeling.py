@@ -27,11 +27,16 @@ class TransMambaDecoderLayer(nn.Module):
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, hidden_states, position_embeddings, cache=None, offset=0, attention_mask=None):
+    def forward(
+        self, hidden_states, position_embeddings, cache=None, offset=0, attention_mask=None, seq_idx=None,
+        position_ids=None,
+    ):
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
         state = cache.states[self.layer_idx] if cache is not None else None
-        hidden_states = self.mixer(hidden_states, position_embeddings, state, offset, attention_mask)
+        hidden_states = self.mixer(
+            hidden_states, position_embeddings, state, offset, attention_mask, seq_idx, position_ids
+        )
         hidden_states = residual + hidden_states
         residual = hidden_states
         hidden_states = self.post_attention_layernorm(hidden_states)
@@ -55,6 +60,21 @@ class TransMambaPreTrainedModel(PreTrainedModel):
             module.reset_ssm_parameters()
         elif isinstance(module, GatedRMSNorm):
             init.ones_(module.weight)
+
+
+def packed_seq_idx(position_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """Document index per token (batch, seqlen) when position_ids restart inside a row, else None.
+
+    A restart is a position that does not follow its predecessor by +1 (the convention of transformers'
+    packed-sequence masks), so a teacher given the same position_ids sees the same documents.
+    """
+    if position_ids is None or position_ids.shape[-1] < 2:
+        return None
+    starts = position_ids[..., 1:] != position_ids[..., :-1] + 1
+    if not bool(starts.any()):
+        return None
+    starts = torch.nn.functional.pad(starts, (1, 0))
+    return torch.cumsum(starts.to(torch.int32), dim=-1, dtype=torch.int32)
 
 
 class TransMambaModel(TransMambaPreTrainedModel):
@@ -99,6 +119,15 @@ class TransMambaModel(TransMambaPreTrainedModel):
             if attention_mask.dim() != 2:
                 raise ValueError("attention_mask must be a 2D (batch, seqlen) padding mask")
             attention_mask = None if bool(attention_mask.all()) else attention_mask
+        seq_idx = packed_seq_idx(position_ids)
+        if seq_idx is not None:
+            if past_key_values is not None or attention_mask is not None:
+                raise ValueError(
+                    "position_ids restart inside a row (packed documents): that takes no cache and no padding "
+                    "mask; pass use_cache=False and drop attention_mask"
+                )
+            seq_idx = seq_idx.expand(inputs_embeds.shape[0], -1)
+            position_ids = position_ids.expand(inputs_embeds.shape[0], -1)
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         all_hidden = [] if output_hidden_states else None
@@ -107,10 +136,14 @@ class TransMambaModel(TransMambaPreTrainedModel):
                 all_hidden.append(hidden_states)
             if self.gradient_checkpointing and self.training and past_key_values is None:
                 hidden_states = self._gradient_checkpointing_func(
-                    layer.__call__, hidden_states, position_embeddings, None, offset, attention_mask
+                    layer.__call__, hidden_states, position_embeddings, None, offset, attention_mask, seq_idx,
+                    position_ids,
                 )
             else:
-                hidden_states = layer(hidden_states, position_embeddings, past_key_values, offset, attention_mask)
+                hidden_states = layer(
+                    hidden_states, position_embeddings, past_key_values, offset, attention_mask, seq_idx,
+                    position_ids,
+                )
         hidden_states = self.norm(hidden_states)
         if all_hidden is not None:
             all_hidden.append(hidden_states)
