@@ -46,7 +46,7 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 def config_dtype(config: TransMambaConfig) -> torch.dtype:
     """The dtype a checkpoint was saved in (``config.dtype``), float32 if it does not say."""
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    dtype = getattr(config, "dtype", None) or torch.float32
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
