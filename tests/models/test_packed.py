@@ -63,9 +63,16 @@ def test_packed_all_attention_student_equals_teacher_with_block_mask(smol, real_
     torch.testing.assert_close(got[:, before], teacher[:, before], atol=1e-4, rtol=1e-5)
 
 
-def test_packed_refuses_a_cache():
+def test_padded_batch_generate_is_not_taken_for_packing():
+    """generate() derives position ids from a left-padding mask; those rows are not packed documents."""
     teacher = tiny_llama()
-    student = seed_student(teacher, [4, 4, 4])
-    _, ids, pos, _ = _packed([5, 5], teacher.config.vocab_size)
-    with pytest.raises(ValueError, match="packed documents"):
-        student(ids, position_ids=pos, use_cache=True)
+    student = seed_student(teacher, [4, 6, 8])
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    out = student.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
+                           pad_token_id=0, eos_token_id=None)
+    assert out.shape == (2, 12)
+    with torch.no_grad():  # the unpadded row is what it would be alone
+        alone = student.generate(ids[1:], max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None)
+    assert torch.equal(out[1:], alone)

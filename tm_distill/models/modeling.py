@@ -119,13 +119,10 @@ class TransMambaModel(TransMambaPreTrainedModel):
             if attention_mask.dim() != 2:
                 raise ValueError("attention_mask must be a 2D (batch, seqlen) padding mask")
             attention_mask = None if bool(attention_mask.all()) else attention_mask
-        seq_idx = packed_seq_idx(position_ids)
+        # Restarting position_ids mean packed documents, unless they come from a padding mask (generate()
+        # derives position_ids from it) or a cache is in use: those are ordinary rows.
+        seq_idx = packed_seq_idx(position_ids) if attention_mask is None and past_key_values is None else None
         if seq_idx is not None:
-            if past_key_values is not None or attention_mask is not None:
-                raise ValueError(
-                    "position_ids restart inside a row (packed documents): that takes no cache and no padding "
-                    "mask; pass use_cache=False and drop attention_mask"
-                )
             seq_idx = seq_idx.expand(inputs_embeds.shape[0], -1)
             position_ids = position_ids.expand(inputs_embeds.shape[0], -1)
         hidden_states = inputs_embeds
