@@ -112,3 +112,17 @@ def test_fresh_run_refuses_to_overwrite_a_run(tiny_recipe):
     run_recipe(recipe)
     with pytest.raises(RecipeError, match="output_dir.*--resume"):
         run_recipe(recipe)
+
+
+def test_auto_transpoints_are_resolved_recorded_and_kept_on_resume(tiny_recipe):
+    from tm_distill.training.checkpoint import read_metadata
+
+    raw = tiny_recipe(steps=2, checkpoint_every=1)
+    raw["transpoints"] = "auto:kv_budget=50%"
+    recipe = recipe_from_dict(raw)
+    with pytest.raises(Crash):
+        run_recipe(recipe, on_step=_crash_at(2))
+    meta = read_metadata(recipe.output_dir + "/0-logits/step-1")
+    assert len(meta["transpoints"]) == 2 and meta["transpoint_explanation"]
+    summary = run_recipe(recipe, resume=True)
+    assert summary["transpoints"] == meta["transpoints"]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..recipe import Recipe, RecipeError, dump_recipe
-from .checkpoint import ResumePoint, clean_temp, find_resume_point, stage_dir
+from .checkpoint import ResumePoint, clean_temp, find_resume_point, read_metadata, stage_dir
 from .loop import StageRun, train_stage
 from .metrics import MetricsWriter
 from .resolve import resolve_plan
@@ -75,7 +75,8 @@ def _resolve_transpoints(recipe: Recipe, teacher, texts: list[str], seq_len: int
     if recipe.transpoints.startswith("auto"):
         from ..plan import resolve_auto  # noqa: PLC0415  (engineer C2's calibration-based planner)
 
-        return resolve_auto(recipe.transpoints, teacher.model, teacher.tokenizer, texts, seq_len, device=device)
+        return resolve_auto(recipe.transpoints, teacher.model, teacher.tokenizer, texts, seq_len, device=device,
+                           seed=recipe.seed)
     return parse_transpoints(recipe.transpoints, teacher.model.config.num_hidden_layers), ""
 
 
@@ -127,13 +128,15 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, 
                                             heldout_fraction=recipe.data.heldout_fraction,
                                             max_tokens=recipe.data.max_tokens)
     heldout = data[recipe.data.seq_len].heldout[: recipe.data.heldout_windows]
-    transpoints, why = _resolve_transpoints(recipe, teacher, texts, recipe.data.seq_len, device)
-    if why:
-        log.info("auto TransPoints: %s", why)
-
     if accelerator.is_main_process:
         clean_temp(out)
     point = find_resume_point(out, names) if resume else ResumePoint(0, None, 0, None)
+    if point.path is not None and recipe.transpoints.startswith("auto"):  # keep what the run chose
+        transpoints, why = read_metadata(point.path)["transpoints"], "resumed: the schedule the run chose"
+    else:
+        transpoints, why = _resolve_transpoints(recipe, teacher, texts, recipe.data.seq_len, device)
+    if why:
+        log.info("auto TransPoints: %s", why)
     if point.path is None:
         if recipe.student:
             student = TransMambaForCausalLM.from_pretrained(recipe.student).to(device)
