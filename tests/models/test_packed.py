@@ -8,7 +8,7 @@ import torch
 from tm_distill.convert import parse_transpoints, seed_student
 from tm_distill.models.modeling import packed_seq_idx
 
-from conftest import tiny_llama
+from tests.conftest import tiny_llama
 
 
 def _packed(lengths, vocab, seed=0):

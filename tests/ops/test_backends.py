@@ -13,7 +13,7 @@ from tm_distill.ops import (
 )
 from tm_distill.ops.graphs import DecodeGraph, GraphCaptureError, capturable_reason
 
-from conftest import tiny_llama
+from tests.conftest import tiny_llama
 
 
 def _inputs(b=2, t=37, h=4, p=8, n=8, g=2, seed=0):

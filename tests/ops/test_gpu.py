@@ -13,7 +13,7 @@ from tm_distill.convert import seed_student
 from tm_distill.models import TransMambaCache
 from tm_distill.ops import HAS_MAMBA_SSM, ssd_scan, ssd_scan_ref, ssd_step, ssd_update, ssd_update_fused
 
-from conftest import tiny_llama
+from tests.conftest import tiny_llama
 
 pytestmark = pytest.mark.gpu
 needs_mamba = pytest.mark.skipif(not HAS_MAMBA_SSM, reason="mamba-ssm not installed")
