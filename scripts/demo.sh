@@ -11,6 +11,7 @@ tm-distill convert smollm2-135m "$runs/seeded" --transpoints "$spec" --force
 tm-distill generate "$runs/seeded" --chat --prompt "What is the capital of France?" --max-new-tokens 24
 tm-distill inspect "$runs/seeded" --context 2048 --context 32768
 
+rm -rf "$runs/cpu-demo"   # the demo starts over; `tm-distill distill ... --resume` continues a run instead
 tm-distill distill recipes/smollm2-135m/cpu-demo.yaml output_dir="$runs/cpu-demo"
 tm-distill generate "$runs/cpu-demo/final" --chat --prompt "What is the capital of France?" --max-new-tokens 24
 
