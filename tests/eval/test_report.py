@@ -5,7 +5,6 @@ import pytest
 
 from tests.conftest import tiny_llama
 from tm_distill.convert import seed_student
-from tm_distill.eval import report as report_mod
 from tm_distill.eval.api import EvalOptions, evaluate
 from tm_distill.eval.metrics import BUCKETS
 from tm_distill.eval.report import write_atomic, write_report
@@ -28,7 +27,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report_mod.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)  # what write_atomic moves the temp file with
     with pytest.raises(OSError, match="disk full"):
         write_atomic(path, "half")
     assert path.read_text() == "complete report" and sorted(os.listdir(tmp_path)) == ["report.md"]

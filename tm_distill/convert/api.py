@@ -11,9 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
+from ..atomic import atomic_folder
 from ..models.configuration import TransMambaConfig
 from .seed import seed_student
 from .teacher import SHIPPED_TEACHER, load_teacher
@@ -79,32 +77,13 @@ def save_student(model, tokenizer, out_dir: str | Path, metadata: dict | None = 
     is complete. Returns the output path.
     """
     out = check_output(out_dir, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a checkpoint is an ordinary folder
+    with atomic_folder(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         (tmp / META_FILE).write_text(json.dumps(metadata or {}, indent=2, default=str) + "\n")
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-old-{out.name}-"))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("saved student to %s", out)
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def convert(

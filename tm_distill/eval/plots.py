@@ -3,10 +3,9 @@ length and depth, per-layer hidden-state error. Matplotlib's Agg backend, small 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from ..atomic import atomic_write_file
 from ..models.configuration import ATTENTION_ONLY
 
 _DPI = 100
@@ -23,23 +22,7 @@ def _pyplot():
 
 def _save(fig, path: Path) -> Path:
     """Write the figure atomically (temp file in the same folder + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".png.tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=_DPI, format="png", bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return atomic_write_file(path, lambda tmp: fig.savefig(tmp, dpi=_DPI, format="png", bbox_inches="tight"))
 
 
 def _smooth(values: list[float], width: int) -> list[float]:

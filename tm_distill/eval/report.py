@@ -7,36 +7,18 @@ sees a half-written report. See docs/eval.md for how to read it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from ..atomic import atomic_write_file
 from ..convert.transpoints import describe_transpoints
 from .metrics import BUCKETS
 
 SCHEMA_VERSION = 1
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it; restored at once
-    os.umask(mask)
-    return mask
-
-
 def write_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _f(value, digits: int = 4) -> str:

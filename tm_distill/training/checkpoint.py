@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..atomic import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -64,28 +64,13 @@ def save_checkpoint(
     with LoRA merged); training_state: what ``--resume`` needs; metadata: small JSON-able facts.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{dest.name}-"))
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it private; a checkpoint is an ordinary folder
+    with atomic_folder(dest) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(metadata or {}, indent=2, default=str))
-        old = None
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-old-{dest.name}-"))
-            os.replace(dest, old / dest.name)
-        os.replace(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("saved checkpoint %s", dest)
     return dest
 
