@@ -250,6 +250,28 @@ class LayerParallelStage(Stage):
         ref = next(self.student.parameters())
         return torch.zeros((), device=ref.device, requires_grad=True), {"layers": 0.0}
 
+    def layer_loss(self, layer: int, acts: TeacherActivations) -> tuple[Tensor, float]:
+        """One layer's loss on the teacher's inputs and its relative error (subclasses)."""
+        raise NotImplementedError
+
+    def loss(self, input_ids: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """input_ids: (b, t). Sum over active layers of ``layer_loss``; metrics: relative error per layer
+        (``<name>_rel/L<l>``), their mean (``<name>_rel``) and the number of layers."""
+        t = input_ids.shape[1]
+        layers = self.active_layers(t)
+        if not layers:
+            return self.no_layer_loss(t)
+        acts = self.teacher_batch(input_ids, layers)
+        total = None
+        metrics: dict[str, float] = {}
+        for layer in layers:
+            loss, relative = self.layer_loss(layer, acts)
+            total = loss if total is None else total + loss
+            metrics[f"{self.name}_rel/L{layer}"] = relative
+        metrics[f"{self.name}_rel"] = sum(metrics.values()) / len(layers)
+        metrics["layers"] = float(len(layers))
+        return total, metrics
+
 
 def head_chunk_size(batch: int, seq_len: int, num_heads: int, max_bytes: int) -> int:
     """Heads per chunk so that one chunk's (b, h, t, t) fp32 matrices (with ~8 temporaries) fit max_bytes."""

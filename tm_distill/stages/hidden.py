@@ -37,22 +37,5 @@ class HiddenStage(LayerParallelStage):
             norm = target.float()[mask].pow(2).sum().clamp_min(1e-30)
         return loss, math.sqrt(float(err / norm))
 
-    def loss(self, input_ids: torch.LongTensor) -> tuple[Tensor, dict[str, float]]:
-        """input_ids: (b, t). Sum over active layers of hidden_loss; metrics: relative L2 error per layer."""
-        t = input_ids.shape[1]
-        layers = self.active_layers(t)
-        if not layers:
-            return self.no_layer_loss(t)
-        acts = self.teacher_batch(input_ids, layers)
-        total = None
-        metrics: dict[str, float] = {}
-        for layer in layers:
-            loss, relative = self.layer_loss(layer, acts)
-            total = loss if total is None else total + loss
-            metrics[f"hidden_rel/L{layer}"] = relative
-        metrics["hidden_rel"] = sum(metrics.values()) / len(layers)
-        metrics["layers"] = float(len(layers))
-        return total, metrics
-
 
 __all__ = ["HiddenStage"]

@@ -61,22 +61,5 @@ class MatrixStage(LayerParallelStage):
             target_sq += float(chunk_tsq)
         return loss, math.sqrt(err_sq / max(target_sq, 1e-30))
 
-    def loss(self, input_ids: torch.LongTensor) -> tuple[Tensor, dict[str, float]]:
-        """input_ids: (b, t). Sum over active layers of the matrix loss; metrics: relative error per layer."""
-        t = input_ids.shape[1]
-        layers = self.active_layers(t)
-        if not layers:
-            return self.no_layer_loss(t)
-        acts = self.teacher_batch(input_ids, layers)
-        total = None
-        metrics: dict[str, float] = {}
-        for layer in layers:
-            loss, relative = self.layer_loss(layer, acts)
-            total = loss if total is None else total + loss
-            metrics[f"matrix_rel/L{layer}"] = relative
-        metrics["matrix_rel"] = sum(metrics.values()) / len(layers)
-        metrics["layers"] = float(len(layers))
-        return total, metrics
-
 
 __all__ = ["MatrixStage"]
