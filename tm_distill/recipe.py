@@ -179,9 +179,15 @@ class DataConfig:
     heldout_fraction: float = _help("fraction of the tokens kept for held-out KL", 0.02)
     max_tokens: int | None = _help("cap on tokenized tokens (null: all)", None)
     heldout_windows: int = _help("held-out windows used for the before/after KL", 8)
+    teacher_samples: int = _help("texts sampled from the teacher itself (self-distillation data) and added to "
+                                 "the source's training text; 0: none", 0)
+    teacher_sample_tokens: int = _help("new tokens per teacher sample", 256)
 
     def __post_init__(self):
         _check(bool(self.source), "source", "must name a data source")
+        _check(self.teacher_samples >= 0, "teacher_samples", f"must be >= 0, got {self.teacher_samples}")
+        _check(self.teacher_sample_tokens > 0, "teacher_sample_tokens",
+               f"must be > 0, got {self.teacher_sample_tokens}")
         _check(self.seq_len > 1, "seq_len", f"must be > 1, got {self.seq_len}")
         _check(0 < self.heldout_fraction < 1, "heldout_fraction", f"must be in (0, 1), got {self.heldout_fraction}")
         _check(self.max_tokens is None or self.max_tokens > 0, "max_tokens", "token budget must be > 0")

@@ -32,3 +32,28 @@ def test_demo_recipe_shape_lowers_heldout_kl_on_the_real_teacher(smol, tmp_path)
         assert (tmp_path / "demo" / name / "final" / "model.safetensors").exists()
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "demo" / "final")
     assert student.config.transpoints == summary["transpoints"]
+
+
+def test_teacher_samples_join_the_training_windows_only(smol, tmp_path, monkeypatch):
+    """data.teacher_samples adds self-distillation text from the real teacher to training, not to held-out."""
+    from tm_distill.data import tokens as tokens_mod
+
+    built = []
+    real_build = tokens_mod.build_token_dataset
+
+    def spy(texts, *args, **kwargs):
+        out = real_build(texts, *args, **kwargs)
+        built.append((list(texts), kwargs.get("heldout_fraction"), out))
+        return out
+
+    monkeypatch.setattr(tokens_mod, "build_token_dataset", spy)
+    recipe = load_recipe(DEMO, [
+        f"output_dir={tmp_path / 'selfgen'}", "data.seq_len=32", "data.heldout_windows=1", "data.max_tokens=4000",
+        "data.teacher_samples=2", "data.teacher_sample_tokens=40", "stages=[{name: logits, steps: 1, batch_size: 1}]",
+    ])
+    summary = run_recipe(recipe, teacher=smol)
+    (source_texts, _, source), (samples, fraction, extra) = built
+    assert len(samples) == 2 and fraction == 0.0
+    assert all("<|im_start|>assistant" in s for s in samples)  # chat-formatted completions of the teacher
+    assert extra.train.shape[0] >= 1 and not any(s in source_texts for s in samples)
+    assert summary["heldout_kl_distilled"] >= 0

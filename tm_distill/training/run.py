@@ -93,6 +93,18 @@ def _copy_atomic(src: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _teacher_samples(recipe: Recipe, teacher, device) -> list[str]:
+    """Self-distillation text: ``data.teacher_samples`` chat completions sampled from the teacher (seeded)."""
+    if not recipe.data.teacher_samples:
+        return []
+    from ..data.selfgen import sample_from_teacher  # noqa: PLC0415
+
+    log.info("sampling %d texts of %d tokens from the teacher", recipe.data.teacher_samples,
+             recipe.data.teacher_sample_tokens)
+    return sample_from_teacher(teacher.model, teacher.tokenizer, recipe.data.teacher_samples,
+                               recipe.data.teacher_sample_tokens, seed=recipe.seed, device=device)
+
+
 def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, int, float], None] | None = None,
                teacher=None) -> dict:
     """Distill per ``recipe``; returns the summary (also written to OUTPUT/summary.json).
@@ -122,11 +134,19 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, 
     accelerator = Accelerator(cpu=device == "cpu")
     _seed_everything(recipe.seed)
     texts = load_texts(recipe.data.source, text_field=recipe.data.text_field)
+    sampled = _teacher_samples(recipe, teacher, device)
     data = {}
     for seq_len in sorted({recipe.data.seq_len, *(recipe.stage_seq_len(s) for s in recipe.stages)}):
         data[seq_len] = build_token_dataset(texts, teacher.tokenizer, seq_len, seed=recipe.seed,
                                             heldout_fraction=recipe.data.heldout_fraction,
                                             max_tokens=recipe.data.max_tokens)
+        if sampled:  # training only: the held-out windows stay the source's own text
+            extra = build_token_dataset(sampled, teacher.tokenizer, seq_len, seed=recipe.seed, heldout_fraction=0.0)
+            base = data[seq_len]
+            base.train = torch.cat([base.train, extra.train])
+            if base.train_doc_ids is not None and extra.train_doc_ids is not None:
+                base.train_doc_ids = torch.cat([base.train_doc_ids, extra.train_doc_ids])
+            base.meta["teacher_sample_windows"] = int(extra.train.shape[0])
     heldout = data[recipe.data.seq_len].heldout[: recipe.data.heldout_windows]
     if accelerator.is_main_process:
         clean_temp(out)
