@@ -38,7 +38,8 @@ ROBUSTNESS = ("attn", "all=512")
 
 SCALES = {
     "full": dict(seq_len=2048, windows=16, passkey=[1024, 2048, 4096, 8192], trials=2, device="cuda"),
-    "smoke": dict(seq_len=64, windows=2, passkey=[], trials=1, device="cpu", steps=2, max_tokens=30000),
+    "smoke": dict(seq_len=64, windows=2, passkey=[], trials=1, device="cpu", steps=2, max_tokens=30000,
+                  teacher_samples=2, teacher_sample_tokens=16),
 }
 
 
@@ -47,7 +48,8 @@ def _recipe(name: str, out: Path, scale: dict, teacher: str):
                                                    f"teacher={teacher}"])
     if "steps" in scale:  # smoke: the same stages, a few steps on short windows, fp32
         recipe.data = dataclasses.replace(recipe.data, seq_len=scale["seq_len"], max_tokens=scale["max_tokens"],
-                                          heldout_windows=scale["windows"])
+                                          heldout_windows=scale["windows"], teacher_samples=scale["teacher_samples"],
+                                          teacher_sample_tokens=scale["teacher_sample_tokens"])
         recipe.stages = [dataclasses.replace(s, steps=scale["steps"], tokens=None, batch_size=1, grad_accum=1,
                                              precision="fp32", seq_len=None, checkpoint_every=0,
                                              loss=dataclasses.replace(s.loss, chunk_size=64))
