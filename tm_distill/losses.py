@@ -160,6 +160,17 @@ def chunked_distill_loss(
     return total / s_rows.shape[0]
 
 
+def _next_token_targets(labels: Tensor, mask: Tensor | None, device) -> tuple[Tensor, Tensor]:
+    """Targets labels[:, 1:] (b, t-1) and which predicting positions count: not -100 and, if given, in mask."""
+    target = labels[:, 1:].to(device=device, dtype=torch.long)
+    keep = target != -100
+    if mask is not None:
+        if mask.shape != labels.shape:
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but labels have {tuple(labels.shape)}")
+        keep = keep & mask[:, :-1].to(device=device, dtype=torch.bool)
+    return target, keep
+
+
 def ce_loss(logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
     """Next-token cross-entropy: position i's logits predict ``labels[:, i + 1]``.
 
@@ -171,12 +182,7 @@ def ce_loss(logits: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tenso
         raise ValueError(f"ce_loss needs logits (b, t, V) and labels (b, t); got {tuple(logits.shape)} and "
                          f"{tuple(labels.shape)}")
     pred = logits[:, :-1]
-    target = labels[:, 1:].to(device=logits.device, dtype=torch.long)
-    keep = target != -100
-    if mask is not None:
-        if mask.shape != labels.shape:
-            raise ValueError(f"mask has shape {tuple(mask.shape)} but labels have {tuple(labels.shape)}")
-        keep = keep & mask[:, :-1].to(device=logits.device, dtype=torch.bool)
+    target, keep = _next_token_targets(labels, mask, logits.device)
     rows = pred[keep].float()
     if rows.shape[0] == 0:
         return 0.0 * logits.float().sum()
@@ -198,12 +204,7 @@ def chunked_ce_loss(
         raise ValueError(f"chunked_ce_loss needs hidden (b, t, H) and labels (b, t); got {tuple(hidden.shape)} "
                          f"and {tuple(labels.shape)}")
     head_fn = _as_head(head, "head")
-    target = labels[:, 1:].to(device=hidden.device, dtype=torch.long)
-    keep = target != -100
-    if mask is not None:
-        if mask.shape != labels.shape:
-            raise ValueError(f"mask has shape {tuple(mask.shape)} but labels have {tuple(labels.shape)}")
-        keep = keep & mask[:, :-1].to(device=hidden.device, dtype=torch.bool)
+    target, keep = _next_token_targets(labels, mask, hidden.device)
     rows, target = hidden[:, :-1][keep], target[keep]
     if rows.shape[0] == 0:
         return 0.0 * hidden.float().sum()
