@@ -11,13 +11,13 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from ..atomic import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +81,9 @@ def _save_dequantized(model: PreTrainedModel, tokenizer, dest: Path) -> None:
     model.hf_quantizer = None  # a GGUF-loaded model refuses save_pretrained otherwise
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=dest.name + ".tmp"))
-    try:
+    with atomic_folder(dest) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, dest)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not dest.exists():
-            raise
 
 
 def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Teacher:

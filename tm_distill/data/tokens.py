@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
+
+from ..atomic import atomic_write_file
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,7 @@ def _windows(docs: list[list[int]], seq_len: int, pack: bool) -> tuple[Tensor, T
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_file(path, lambda tmp: torch.save(obj, tmp))
 
 
 def build_token_dataset(

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_folder
 from ..recipe import Recipe, RecipeError, dump_recipe
 from .checkpoint import ResumePoint, clean_temp, find_resume_point, read_metadata, stage_dir
 from .loop import StageRun, train_stage
@@ -81,16 +80,8 @@ def _resolve_transpoints(recipe: Recipe, teacher, texts: list[str], seq_len: int
 
 
 def _copy_atomic(src: Path, dest: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{dest.name}-"))
-    try:
-        shutil.copytree(src, tmp / "x")
-        old = dest.parent / f".tmp-old-{dest.name}"
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(tmp / "x", dest)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(dest) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
 def _teacher_samples(recipe: Recipe, teacher, device) -> list[str]:
