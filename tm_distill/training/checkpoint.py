@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_folder
+from ..convert.api import META_FILE, read_metadata  # one metadata file for converted and trained students
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.pt"
-META_FILE = "tm_distill.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -128,11 +128,6 @@ def find_resume_point(output_dir: str | Path, stage_names: list[str]) -> ResumeP
             point = ResumePoint(idx, path, step, torch.load(path / STATE_FILE, weights_only=False))
         break
     return point
-
-
-def read_metadata(path: str | Path) -> dict:
-    meta = Path(path) / META_FILE
-    return json.loads(meta.read_text()) if meta.exists() else {}
 
 
 __all__ = ["META_FILE", "ResumePoint", "STATE_FILE", "capture_rng", "clean_temp", "find_resume_point", "prune",
