@@ -62,6 +62,13 @@ class TransMambaPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
 
 
+def _one_cache(past_key_values, cache):
+    """transformers >= 5.24 passes the cache as ``cache`` (``past_key_values`` before): accept either, not both."""
+    if past_key_values is not None and cache is not None and past_key_values is not cache:
+        raise ValueError("give the cache as `cache` or as `past_key_values`, not both")
+    return past_key_values if past_key_values is not None else cache
+
+
 def packed_seq_idx(position_ids: torch.Tensor | None) -> torch.Tensor | None:
     """Document index per token (batch, seqlen) when position_ids restart inside a row, else None.
 
@@ -97,8 +104,10 @@ class TransMambaModel(TransMambaPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        cache: TransMambaCache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        past_key_values = _one_cache(past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -178,8 +187,10 @@ class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: TransMambaCache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        past_key_values = _one_cache(past_key_values, cache)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
