@@ -125,6 +125,8 @@ class TransMambaMixer(nn.Module):
                 raise ValueError("packed documents (seq_idx) take neither a cache nor a padding mask")
             y = self._forward_packed(hidden_states, q, k, v, position_embeddings, seq_idx, position_ids)
             return self.o_proj(y.reshape(b, t, -1))
+        if state is None and attention_mask is None and offset == 0:
+            return self.o_proj(self._forward_full(hidden_states, q, k, v, position_embeddings).reshape(b, t, -1))
         n_attn = min(max(self.transpoint - offset, 0), t)
         parts = []
         if n_attn > 0:
@@ -136,6 +138,36 @@ class TransMambaMixer(nn.Module):
                 parts.append(y)
         y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.o_proj(y.reshape(b, t, -1))
+
+    def _forward_full(self, hidden_states, q, k, v, position_embeddings):
+        """Cache-free forward of a whole sequence (training, evaluation): one scan, one attention call.
+
+        Rows t >= P of a scan over the WHOLE sequence (B = K, x = V from token 0) are exactly the hybrid's SSM
+        rows: the scan's state at P is the Memory Converter's state. So one scan of fixed length replaces the
+        prefix scan + suffix scan pair (no per-TransPoint shapes), and attention covers rows t < P only.
+        Returns (batch, seqlen, nq, d).
+        """
+        t = q.shape[1]
+        n_attn = min(self.transpoint, t)
+        if n_attn == t:
+            return self._attend(q, k, v, position_embeddings, t, None, 0, None)
+        y = self.ssm_full(hidden_states, q, k, v, position_embeddings, start=n_attn)
+        if n_attn == 0:
+            return y
+        return torch.cat([self._attend(q, k, v, position_embeddings, n_attn, None, 0, None), y], dim=1)
+
+    def ssm_full(self, hidden_states, q, k, v, position_embeddings, start: int = 0) -> torch.Tensor:
+        """The SSM's outputs for rows [start, t) of a whole-sequence scan from token 0 (no cache).
+
+        Equal to the hybrid mixer's rows when start = P (the Memory Converter state is the scan's state at P).
+        hidden_states: (b, t, H); q: (b, t, nq, d); k, v: (b, t, nkv, d). Returns (b, t - start, nq, d).
+        """
+        x, dt, A, B, C = self.ssm_inputs(hidden_states, q, k, v, position_embeddings)
+        y = ssd_scan(x, dt, A, B, C, self.config.ssm_chunk_size, D=self.D, backend=self.config.ssm_backend)
+        y = y[:, start:]
+        if self.config.use_z_gate:
+            y = self.ssm_norm(y, self.z_proj(hidden_states[:, start:]).view_as(y))
+        return y
 
     def _forward_packed(self, hidden_states, q, k, v, position_embeddings, seq_idx, position_ids):
         """Several documents in one row: nothing crosses a document boundary, TransPoints count per document.
