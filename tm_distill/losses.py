@@ -264,13 +264,21 @@ def matrix_loss(student_matrix: Tensor, teacher_matrix: Tensor, row_mask: Tensor
     if s.shape[2] == 0:
         zero = 0.0 * student_matrix.float().sum()
         return zero, zero.detach()
-    diff_sq = (s - t).pow(2).sum(dim=(-2, -1))  # (b, h)
+    return frobenius_loss((s - t).pow(2).sum(dim=(-2, -1)), t.pow(2).sum())
+
+
+def frobenius_loss(diff_sq: Tensor, target_sq: Tensor) -> tuple[Tensor, Tensor]:
+    """``matrix_loss`` from its sums, for matrices built in blocks of rows.
+
+    diff_sq: (b, h) ``||S_bh - T_bh||_F^2`` over the selected rows (differentiable); target_sq: scalar
+    ``||T||_F^2`` over the same rows. Returns ``(loss, relative)`` as ``matrix_loss`` does.
+    """
     nonzero = diff_sq > 0  # sqrt has an infinite slope at 0: give exact matches a zero (sub)gradient instead
     loss = torch.where(nonzero, torch.where(nonzero, diff_sq, 1.0).sqrt(), 0.0).mean()
     with torch.no_grad():
-        relative = (diff_sq.sum() / t.pow(2).sum().clamp_min(torch.finfo(torch.float32).tiny)).sqrt()
+        relative = (diff_sq.sum() / target_sq.clamp_min(torch.finfo(torch.float32).tiny)).sqrt()
     return loss, relative
 
 
-__all__ = ["KINDS", "ce_loss", "chunked_ce_loss", "chunked_distill_loss", "distill_loss", "hidden_loss", "matrix_loss",
-           "token_divergence"]
+__all__ = ["KINDS", "ce_loss", "chunked_ce_loss", "chunked_distill_loss", "distill_loss", "frobenius_loss",
+           "hidden_loss", "matrix_loss", "token_divergence"]

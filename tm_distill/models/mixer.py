@@ -117,9 +117,7 @@ class TransMambaMixer(nn.Module):
             token and its position inside its document; see ``_forward_packed``.
         """
         b, t, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
+        q, k, v = self.project(hidden_states)
         if seq_idx is not None:
             if state is not None or attention_mask is not None:
                 raise ValueError("packed documents (seq_idx) take neither a cache nor a padding mask")
@@ -138,6 +136,14 @@ class TransMambaMixer(nn.Module):
                 parts.append(y)
         y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.o_proj(y.reshape(b, t, -1))
+
+    def project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The shared projections: q (b, t, nq, d), k and v (b, t, nkv, d), before RoPE."""
+        b, t, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden_states).view(b, t, self.num_kv_heads, self.head_dim)
+        return q, k, v
 
     def _forward_full(self, hidden_states, q, k, v, position_embeddings):
         """Cache-free forward of a whole sequence (training, evaluation): one scan, one attention call.

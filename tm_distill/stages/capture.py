@@ -23,7 +23,6 @@ import torch
 from torch import Tensor, nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from ..ops.ssd_ref import _segsum
 from .base import Stage, freeze_except, select_parameters
 
 log = logging.getLogger(__name__)
@@ -121,11 +120,13 @@ def record_activations(
 @torch.no_grad()
 def capture_teacher(
     teacher: nn.Module, input_ids: Tensor, layers: Iterable[int], *, residual: bool = False,
+    position_ids: Tensor | None = None,
 ) -> TeacherActivations:
     """Run the frozen teacher once and record layers' attention inputs/outputs (and residuals if asked).
 
     input_ids: (b, t) on the teacher's device. Stops after the last requested layer's attention.
-    The position embeddings are the teacher's own RoPE for positions 0..t-1.
+    position_ids: (b, t) positions inside each packed document (restarting at 0: transformers then masks
+    attention block-causally), or None for 0..t-1. The position embeddings are the teacher's RoPE for them.
     """
     layers = _check_layers(layers, len(decoder_layers(teacher)))
     if not layers:
@@ -133,15 +134,16 @@ def capture_teacher(
     stop = None if residual else layers[-1]
     with record_activations(teacher, layers, attention=True, residual=residual, stop_after=stop) as acts:
         try:
-            teacher(input_ids=input_ids, use_cache=False)
+            teacher.model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
         except _StopForward:
             pass
     missing = [i for i in layers if i not in acts.attn_outputs]
     if missing:
         raise RuntimeError(f"the teacher forward never reached layer {missing[0]}: is it a Llama-family model?")
     any_input = acts.attn_inputs[layers[0]]
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-    acts.position_embeddings = teacher.model.rotary_emb(any_input, position_ids=positions)
+    if position_ids is None:
+        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    acts.position_embeddings = teacher.model.rotary_emb(any_input, position_ids=position_ids)
     return acts
 
 
@@ -149,15 +151,49 @@ def _heads(heads: slice | None, num_heads: int) -> slice:
     return heads if heads is not None else slice(0, num_heads)
 
 
-def teacher_attention_matrix(
-    attn: nn.Module, hidden: Tensor, position_embeddings: tuple[Tensor, Tensor], heads: slice | None = None,
-) -> Tensor:
-    """Softmax attention probabilities of a Llama attention block (or a student mixer's attention), fp32.
+def _rows(rows: slice | None, t: int) -> tuple[int, int]:
+    if rows is None:
+        return 0, t
+    r0, r1, _ = rows.indices(t)
+    return r0, r1
 
-    attn: the layer's ``self_attn`` (q_proj, k_proj, head_dim, scaling). hidden: (b, t, H) its input.
-    position_embeddings: (cos, sin) each (1 or b, t, head_dim). heads: a slice of the query heads (chunking).
-    Returns (b, n_heads_in_slice, t, t), causal (zeros above the diagonal), rows summing to 1.
+
+def attention_rows(q: Tensor, k: Tensor, scale: float, r0: int, r1: int, same_doc: Tensor | None = None) -> Tensor:
+    """Causal softmax probabilities of query rows [r0, r1) over key columns [0, r1), fp32.
+
+    q: (b, h, t, d), k: (b, h, t, d) (after RoPE, GQA already expanded); same_doc: (b, t, t) bool for packed
+    documents (a row attends only inside its own document) or None. Returns (b, h, r1 - r0, r1).
     """
+    scores = torch.einsum("bhtd,bhsd->bhts", q[:, :, r0:r1].float(), k[:, :, :r1].float()) * scale
+    allowed = torch.arange(r1, device=q.device)[None, :] <= torch.arange(r0, r1, device=q.device)[:, None]
+    allowed = allowed[None, None]
+    if same_doc is not None:
+        allowed = allowed & same_doc[:, None, r0:r1, :r1]
+    return scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+
+
+def ssm_matrix_rows(C: Tensor, B: Tensor, dt: Tensor, log_decay: Tensor, r0: int, r1: int,
+                    same_doc: Tensor | None = None) -> Tensor:
+    """Rows [r0, r1) (columns [0, r1)) of the SSM mixing matrix ``M[t, s] = exp(sum_{s<r<=t} a_r) (C_t.B_s) dt_s``.
+
+    C, B: (b, h, t, n) fp32; dt: (b, h, t) fp32; log_decay: (b, h, t) the per-token ``a = A dt``;
+    same_doc: (b, t, t) bool or None (a packed row sees only its own document: the state resets between).
+    The decay is a difference of running sums, so a block of rows never needs the whole (t, t) matrix.
+    Returns (b, h, r1 - r0, r1), zero above the diagonal.
+    """
+    cum = torch.cumsum(log_decay[..., :r1], dim=-1)  # (b, h, r1)
+    seg = cum[..., r0:r1, None] - cum[..., None, :]  # (b, h, R, r1): sum_{s<r<=t} a_r for s <= t
+    allowed = torch.arange(r1, device=C.device)[None, :] <= torch.arange(r0, r1, device=C.device)[:, None]
+    allowed = allowed[None, None]
+    if same_doc is not None:
+        allowed = allowed & same_doc[:, None, r0:r1, :r1]
+    decay = torch.exp(seg.masked_fill(~allowed, float("-inf")))
+    return torch.einsum("bhtn,bhsn->bhts", C[:, :, r0:r1], B[:, :, :r1]) * decay * dt[:, :, None, :r1]
+
+
+def teacher_qk(attn: nn.Module, hidden: Tensor, position_embeddings: tuple[Tensor, Tensor],
+               heads: slice | None = None) -> tuple[Tensor, Tensor, float]:
+    """A Llama attention block's RoPE'd q (b, h, t, d) and GQA-expanded k (b, h, t, d) in fp32, and its scale."""
     b, t, _ = hidden.shape
     d = attn.head_dim
     nq = attn.q_proj.out_features // d
@@ -168,21 +204,27 @@ def teacher_attention_matrix(
     cos, sin = position_embeddings
     q, k = apply_rotary_pos_emb(q.float(), k.float(), cos.float(), sin.float())
     kv_of_q = torch.arange(nq, device=hidden.device)[hs] // (nq // nkv)  # GQA: query head -> its kv head
-    k = k[:, kv_of_q]
-    scores = torch.einsum("bhtd,bhsd->bhts", q, k) * float(getattr(attn, "scaling", d**-0.5))
-    causal = torch.ones(t, t, dtype=torch.bool, device=hidden.device).tril()
-    return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+    return q, k[:, kv_of_q], float(getattr(attn, "scaling", d**-0.5))
 
 
-def ssm_mixing_matrix(
-    mixer: nn.Module, hidden: Tensor, position_embeddings: tuple[Tensor, Tensor], heads: slice | None = None,
+def teacher_attention_matrix(
+    attn: nn.Module, hidden: Tensor, position_embeddings: tuple[Tensor, Tensor], heads: slice | None = None,
+    rows: slice | None = None,
 ) -> Tensor:
-    """The student's materialized SSM mixing matrix for one layer, fp32 and differentiable.
+    """Softmax attention probabilities of a Llama attention block (or a student mixer's attention), fp32.
 
-    mixer: a TransMambaMixer; hidden: (b, t, H) its input; heads: a slice of the query heads.
-    Returns M (b, n_heads_in_slice, t, t) with ``M[t, s] = exp(sum_{s<r<=t} A dt_r) (C_t . B_s) dt_s`` for
-    s <= t and 0 above, so ``y = M x + D x`` reproduces the scan (before the z gate, if any).
+    attn: the layer's ``self_attn`` (q_proj, k_proj, head_dim, scaling). hidden: (b, t, H) its input.
+    position_embeddings: (cos, sin) each (1 or b, t, head_dim). heads: a slice of the query heads (chunking);
+    rows: a slice of query rows [r0, r1) (columns then stop at r1).
+    Returns (b, n_heads_in_slice, r1 - r0, r1) — (b, h, t, t) by default — causal, rows summing to 1.
     """
+    q, k, scale = teacher_qk(attn, hidden, position_embeddings, heads)
+    return attention_rows(q, k, scale, *_rows(rows, hidden.shape[1]))
+
+
+def ssm_matrix_inputs(mixer: nn.Module, hidden: Tensor, position_embeddings: tuple[Tensor, Tensor],
+                      heads: slice | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The mixer's C, B (b, h, t, n), dt and log-decay A dt (b, h, t), fp32 and differentiable."""
     b, t, _ = hidden.shape
     nq, nkv, d = mixer.num_heads, mixer.num_kv_heads, mixer.head_dim
     q = mixer.q_proj(hidden).view(b, t, nq, d)
@@ -191,11 +233,25 @@ def ssm_mixing_matrix(
     _, dt, A, B, C = mixer.ssm_inputs(hidden, q, k, v, position_embeddings)
     hs = _heads(heads, nq)
     kv_of_q = torch.arange(nq, device=hidden.device)[hs] // (nq // nkv)
-    C = C[:, :, hs].float().transpose(1, 2)  # (b, h, t, n)
-    B = B.float()[:, :, kv_of_q].transpose(1, 2)  # (b, h, t, n)
-    dt = dt[:, :, hs].transpose(1, 2)  # (b, h, t) fp32
-    decay = torch.exp(_segsum(dt * A[hs].view(1, -1, 1)))  # (b, h, t, t), 0 above the diagonal
-    return torch.einsum("bhtn,bhsn->bhts", C, B) * decay * dt.unsqueeze(-2)
+    C = C[:, :, hs].float().transpose(1, 2)
+    B = B.float()[:, :, kv_of_q].transpose(1, 2)
+    dt = dt[:, :, hs].transpose(1, 2)  # fp32
+    return C, B, dt, dt * A[hs].view(1, -1, 1)
+
+
+def ssm_mixing_matrix(
+    mixer: nn.Module, hidden: Tensor, position_embeddings: tuple[Tensor, Tensor], heads: slice | None = None,
+    rows: slice | None = None,
+) -> Tensor:
+    """The student's materialized SSM mixing matrix for one layer, fp32 and differentiable.
+
+    mixer: a TransMambaMixer; hidden: (b, t, H) its input; heads: a slice of the query heads; rows: a slice
+    of rows [r0, r1). Returns M (b, n_heads_in_slice, r1 - r0, r1) — (b, h, t, t) by default — with
+    ``M[t, s] = exp(sum_{s<r<=t} A dt_r) (C_t . B_s) dt_s`` for s <= t and 0 above, so ``y = M x + D x``
+    reproduces the scan (before the z gate, if any).
+    """
+    C, B, dt, log_decay = ssm_matrix_inputs(mixer, hidden, position_embeddings, heads)
+    return ssm_matrix_rows(C, B, dt, log_decay, *_rows(rows, hidden.shape[1]))
 
 
 class LayerParallelStage(Stage):
@@ -233,16 +289,21 @@ class LayerParallelStage(Stage):
         tps = self.student.config.transpoints
         return [i for i in self.layers if tps[i] < seq_len]
 
-    def student_inputs(self, acts: TeacherActivations, layer: int) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def student_inputs(self, acts: TeacherActivations, layer: int, position_ids: Tensor | None = None,
+                       ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """The teacher's input to ``layer`` on the student's device/dtype, and the student's RoPE for it."""
         ref = next(self.student.parameters())
         hidden = acts.attn_inputs[layer].to(device=ref.device, dtype=ref.dtype)
-        positions = torch.arange(hidden.shape[1], device=ref.device).unsqueeze(0)
-        return hidden, self.student.model.rotary_emb(hidden, position_ids=positions)
+        if position_ids is None:
+            position_ids = torch.arange(hidden.shape[1], device=ref.device).unsqueeze(0)
+        return hidden, self.student.model.rotary_emb(hidden, position_ids=position_ids.to(ref.device))
 
-    def teacher_batch(self, input_ids: Tensor, layers: list[int]) -> TeacherActivations:
+    def teacher_batch(self, input_ids: Tensor, layers: list[int], position_ids: Tensor | None = None,
+                      ) -> TeacherActivations:
         ref = next(self.teacher.parameters())
-        return capture_teacher(self.teacher, input_ids.to(ref.device), layers)
+        if position_ids is not None:
+            position_ids = position_ids.to(ref.device)
+        return capture_teacher(self.teacher, input_ids.to(ref.device), layers, position_ids=position_ids)
 
     def no_layer_loss(self, seq_len: int) -> tuple[Tensor, dict[str, float]]:
         log.warning("stage %s: no selected layer has a TransPoint below the batch length %d; the loss is 0",
@@ -250,25 +311,31 @@ class LayerParallelStage(Stage):
         ref = next(self.student.parameters())
         return torch.zeros((), device=ref.device, requires_grad=True), {"layers": 0.0}
 
-    def layer_loss(self, layer: int, acts: TeacherActivations) -> tuple[Tensor, float]:
-        """One layer's loss on the teacher's inputs and its relative error (subclasses)."""
+    def layer_loss(self, layer: int, acts: TeacherActivations, position_ids: Tensor | None = None,
+                   ) -> tuple[Tensor, Tensor]:
+        """One layer's loss on the teacher's inputs and its relative error, a detached scalar (subclasses).
+
+        position_ids: (b, t) positions inside packed documents (restarting at 0), or None (one document).
+        """
         raise NotImplementedError
 
-    def loss(self, input_ids: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """input_ids: (b, t). Sum over active layers of ``layer_loss``; metrics: relative error per layer
-        (``<name>_rel/L<l>``), their mean (``<name>_rel``) and the number of layers."""
+    def loss(self, input_ids: Tensor, position_ids: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """input_ids: (b, t); position_ids: (b, t) for packed documents or None. Sum over active layers of
+        ``layer_loss``; metrics: relative error per layer (``<name>_rel/L<l>``), their mean (``<name>_rel``)
+        and the number of layers. The metrics reach the host in one transfer, after every layer is queued."""
         t = input_ids.shape[1]
         layers = self.active_layers(t)
         if not layers:
             return self.no_layer_loss(t)
-        acts = self.teacher_batch(input_ids, layers)
-        total = None
-        metrics: dict[str, float] = {}
+        acts = self.teacher_batch(input_ids, layers, position_ids)
+        total, relative = None, []
         for layer in layers:
-            loss, relative = self.layer_loss(layer, acts)
+            loss, rel = self.layer_loss(layer, acts, position_ids)
             total = loss if total is None else total + loss
-            metrics[f"{self.name}_rel/L{layer}"] = relative
-        metrics[f"{self.name}_rel"] = sum(metrics.values()) / len(layers)
+            relative.append(rel.detach().float().reshape(()))
+        values = torch.stack(relative).tolist()
+        metrics: dict[str, float] = {f"{self.name}_rel/L{layer}": v for layer, v in zip(layers, values)}
+        metrics[f"{self.name}_rel"] = sum(values) / len(layers)
         metrics["layers"] = float(len(layers))
         return total, metrics
 
@@ -279,5 +346,6 @@ def head_chunk_size(batch: int, seq_len: int, num_heads: int, max_bytes: int) ->
     return max(1, min(num_heads, max_bytes // max(per_head, 1)))
 
 
-__all__ = ["LayerParallelStage", "TeacherActivations", "capture_teacher", "decoder_layers", "head_chunk_size", "record_activations",
-           "ssm_mixing_matrix", "teacher_attention_matrix"]
+__all__ = ["LayerParallelStage", "TeacherActivations", "attention_rows", "capture_teacher", "decoder_layers",
+           "head_chunk_size", "record_activations", "ssm_matrix_inputs", "ssm_matrix_rows", "ssm_mixing_matrix",
+           "teacher_attention_matrix", "teacher_qk"]

@@ -1,65 +1,77 @@
 """The `matrix` stage: each layer's materialized SSM mixing matrix against the teacher's softmax attention.
 
 Per selected layer with an SSM part (P_l < t), on the teacher's own input to that layer:
-``M = (A^x o C B^T) diag(dt)`` (``capture.ssm_mixing_matrix``) vs the teacher's attention probabilities
-(``capture.teacher_attention_matrix``), compared by ``losses.matrix_loss`` on rows >= P_l (earlier rows are
-attention in the student, exact by construction). All in fp32, chunked over heads with activation
-checkpointing so one chunk's (b, h, t, t) matrices are alive at a time; the per-layer losses are summed.
+``M = (A^x o C B^T) diag(dt)`` (``capture.ssm_matrix_rows``) vs the teacher's attention probabilities
+(``capture.attention_rows``), compared by ``losses.frobenius_loss`` (MOHAWK's per-head Frobenius distance) on
+rows >= P_l (earlier rows are attention in the student, exact by construction). All in fp32, built in blocks
+of query rows with activation checkpointing: one block's (b, h, rows, t) matrices are alive at a time, for
+every head at once, and rows before P_l are never built. Packed documents: both matrices are block-diagonal
+(no row sees another document) and a row counts when its position inside its document is >= P_l.
 """
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from ..losses import matrix_loss
-from .capture import LayerParallelStage, decoder_layers, head_chunk_size, ssm_mixing_matrix, teacher_attention_matrix
+from ..losses import frobenius_loss
+from ..models.modeling import packed_seq_idx
+from .capture import LayerParallelStage, attention_rows, decoder_layers, ssm_matrix_inputs, ssm_matrix_rows, teacher_qk
+
+
+def _block(q, k, scale, C, B, dt, log_decay, r0, r1, same_doc, row_ok):
+    """Squared errors (b, h) and the target's squared norm (scalar) of rows [r0, r1), fp32."""
+    target = attention_rows(q, k, scale, r0, r1, same_doc)
+    student = ssm_matrix_rows(C, B, dt, log_decay, r0, r1, same_doc)
+    diff = (student - target).pow(2).sum(-1)  # (b, h, R)
+    target_sq = target.pow(2).sum(-1)
+    if row_ok is not None:
+        weight = row_ok[:, None, r0:r1].to(diff.dtype)
+        diff, target_sq = diff * weight, target_sq * weight
+    return diff.sum(-1), target_sq.sum()
 
 
 class MatrixStage(LayerParallelStage):
     """MOHAWK's matrix-orientation stage, TransMamba-aware (rows >= P_l only). Default trainable: "ssm"."""
 
     name: ClassVar[str] = "matrix"
-    max_matrix_bytes: ClassVar[int] = 2**28  # bound on one head chunk's fp32 matrices and temporaries
+    max_matrix_bytes: ClassVar[int] = 2**28  # bound on one row block's fp32 matrices and temporaries
 
-    def _chunk(self, layer: int, acts, hidden: Tensor, pe, rows: Tensor, heads: slice):
-        """(loss, squared error, teacher squared norm) of one head chunk; matrices are fp32."""
+    def rows_per_block(self, b: int, h: int, t: int) -> int:
+        """Query rows per block so that ~8 fp32 (b, h, rows, t) temporaries fit ``max_matrix_bytes``."""
+        return max(1, self.max_matrix_bytes // max(8 * 4 * b * h * t, 1))
+
+    def layer_loss(self, layer: int, acts, position_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One layer's matrix loss (mean over batch and heads of the Frobenius distance) and relative error."""
+        hidden, pe = self.student_inputs(acts, layer, position_ids)
+        b, t, _ = hidden.shape
+        P = self.student.config.transpoints[layer]
         mixer = self.student.model.layers[layer].mixer
-        attn = decoder_layers(self.teacher)[layer].self_attn
+        seq_idx = packed_seq_idx(position_ids.to(hidden.device)) if position_ids is not None else None
+        same_doc = row_ok = None
+        if seq_idx is not None:
+            seq_idx = seq_idx.expand(b, -1)
+            same_doc = seq_idx[:, :, None] == seq_idx[:, None, :]
+            row_ok = position_ids.to(hidden.device).expand(b, -1) >= P
+        first = 0 if seq_idx is not None else min(P, t)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             with torch.no_grad():
-                target = teacher_attention_matrix(attn, acts.attn_inputs[layer], acts.position_embeddings, heads)
-                target = target.to(hidden.device)
-            student = ssm_mixing_matrix(mixer, hidden, pe, heads)
-            loss, relative = matrix_loss(student, target, rows)
-            with torch.no_grad():
-                target_sq = target[:, :, rows].pow(2).sum()
-        return loss, relative.pow(2) * target_sq, target_sq
-
-    def layer_loss(self, layer: int, acts) -> tuple[Tensor, float]:
-        """One layer's matrix loss (mean over batch and heads of the Frobenius distance) and relative error."""
-        hidden, pe = self.student_inputs(acts, layer)
-        b, t, _ = hidden.shape
-        rows = torch.arange(t, device=hidden.device) >= self.student.config.transpoints[layer]
-        num_heads = self.student.config.num_attention_heads
-        step = head_chunk_size(b, t, num_heads, self.max_matrix_bytes)
-        loss = hidden.new_zeros((), dtype=torch.float32)
-        err_sq = target_sq = 0.0
-        for start in range(0, num_heads, step):
-            heads = slice(start, min(start + step, num_heads))
-            args = (layer, acts, hidden, pe, rows, heads)
-            if torch.is_grad_enabled() and step < num_heads:
-                chunk_loss, chunk_err, chunk_tsq = checkpoint(self._chunk, *args, use_reentrant=False)
-            else:
-                chunk_loss, chunk_err, chunk_tsq = self._chunk(*args)
-            loss = loss + chunk_loss * ((heads.stop - heads.start) / num_heads)
-            err_sq += float(chunk_err)
-            target_sq += float(chunk_tsq)
-        return loss, math.sqrt(err_sq / max(target_sq, 1e-30))
+                attn = decoder_layers(self.teacher)[layer].self_attn
+                q, k, scale = teacher_qk(attn, acts.attn_inputs[layer], acts.position_embeddings)
+                q, k = q.to(hidden.device), k.to(hidden.device)
+            C, B, dt, log_decay = ssm_matrix_inputs(mixer, hidden.float(), pe)
+            step = self.rows_per_block(b, C.shape[1], t)
+            blocked = torch.is_grad_enabled() and step < t - first
+            diff_sq = hidden.new_zeros((b, C.shape[1]), dtype=torch.float32)
+            target_sq = hidden.new_zeros((), dtype=torch.float32)
+            for r0 in range(first, t, step):
+                args = (q, k, scale, C, B, dt, log_decay, r0, min(r0 + step, t), same_doc, row_ok)
+                d, tsq = checkpoint(_block, *args, use_reentrant=False) if blocked else _block(*args)
+                diff_sq, target_sq = diff_sq + d, target_sq + tsq
+        return frobenius_loss(diff_sq, target_sq)
 
 
 __all__ = ["MatrixStage"]
