@@ -18,6 +18,7 @@ temperatures; trl does not do this, so ``jsd`` at ``T != 1`` is trl's value time
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Callable
 
@@ -160,6 +161,47 @@ def chunked_distill_loss(
     return total / s_rows.shape[0]
 
 
+HAS_LIGER = importlib.util.find_spec("liger_kernel") is not None
+
+
+def _liger_beta(kind: str, beta: float) -> float:
+    """Liger's generalized JSD beta for our kinds (0 is forward KL, 1 reverse KL, as in trl)."""
+    return {"forward_kl": 0.0, "reverse_kl": 1.0}.get(kind, beta)
+
+
+def fused_distill_loss(
+    student_rows: Tensor, teacher_rows: Tensor, student_weight: Tensor, teacher_weight: Tensor,
+    kind: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0, chunk_size: int = 1024,
+    backend: str = "auto",
+) -> Tensor:
+    """Mean divergence of ``student_rows @ student_weight.T`` from ``teacher_rows @ teacher_weight.T``, fused.
+
+    student_rows, teacher_rows: (n, H) final hidden states of the positions that count; weights: (V, H)
+    lm_head matrices. backend "auto" uses Liger-Kernel's fused linear generalized JSD on CUDA when it is
+    installed (logits never leave a chunk, the student's gradients are made in the forward pass), else
+    ``chunked_distill_loss``; "liger" / "torch" force one. Same value as ``chunked_distill_loss`` (Liger's
+    beta = 0 / 1 are our forward / reverse KL; its result is scaled by ``temperature**2`` here as ours is).
+    Returns a fp32 scalar (0 with a gradient path when n == 0).
+    """
+    _check_options(kind, beta, temperature)
+    if backend not in ("auto", "liger", "torch"):
+        raise ValueError(f"unknown loss backend {backend!r}: choose auto, liger or torch")
+    use_liger = backend == "liger" or (backend == "auto" and HAS_LIGER and student_rows.is_cuda)
+    if not use_liger or student_rows.shape[0] == 0:
+        return chunked_distill_loss(student_rows, teacher_rows, student_weight, teacher_weight, chunk_size=chunk_size,
+                                    kind=kind, beta=beta, temperature=temperature)
+    from liger_kernel.ops.fused_linear_jsd import LigerFusedLinearJSDFunction  # noqa: PLC0415  (CUDA only)
+
+    dtype = student_rows.dtype if student_rows.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    with torch.autocast(device_type=student_rows.device.type, enabled=False):
+        loss = LigerFusedLinearJSDFunction.apply(
+            student_rows.to(dtype).contiguous(), student_weight.to(dtype),
+            teacher_rows.to(dtype).contiguous(), teacher_weight.detach().to(dtype),
+            None, _liger_beta(kind, beta), -100, temperature,
+        )
+    return loss.float() * (temperature**2)
+
+
 def _next_token_targets(labels: Tensor, mask: Tensor | None, device) -> tuple[Tensor, Tensor]:
     """Targets labels[:, 1:] (b, t-1) and which predicting positions count: not -100 and, if given, in mask."""
     target = labels[:, 1:].to(device=device, dtype=torch.long)
@@ -280,5 +322,6 @@ def frobenius_loss(diff_sq: Tensor, target_sq: Tensor) -> tuple[Tensor, Tensor]:
     return loss, relative
 
 
-__all__ = ["KINDS", "ce_loss", "chunked_ce_loss", "chunked_distill_loss", "distill_loss", "frobenius_loss",
+__all__ = ["HAS_LIGER", "KINDS", "ce_loss", "chunked_ce_loss", "chunked_distill_loss", "distill_loss", "frobenius_loss",
+           "fused_distill_loss",
            "hidden_loss", "matrix_loss", "token_divergence"]

@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import logging
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,6 +48,25 @@ def _help(text: str, default: Any = dataclasses.MISSING) -> Any:
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise RecipeError(key, message)
+
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+
+
+def parse_duration(text: str | float | int | None) -> float | None:
+    """Seconds in ``text`` ("90", "90s", "8m", "1h30m", "1.5h"), None for None; ValueError otherwise."""
+    if text is None:
+        return None
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        m = _DURATION.match(str(text))
+        if not m or not any(m.groups()) or not str(text).strip():
+            raise ValueError(f"{text!r} is not a duration: write e.g. 90s, 8m, 1h30m or a number of seconds")
+        seconds = sum(float(v) * unit for v, unit in zip(m.groups(), (3600.0, 60.0, 1.0)) if v)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{text!r} must be a positive, finite duration")
+    return seconds
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -208,11 +228,27 @@ class Recipe:
     seed: int = _help("seed for the SSM init, data order, TransPoint sampling and dropout", 0)
     device: Literal["auto", "cpu", "cuda"] = _help("auto: CUDA when available", "auto")
     data: DataConfig = _help("training and held-out text", DataConfig)
+    dtype: Literal["auto", "float32", "bfloat16"] = _help(
+        "dtype of the teacher and of the student's frozen weights (trainable ones stay fp32 for the optimizer); "
+        "auto: bfloat16 on CUDA when every stage's precision is bf16, else float32", "auto")
+    max_time: str | None = _help("wall-clock budget of one `distill` call (e.g. 8m, 1h30m): at the end the run "
+                                 "checkpoints and stops, leaving final/ when it is in the last stage", None)
 
     def __post_init__(self):
         _check(bool(self.teacher), "teacher", "a recipe needs a teacher (HF folder, hub id, .gguf, smollm2-135m)")
+        try:
+            parse_duration(self.max_time)
+        except ValueError as err:
+            raise RecipeError("max_time", str(err)) from None
         _check(len(self.stages) > 0, "stages", "a recipe needs at least one stage")
         _check(bool(self.transpoints), "transpoints", "a recipe needs a TransPoint spec")
+
+    def run_dtype(self, device: str) -> str:
+        """The resolved ``dtype`` on ``device`` ("cpu" or "cuda")."""
+        if self.dtype != "auto":
+            return self.dtype
+        bf16 = device == "cuda" and all(s.precision == "bf16" for s in self.stages)
+        return "bfloat16" if bf16 else "float32"
 
     def stage_seq_len(self, stage: StageConfig) -> int:
         return stage.seq_len or self.data.seq_len
@@ -373,5 +409,5 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
 
 
-__all__ = ["DataConfig", "LoraConfig", "LossConfig", "OptimizerConfig", "Recipe", "RecipeError", "ScheduleConfig",
+__all__ = ["DataConfig", "parse_duration", "LoraConfig", "LossConfig", "OptimizerConfig", "Recipe", "RecipeError", "ScheduleConfig",
            "StageConfig", "apply_overrides", "dump_recipe", "from_dict", "load_recipe", "recipe_from_dict"]

@@ -48,7 +48,10 @@ def validate(recipe_path: str, overrides: tuple[str, ...]) -> None:
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in output_dir.")
-def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool) -> None:
+@click.option("--max-time", metavar="DURATION", default=None,
+              help="Stop cleanly after this long (e.g. 8m, 1h30m): checkpoint, and final/ when in the last stage. "
+                   "Overrides the recipe's max_time. SIGTERM/Ctrl-C stop the same way.")
+def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool, max_time: str | None) -> None:
     """Distill a TransMamba student from the teacher, stage by stage, as RECIPE says.
 
     Writes OUTPUT/<idx>-<stage>/{step-N,final}/, OUTPUT/final/ (a student that loads with
@@ -62,19 +65,27 @@ def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool) -> None:
       tm-distill distill recipes/smollm2-135m/cpu-demo.yaml output_dir=runs/demo2 stages.logits.steps=40
       tm-distill distill recipes/smollm2-135m/cpu-demo.yaml --resume
     """
-    from ..recipe import RecipeError  # noqa: PLC0415
-    from ..training import TrainingDiverged, kl_line, run_recipe  # noqa: PLC0415
+    from ..recipe import RecipeError, parse_duration  # noqa: PLC0415
+    from ..training import TrainingDiverged, TrainingStopped, kl_line, run_recipe  # noqa: PLC0415
     from ..training.resolve import resolve_plan, teacher_config  # noqa: PLC0415
 
     recipe = _load(recipe_path, overrides)
     try:
+        seconds = parse_duration(max_time)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--max-time") from None
+    try:
         plan = resolve_plan(recipe, teacher_config(recipe.teacher, allow_download=True))
         for line in plan.lines():
             click.echo(line)
-        summary = run_recipe(recipe, resume=resume)
+        summary = run_recipe(recipe, resume=resume, max_time=seconds)
     except RecipeError as err:
         raise click.ClickException(f"bad recipe {recipe_path}: {err}") from None
     except TrainingDiverged as err:
         raise click.ClickException(str(err)) from None
+    except TrainingStopped as err:
+        final = f"; the student so far is in {recipe.output_dir}/final" if err.stage_idx == len(recipe.stages) - 1 else ""
+        again = " ".join(["tm-distill distill", recipe_path, *overrides, "--resume"])
+        raise click.ClickException(f"{err}{final}. Continue with: {again}") from None
     click.echo(kl_line(summary))
     click.echo(f"distilled student: {summary['final']}")

@@ -179,6 +179,20 @@ def build_token_dataset(
     return TokenData(train, heldout, {**meta, "from_cache": False}, train_doc, held_doc)
 
 
+def document_positions(doc_ids: Tensor) -> Tensor:
+    """Position of each token inside its document: (b, t) document ids -> (b, t) long, 0 at each document start.
+
+    These are the ``position_ids`` of packed windows (transformers and the student read a restart as a new
+    document).
+    """
+    t = doc_ids.shape[-1]
+    index = torch.arange(t, device=doc_ids.device).expand_as(doc_ids)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[..., 1:] = doc_ids[..., 1:] != doc_ids[..., :-1]
+    first = torch.cummax(torch.where(starts, index, torch.zeros_like(index)), dim=-1).values
+    return (index - first).long()
+
+
 def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     g = torch.Generator().manual_seed((seed * 0x9E3779B1 + epoch) % (2**63 - 1))
     return torch.randperm(n, generator=g)
@@ -218,4 +232,4 @@ def iterate_batches(
         step += 1
 
 
-__all__ = ["TokenData", "build_token_dataset", "default_cache_dir", "iterate_batches"]
+__all__ = ["TokenData", "build_token_dataset", "default_cache_dir", "document_positions", "iterate_batches"]

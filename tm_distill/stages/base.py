@@ -4,7 +4,7 @@ A stage owns *what* is trained and *what* the loss is; the loop (``tm_distill.tr
 optimizer, schedule, precision, checkpoints and the per-batch TransPoints. Per batch the loop does::
 
     with use_transpoints(student, tps):
-        loss, metrics = stage.loss(input_ids)   # input_ids: (batch, seqlen)
+        loss, metrics = stage.loss(input_ids, position_ids)   # (batch, seqlen) each; position_ids may be None
     loss.backward()
 
 and calls ``stage.finalize()`` once at the end of the stage, before the final checkpoint is written.
@@ -51,8 +51,10 @@ class Stage:
         """
         return freeze_except(self.student, select_parameters(self.student, self.cfg.trainable))
 
-    def loss(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """input_ids: (batch, seqlen). Returns a scalar loss to backprop and float metrics to log."""
+    def loss(self, input_ids: torch.LongTensor, position_ids: torch.LongTensor | None = None,
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """input_ids: (batch, seqlen); position_ids: (batch, seqlen) positions inside packed documents
+        (restarting at 0 at each document start) or None. Returns a scalar loss to backprop and float metrics."""
         raise NotImplementedError(f"stage {self.name!r} must implement loss()")
 
     def finalize(self) -> None:

@@ -15,7 +15,7 @@ import logging
 
 import torch
 
-from ..losses import ce_loss, chunked_distill_loss
+from ..losses import chunked_ce_loss, fused_distill_loss
 from .base import Stage, freeze_except, select_parameters
 
 log = logging.getLogger(__name__)
@@ -37,27 +37,43 @@ class LogitsStage(Stage):
         params += select_parameters(self.student, "ssm")
         return freeze_except(self.student, params)
 
-    def loss(self, input_ids: torch.LongTensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """input_ids: (b, t). Distillation loss on positions >= min P (the batch's TransPoints)."""
+    def loss(self, input_ids: torch.LongTensor, position_ids: torch.LongTensor | None = None,
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """input_ids: (b, t); position_ids: (b, t) positions inside packed documents (restarting at 0) or None.
+
+        Distillation loss on positions >= min P of the batch's TransPoints (inside each document when
+        packed; the teacher then attends block-causally too). The logits are never materialized for the
+        whole batch (``losses.fused_distill_loss``).
+        """
         loss_cfg = self.cfg.loss
         b, t = input_ids.shape
         min_p = min(self.student.config.transpoints)
-        mask = torch.zeros(b, t, dtype=torch.bool, device=input_ids.device)
-        mask[:, min(min_p, t):] = True
         with torch.no_grad():
-            t_hidden = self.teacher.model(input_ids=input_ids).last_hidden_state
-        s_hidden = self.student.model(input_ids=input_ids).last_hidden_state
-        kd = chunked_distill_loss(
-            s_hidden, t_hidden, self.student.lm_head, self.teacher.lm_head, mask=mask,
-            chunk_size=loss_cfg.chunk_size, kind=loss_cfg.kind, beta=loss_cfg.beta,
-            temperature=loss_cfg.temperature,
+            t_hidden = self.teacher.model(input_ids=input_ids, position_ids=position_ids,
+                                          use_cache=False).last_hidden_state
+        s_hidden = self.student.model(input_ids=input_ids, position_ids=position_ids).last_hidden_state
+        if position_ids is None:
+            start = min(min_p, t)
+            mask = None
+            s_rows, t_rows = s_hidden[:, start:].flatten(0, 1), t_hidden[:, start:].flatten(0, 1)
+        else:
+            mask = position_ids.to(input_ids.device).expand(b, -1) >= min_p
+            s_rows, t_rows = s_hidden[mask], t_hidden[mask]
+        kd = fused_distill_loss(
+            s_rows, t_rows, self.student.lm_head.weight, self.teacher.lm_head.weight, kind=loss_cfg.kind,
+            beta=loss_cfg.beta, temperature=loss_cfg.temperature, chunk_size=loss_cfg.chunk_size,
         )
-        metrics = {"kd": float(kd.detach()), "positions": float(mask.sum())}
-        loss = kd
+        loss, parts = kd, [kd.detach()]
         if loss_cfg.ce_weight > 0:
-            ce = ce_loss(self.student.lm_head(s_hidden), input_ids, mask)
-            metrics["ce"] = float(ce.detach())
-            loss = loss + loss_cfg.ce_weight * ce
+            if mask is None:
+                mask = torch.zeros(b, t, dtype=torch.bool, device=input_ids.device)
+                mask[:, min(min_p, t):] = True
+            ce = chunked_ce_loss(s_hidden, self.student.lm_head, input_ids, mask, chunk_size=loss_cfg.chunk_size)
+            loss, parts = loss + loss_cfg.ce_weight * ce, parts + [ce.detach()]
+        values = torch.stack(parts).tolist()  # one host transfer per micro-batch
+        metrics = {"kd": values[0], "positions": float(s_rows.shape[0])}
+        if loss_cfg.ce_weight > 0:
+            metrics["ce"] = values[1]
         return loss, metrics
 
     def export_state_dict(self) -> dict[str, torch.Tensor] | None:

@@ -1,10 +1,17 @@
-"""The explicit training loop of one stage, on accelerate's ``Accelerator``.
+"""The explicit training loop of one stage, on accelerate's ``Accelerator``, split into its steps.
 
-Per optimizer step: choose the batch's TransPoints (fixed, or each layer's P times a seeded random factor
-in [1 - jitter, 1 + jitter]), run ``grad_accum`` micro-batches through ``stage.loss`` under autocast
-(bf16 when the stage asks for it), stop with ``TrainingDiverged`` on a NaN/inf loss or gradient (nothing is
-saved, so the last good checkpoint stays the newest), clip, AdamW step, warmup + cosine/linear schedule,
-log to metrics.jsonl and the tqdm bar (loss, tokens/s, ETA), checkpoint at the stage's cadence.
+``train_stage`` = ``build_optimizer`` → for each step: ``step_transpoints`` → ``train_step`` (``grad_accum``
+micro-batches through ``stage.loss`` under autocast, bf16 when the stage asks for it; all-reduce; clip) →
+``maybe_checkpoint`` → ``stop_requested``. A step reads its loss, gradient norm and metrics back from the GPU
+in one transfer, after the backward passes are queued: no host synchronisation per layer or micro-batch.
+
+A non-finite loss or gradient stops with ``TrainingDiverged`` before the optimizer steps, so no bad update
+is ever made or saved. A stop requested from outside (SIGTERM/SIGINT, or the run's ``max_time``) finishes
+the step, writes a checkpoint and raises ``TrainingStopped`` naming it; ``--resume`` continues from there.
+
+Packed documents: when the stage's windows carry document ids, each micro-batch whose windows hold several
+documents passes ``position_ids`` (restarting at 0 per document) to ``stage.loss``, so nothing attends or
+scans across a document boundary and TransPoints count inside each document.
 
 Multi-GPU: ``accelerate launch -m tm_distill.cli distill RECIPE.yaml`` starts one process per GPU. Each
 process takes its own rows of every step's batch (the data order depends only on seed and step), and
@@ -19,15 +26,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..data.tokens import iterate_batches
+from ..data.tokens import document_positions, iterate_batches
 from ..models.configuration import ATTENTION_ONLY
 from ..stages.base import Stage, use_transpoints
 from .checkpoint import capture_rng, prune, restore_rng, save_checkpoint, stage_dir
 from .metrics import MetricsWriter
+from .stopping import StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +45,23 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+class TrainingStopped(RuntimeError):
+    """A run stopped from outside (signal or max_time) after saving ``checkpoint``; resume continues there."""
+
+    def __init__(self, reason: str, stage_idx: int, stage: str, step: int, checkpoint: Path):
+        self.reason, self.stage_idx, self.stage, self.step, self.checkpoint = reason, stage_idx, stage, step, checkpoint
+        super().__init__(f"stopped ({reason}) in stage {stage_idx} ({stage}) after step {step}; "
+                         f"checkpoint {checkpoint}")
+
+
 @dataclass
 class StageRun:
     """What the loop needs to run one stage besides the Stage object.
 
-    train: (n, seq_len) token windows; transpoints: the recipe's target TransPoints (one per layer).
+    train: (n, seq_len) token windows; doc_ids: (n, seq_len) document index of each position inside its
+    window (packed documents) or None; transpoints: the recipe's target TransPoints (one per layer).
     on_step: called as on_step(stage_idx, step, loss) after each completed step (tests use it to crash).
+    stop: the run's stop flag (signals, max_time), or None. param_dtype: dtype of the frozen weights.
     """
 
     stage_idx: int
@@ -53,6 +73,16 @@ class StageRun:
     tokenizer: object = None
     metadata: dict = field(default_factory=dict)
     on_step: Callable[[int, int, float], None] | None = None
+    doc_ids: torch.Tensor | None = None
+    stop: StopFlag | None = None
+    param_dtype: torch.dtype = torch.float32
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    metrics: dict[str, float]
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str, min_ratio: float) -> float:
@@ -78,6 +108,13 @@ def sample_transpoints(target: list[int], jitter: float, seq_len: int, seed: int
     return out
 
 
+def step_transpoints(run: StageRun, step: int, seq_len: int) -> list[int]:
+    """The TransPoints of one step: the recipe's, or sampled around them (``transpoint_schedule: sampled``)."""
+    if run.cfg.transpoint_schedule == "fixed":
+        return run.transpoints
+    return sample_transpoints(run.transpoints, run.cfg.jitter, seq_len, run.seed, run.stage_idx, step)
+
+
 def _module_state(student) -> dict[str, torch.Tensor]:
     """Tensors save_pretrained does not capture as-is (LoRA adapters and their base layers)."""
     return {k: v.detach().clone() for k, v in student.state_dict().items() if ".lora_" in k or ".base_layer." in k}
@@ -88,101 +125,160 @@ def _grad_norm(params) -> torch.Tensor:
     return torch.stack(grads).norm() if grads else torch.zeros(())
 
 
-def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter,
-                resume_state: dict | None = None) -> dict:
-    """Train ``stage`` for its budget, save OUTPUT/<idx>-<stage>/final/, return the last step's metrics.
+def set_param_dtypes(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Frozen weights in the run's ``dtype``, trainable ones in fp32 (the optimizer's master copy)."""
+    for param in model.parameters():
+        want = torch.float32 if param.requires_grad or dtype == torch.float32 else dtype
+        if param.dtype != want:
+            param.data = param.data.to(want)
 
-    resume_state: the training_state.pt of a mid-stage checkpoint of this stage (continues exactly).
-    """
-    cfg, student = run.cfg, stage.student
-    seq_len = int(run.train.shape[1])
-    total = cfg.total_steps(seq_len)
-    folder = stage_dir(run.output_dir, run.stage_idx, cfg.name)
-    named = stage.trainable_parameters()
-    params = [p for _, p in named]
+
+def build_optimizer(cfg, params: list[torch.nn.Parameter], total: int, resume_state: dict | None = None):
+    """AdamW + warmup/decay schedule for ``params``; restored from ``resume_state``. Returns (opt, sched, start)."""
     optimizer = torch.optim.AdamW(params, lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
                                   eps=cfg.optimizer.eps, weight_decay=cfg.optimizer.weight_decay)
     warmup = cfg.warmup(total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule.kind, cfg.schedule.min_lr_ratio))
-    start = 0
-    if resume_state is not None:
-        if resume_state.get("module_state"):
-            student.load_state_dict(resume_state["module_state"], strict=False)
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        restore_rng(resume_state["rng"])
-        start = int(resume_state["step"])
+    if resume_state is None:
+        return optimizer, scheduler, 0
+    optimizer.load_state_dict(resume_state["optimizer"])
+    scheduler.load_state_dict(resume_state["scheduler"])
+    restore_rng(resume_state["rng"])
+    return optimizer, scheduler, int(resume_state["step"])
+
+
+def _positions(doc_ids: torch.Tensor | None, device) -> torch.Tensor | None:
+    """position_ids for a micro-batch of packed windows, or None when every window holds one document."""
+    if doc_ids is None or not bool((doc_ids != doc_ids[:, :1]).any()):
+        return None
+    return document_positions(doc_ids).to(device)
+
+
+def train_step(stage: Stage, run: StageRun, rows: torch.Tensor, doc_ids: torch.Tensor | None, tps: list[int],
+               accelerator, params: list[torch.nn.Parameter], step: int) -> StepResult:
+    """Forward/backward of ``grad_accum`` micro-batches, all-reduce, clip; gradients left in ``params``.
+
+    rows: (per_rank, seq_len) token ids on the device; doc_ids: the same rows' document ids (CPU) or None.
+    Raises TrainingDiverged (before any update) on a non-finite loss or gradient.
+    """
+    cfg = run.cfg
+    device = rows.device
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    loss_sum = torch.zeros((), device=device)
+    extra: dict[str, float] = {}
+    doc_parts = doc_ids.split(cfg.batch_size) if doc_ids is not None else [None] * math.ceil(len(rows) / cfg.batch_size)
+    for micro, docs in zip(rows.split(cfg.batch_size), doc_parts):
+        with use_transpoints(stage.student, tps), autocast:
+            positions = _positions(docs, device)
+            loss, mets = stage.loss(micro) if positions is None else stage.loss(micro, positions)
+        accelerator.backward(loss / cfg.grad_accum)
+        loss_sum = loss_sum + loss.detach().float() / cfg.grad_accum
+        for k, v in mets.items():
+            extra[k] = extra.get(k, 0.0) + v / cfg.grad_accum
+    if accelerator.num_processes > 1:
+        for p in params:
+            if p.grad is not None:
+                p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
+    if cfg.max_grad_norm is not None:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    else:
+        grad_norm = _grad_norm(params)
+    loss_value, norm_value = torch.stack([loss_sum, grad_norm.float().to(device)]).tolist()
+    where = f"stage {run.stage_idx} ({cfg.name}) step {step + 1}"
+    if not math.isfinite(loss_value):
+        raise TrainingDiverged(
+            f"{where}: loss is {loss_value}; training stopped before the update. The last good checkpoint is "
+            f"the newest under {run.output_dir}; lower the learning rate (stages[i].optimizer.lr) or use "
+            "precision fp32, then resume with --resume")
+    if not math.isfinite(norm_value):
+        raise TrainingDiverged(f"{where}: gradient norm is {norm_value}; training stopped before the update, the "
+                               f"newest checkpoint under {run.output_dir} is the last good one")
+    return StepResult(loss_value, norm_value, extra)
+
+
+def _training_state(run: StageRun, student, optimizer, scheduler, done: int) -> dict:
+    return {"stage_idx": run.stage_idx, "stage": run.cfg.name, "step": done, "data_position": done,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng(),
+            "module_state": _module_state(student)}
+
+
+def maybe_checkpoint(stage: Stage, run: StageRun, accelerator, optimizer, scheduler, done: int, total: int,
+                     row: dict, force: bool = False) -> Path | None:
+    """Save ``step-<done>`` at the stage's cadence (or when ``force``); returns its path or None."""
+    cfg = run.cfg
+    if not force and not (cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total):
+        return None
+    folder = stage_dir(run.output_dir, run.stage_idx, cfg.name)
+    dest = folder / f"step-{done}"
+    if accelerator.is_main_process:
+        _save(stage, dest, run, _training_state(run, stage.student, optimizer, scheduler, done), row)
+        prune(folder, cfg.keep_last)
+    accelerator.wait_for_everyone()
+    return dest
+
+
+def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter,
+                resume_state: dict | None = None) -> dict:
+    """Train ``stage`` for its budget, save OUTPUT/<idx>-<stage>/final/, return the last step's metrics.
+
+    resume_state: the training_state.pt of a mid-stage checkpoint of this stage (continues exactly).
+    Raises TrainingStopped after a checkpoint when ``run.stop`` asks for a stop.
+    """
+    cfg, student = run.cfg, stage.student
+    seq_len = int(run.train.shape[1])
+    total = cfg.total_steps(seq_len)
+    params = [p for _, p in stage.trainable_parameters()]
+    set_param_dtypes(student, run.param_dtype)
+    if resume_state is not None and resume_state.get("module_state"):
+        student.load_state_dict(resume_state["module_state"], strict=False)
+    optimizer, scheduler, start = build_optimizer(cfg, params, total, resume_state)
+    if start:
         log.info("stage %d (%s): resuming at step %d of %d", run.stage_idx, cfg.name, start, total)
     student.train()
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = cfg.batch_size * cfg.grad_accum
-    batches = iterate_batches(run.train, per_rank * world, seed=run.seed + 1000 * run.stage_idx,
-                              start_step=start, num_steps=total)
-    device = accelerator.device
+    order_seed = run.seed + 1000 * run.stage_idx
+    batches = iterate_batches(run.train, per_rank * world, seed=order_seed, start_step=start, num_steps=total)
+    doc_batches = (iterate_batches(run.doc_ids, per_rank * world, seed=order_seed, start_step=start, num_steps=total)
+                   if run.doc_ids is not None else None)
     bar = tqdm(total=total, initial=start, desc=f"{run.stage_idx}-{cfg.name}", unit="step",
                disable=not accelerator.is_main_process, dynamic_ncols=True)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     row: dict = {}
     t_start = time.perf_counter()
     for step, rows in batches:
-        tps = (run.transpoints if cfg.transpoint_schedule == "fixed"
-               else sample_transpoints(run.transpoints, cfg.jitter, seq_len, run.seed, run.stage_idx, step))
-        rows = rows[rank * per_rank:(rank + 1) * per_rank].to(device)
+        docs = next(doc_batches)[1] if doc_batches is not None else None
+        mine = slice(rank * per_rank, (rank + 1) * per_rank)
+        tps = step_transpoints(run, step, seq_len)
         optimizer.zero_grad(set_to_none=True)
-        loss_sum, extra = 0.0, {}
-        for micro in rows.split(cfg.batch_size):
-            with use_transpoints(student, tps), autocast:
-                loss, mets = stage.loss(micro)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"stage {run.stage_idx} ({cfg.name}) step {step + 1}: loss is {float(loss.detach())}; training stopped. "
-                    f"The last good checkpoint is the newest under {run.output_dir}; lower the learning rate "
-                    "(stages[i].optimizer.lr) or use precision fp32, then resume with --resume")
-            accelerator.backward(loss / cfg.grad_accum)
-            loss_sum += float(loss.detach()) / cfg.grad_accum
-            for k, v in mets.items():
-                extra[k] = extra.get(k, 0.0) + v / cfg.grad_accum
-        if world > 1:
-            for p in params:
-                if p.grad is not None:
-                    p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
-        if cfg.max_grad_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        else:
-            grad_norm = _grad_norm(params)
-        if not torch.isfinite(grad_norm):
-            raise TrainingDiverged(
-                f"stage {run.stage_idx} ({cfg.name}) step {step + 1}: gradient norm is {float(grad_norm)}; "
-                f"training stopped, the newest checkpoint under {run.output_dir} is the last good one")
+        result = train_step(stage, run, rows[mine].to(accelerator.device), None if docs is None else docs[mine],
+                            tps, accelerator, params, step)
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
         done = step + 1
         elapsed = time.perf_counter() - t_start
         tok_s = (done - start) * per_rank * world * seq_len / max(elapsed, 1e-9)
-        row = {"stage": cfg.name, "stage_idx": run.stage_idx, "step": done, "loss": loss_sum, "lr": lr,
-               "grad_norm": float(grad_norm), "tokens_per_s": tok_s, "min_transpoint": min(tps), **extra}
+        row = {"stage": cfg.name, "stage_idx": run.stage_idx, "step": done, "loss": result.loss, "lr": lr,
+               "grad_norm": result.grad_norm, "tokens_per_s": tok_s, "min_transpoint": min(tps), **result.metrics}
         if done % cfg.log_every == 0 or done == total:
             metrics.write(row, global_step=done)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.4g}", tok_s=f"{tok_s:.0f}")
-        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
-            state = {"stage_idx": run.stage_idx, "stage": cfg.name, "step": done, "data_position": done,
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": capture_rng(), "module_state": _module_state(student)}
-            if accelerator.is_main_process:
-                _save(stage, folder / f"step-{done}", run, state, row)
-                prune(folder, cfg.keep_last)
-            accelerator.wait_for_everyone()
+        bar.set_postfix(loss=f"{result.loss:.4g}", tok_s=f"{tok_s:.0f}")
+        maybe_checkpoint(stage, run, accelerator, optimizer, scheduler, done, total, row)
         if run.on_step is not None:
-            run.on_step(run.stage_idx, done, loss_sum)
+            run.on_step(run.stage_idx, done, result.loss)
+        reason = run.stop.reason() if run.stop is not None else None
+        if reason is not None and done < total:
+            bar.close()
+            path = maybe_checkpoint(stage, run, accelerator, optimizer, scheduler, done, total, row, force=True)
+            raise TrainingStopped(reason, run.stage_idx, cfg.name, done, path)
     bar.close()
     stage.finalize()
     student.eval()
     if accelerator.is_main_process:
         final_state = {"stage_idx": run.stage_idx, "stage": cfg.name, "step": total, "done": True}
-        _save(stage, folder / "final", run, final_state, row)
+        _save(stage, stage_dir(run.output_dir, run.stage_idx, cfg.name) / "final", run, final_state, row)
     accelerator.wait_for_everyone()
     return row
 
@@ -194,4 +290,5 @@ def _save(stage: Stage, dest, run: StageRun, state: dict, row: dict) -> None:
     save_checkpoint(dest, stage.student, run.tokenizer, state, meta, state_dict=export() if export else None)
 
 
-__all__ = ["StageRun", "TrainingDiverged", "lr_factor", "sample_transpoints", "train_stage"]
+__all__ = ["StageRun", "StepResult", "TrainingDiverged", "TrainingStopped", "build_optimizer", "lr_factor",
+           "maybe_checkpoint", "sample_transpoints", "set_param_dtypes", "step_transpoints", "train_stage", "train_step"]

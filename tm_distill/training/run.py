@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_folder
-from ..recipe import Recipe, RecipeError, dump_recipe
+from ..recipe import Recipe, RecipeError, dump_recipe, parse_duration
 from .checkpoint import ResumePoint, clean_temp, find_resume_point, read_metadata, stage_dir
-from .loop import StageRun, train_stage
+from .loop import StageRun, TrainingStopped, train_stage
 from .metrics import MetricsWriter
 from .resolve import resolve_plan
 
@@ -32,7 +32,10 @@ _SEEDED_FILE = "seeded_kl.json"
 @torch.no_grad()
 def heldout_kl(student, teacher, windows: torch.Tensor, transpoints: list[int], *, batch_size: int = 4,
                chunk_size: int = 256) -> float:
-    """Mean forward KL(teacher || student) per token over ``windows`` (n, t), on positions >= min P."""
+    """Mean forward KL(teacher || student) per token over ``windows`` (n, t), on positions >= min P.
+
+    Under bf16 autocast when either model holds bf16 weights (a bf16 run), in full precision otherwise.
+    """
     from ..losses import chunked_distill_loss  # noqa: PLC0415
     from ..stages.base import use_transpoints  # noqa: PLC0415
 
@@ -40,7 +43,9 @@ def heldout_kl(student, teacher, windows: torch.Tensor, transpoints: list[int], 
     total, count = 0.0, 0
     was_training = student.training
     student.eval()
-    with use_transpoints(student, transpoints):
+    bf16 = any(p.dtype == torch.bfloat16 for p in (*student.parameters(), *teacher.parameters()))
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+    with use_transpoints(student, transpoints), autocast:
         for rows in windows.split(batch_size):
             rows = rows.to(device)
             mask = torch.zeros(rows.shape, dtype=torch.bool, device=device)
@@ -97,13 +102,22 @@ def _teacher_samples(recipe: Recipe, teacher, device) -> list[str]:
 
 
 def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, int, float], None] | None = None,
-               teacher=None) -> dict:
+               teacher=None, max_time: float | None = None) -> dict:
     """Distill per ``recipe``; returns the summary (also written to OUTPUT/summary.json).
 
     resume: continue from the newest complete checkpoint under ``recipe.output_dir``.
     on_step: callback(stage_idx, step, loss) after each step; teacher: an already-loaded ``Teacher`` to
-    use instead of loading ``recipe.teacher`` (tests).
+    use instead of loading ``recipe.teacher`` (tests). max_time: seconds (overrides ``recipe.max_time``).
+    A stop from outside (SIGTERM/SIGINT, max_time) raises ``TrainingStopped`` after a checkpoint; in the last
+    stage it first writes OUTPUT/final and a summary marked ``stopped``, so the run leaves a usable student.
     """
+    from .stopping import StopFlag  # noqa: PLC0415
+
+    with StopFlag(max_time if max_time is not None else parse_duration(recipe.max_time)) as stop:
+        return _run(recipe, resume=resume, on_step=on_step, teacher=teacher, stop=stop)
+
+
+def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
     from accelerate import Accelerator  # noqa: PLC0415
 
     from ..convert import load_teacher, seed_student  # noqa: PLC0415
@@ -118,8 +132,9 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, 
     if not resume and out.exists() and any(stage_dir(out, i, n).exists() for i, n in enumerate(names)):
         raise RecipeError("output_dir", f"{out} already holds checkpoints of a run: pass --resume to continue it, "
                                         "or give a new output_dir")
+    dtype = getattr(torch, recipe.run_dtype(device))
     if teacher is None:
-        teacher = load_teacher(recipe.teacher, device=device)
+        teacher = load_teacher(recipe.teacher, dtype=dtype, device=device)
     teacher.model.eval().requires_grad_(False)
     plan = resolve_plan(recipe, teacher.model.config)
     accelerator = Accelerator(cpu=device == "cpu")
@@ -178,15 +193,21 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, 
     metrics = MetricsWriter(out, keep=keep if resume else None, enabled=accelerator.is_main_process)
     meta = {"recipe": recipe.name, "teacher": recipe.teacher, "transpoints": transpoints,
             "transpoint_spec": recipe.transpoints, "transpoint_explanation": why}
-    last_rows = {}
+    stopped = None
     try:
         for idx in range(point.stage_idx, len(recipe.stages)):
             cfg = recipe.stages[idx]
             stage = get_stage_class(cfg.name)(cfg, student, teacher.model)
-            run = StageRun(idx, cfg, data[recipe.stage_seq_len(cfg)].train, transpoints, recipe.seed, str(out),
-                           teacher.tokenizer, meta, on_step)
+            tokens = data[recipe.stage_seq_len(cfg)]
+            run = StageRun(idx, cfg, tokens.train, transpoints, recipe.seed, str(out), teacher.tokenizer, meta, on_step,
+                           doc_ids=tokens.train_doc_ids, stop=stop, param_dtype=dtype)
             state = point.state if idx == point.stage_idx else None
-            last_rows[cfg.name] = train_stage(stage, run, accelerator, metrics, resume_state=state)
+            try:
+                train_stage(stage, run, accelerator, metrics, resume_state=state)
+            except TrainingStopped as err:
+                if idx < len(recipe.stages) - 1:
+                    raise
+                stopped = err  # the last stage: leave its checkpoint as OUTPUT/final and a summary, then re-raise
             student = stage.student
     finally:
         metrics.close()
@@ -198,11 +219,17 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, 
                "heldout_kl_seeded": seeded_kl, "heldout_kl_distilled": final_kl, "heldout_kl_change_pct": change,
                "stages": [{"name": p.name, "steps": p.steps, "tokens": p.tokens} for p in plan.stages],
                "final": str(out / "final")}
+    if stopped is not None:
+        summary["stopped"] = {"reason": stopped.reason, "stage": stopped.stage, "step": stopped.step,
+                              "checkpoint": str(stopped.checkpoint)}
     if accelerator.is_main_process:
-        last = stage_dir(out, len(names) - 1, names[-1]) / "final"
+        last = stopped.checkpoint if stopped is not None else stage_dir(out, len(names) - 1, names[-1]) / "final"
         _copy_atomic(last, out / "final")
         (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    if stopped is not None:
+        raise stopped
     return summary
+
 
 
 def kl_line(summary: dict) -> str:
