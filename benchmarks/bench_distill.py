@@ -188,7 +188,7 @@ def bench_stage(name: str, teacher, windows, spec: str, args, device: str) -> di
             rows = windows[: args.batch_size]
         optimizer.zero_grad(set_to_none=True)
         if name == "finetune":  # train_step's work without TransPoints: autocast, backward, clip, one sync
-            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
                 loss, _ = stage.loss(rows.to(device))
             loss.backward()
             torch.stack([loss.detach(), torch.nn.utils.clip_grad_norm_(params, 1.0)]).tolist()
@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                    help="teacher / frozen-weight dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     ap.add_argument("--smoke", action="store_true", help="tiny random model on CPU, 1 warm-up + 2 steps")
     ap.add_argument("--out", required=True)
     ap.add_argument("--markdown", action="store_true", help="print the markdown section of --out and exit")
@@ -299,7 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.model, args.teacher, args.seq_len, args.batch_size, args.layer_batch_size = "tiny", None, 64, 2, 2
         args.warmup, args.steps, args.transpoints = 1, 2, "cycle=0,8,16,attn"
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32, "bfloat16": torch.bfloat16,
+             "float32": torch.float32}[args.dtype]
     teacher, tokenizer = build_teacher(args.model, args.teacher, device, dtype)
     batch = max(args.batch_size, args.layer_batch_size)
     windows, text = token_windows(tokenizer, teacher.config.vocab_size, args.seq_len, 64 * batch)

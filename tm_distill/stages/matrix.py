@@ -57,12 +57,12 @@ class MatrixStage(LayerParallelStage):
             same_doc = seq_idx[:, :, None] == seq_idx[:, None, :]
             row_ok = position_ids.to(hidden.device).expand(b, -1) >= P
         first = 0 if seq_idx is not None else min(P, t)
+        with torch.no_grad():  # projections in the run's precision, everything after them in fp32
+            attn = decoder_layers(self.teacher)[layer].self_attn
+            q, k, scale = teacher_qk(attn, acts.attn_inputs[layer], acts.position_embeddings)
+            q, k = q.to(hidden.device), k.to(hidden.device)
+        C, B, dt, log_decay = ssm_matrix_inputs(mixer, hidden, pe)
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            with torch.no_grad():
-                attn = decoder_layers(self.teacher)[layer].self_attn
-                q, k, scale = teacher_qk(attn, acts.attn_inputs[layer], acts.position_embeddings)
-                q, k = q.to(hidden.device), k.to(hidden.device)
-            C, B, dt, log_decay = ssm_matrix_inputs(mixer, hidden.float(), pe)
             step = self.rows_per_block(b, C.shape[1], t)
             blocked = torch.is_grad_enabled() and step < t - first
             diff_sq = hidden.new_zeros((b, C.shape[1]), dtype=torch.float32)
