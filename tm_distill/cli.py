@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 
 import click
 
@@ -62,6 +63,9 @@ def cli(verbose: int) -> None:
 
 
 def main() -> None:
+    # mamba-ssm's Triton kernels autotune on first use (most of a fresh machine's first step); let Triton keep
+    # the results in its on-disk cache so later runs on the same machine start at once. A user's setting wins.
+    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
     cli(prog_name="tm-distill")
 
 

@@ -192,8 +192,12 @@ def fused_distill_loss(
                                     kind=kind, beta=beta, temperature=temperature)
     from liger_kernel.ops.fused_linear_jsd import LigerFusedLinearJSDFunction  # noqa: PLC0415  (CUDA only)
 
-    dtype = student_rows.dtype if student_rows.dtype in (torch.bfloat16, torch.float16) else torch.float32
-    with torch.autocast(device_type=student_rows.device.type, enabled=False):
+    device_type = student_rows.device.type
+    if torch.is_autocast_enabled(device_type):  # the GEMMs run in autocast's dtype, as the rest of the model
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = student_rows.dtype if student_rows.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    with torch.autocast(device_type=device_type, enabled=False):
         loss = LigerFusedLinearJSDFunction.apply(
             student_rows.to(dtype).contiguous(), student_weight.to(dtype),
             teacher_rows.to(dtype).contiguous(), teacher_weight.detach().to(dtype),

@@ -13,11 +13,16 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from ..ops import ssd_scan, ssd_update
 from .cache import LayerState
 from .configuration import TransMambaConfig
+
+# The attention prefix changes length with every TransPoint (and every batch when TransPoints are sampled):
+# cuDNN's SDPA builds an execution plan per new shape, so the shape-agnostic kernels are preferred.
+_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 _FEATURE_MAPS = {
     "identity": lambda t: t,
@@ -234,10 +239,11 @@ class TransMambaMixer(nn.Module):
                 keys_ok = attention_mask[:, None, None, :kv_len].bool()
                 mask = (mask & keys_ok) | (k_pos[None, :] == q_pos[:, None])[None, None]
             is_causal = False
-        out = F.scaled_dot_product_attention(
-            q_rot, k_all, v_all, attn_mask=mask, is_causal=is_causal, scale=self.scaling,
-            enable_gqa=self.num_heads != self.num_kv_heads,
-        )
+        with sdpa_kernel(_SDPA_BACKENDS):
+            out = F.scaled_dot_product_attention(
+                q_rot, k_all, v_all, attn_mask=mask, is_causal=is_causal, scale=self.scaling,
+                enable_gqa=self.num_heads != self.num_kv_heads,
+            )
         return out.transpose(1, 2)
 
     def ssm_inputs(
