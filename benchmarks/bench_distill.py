@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 import time
@@ -254,7 +255,9 @@ def markdown(data: dict) -> str:
     """The docs/benchmarks.md section for one JSON result file."""
     m = data["meta"]
     lines = [f"### {m['model']} ({m['weights']}), seq_len {m['seq_len']}, {m['device']}, {m['date']}", "",
-             f"Command: `{m['command']}`", f"Text: {m['text']}. Peak for MFU: {m.get('peak', 'n/a')}.", "",
+             f"Command: `{m['command']}`", f"Text: {m['text']}. Peak for MFU: {m.get('peak', 'n/a')}. "
+             f"Triton autotune cache: {m.get('triton_autotune_cache')}, {m.get('triton_cache_files_at_start')} cached "
+             "files at start (0 = a fresh machine: the first step includes mamba-ssm's autotuning).", "",
              "| stage | trainable | batch | first step (s) | tokens/s | MFU | TFLOP/s | peak GiB |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in data["results"]:
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--transpoints", default=CYCLE)
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--layer-batch-size", type=int, default=4, help="batch of the matrix and hidden stages")
+    ap.add_argument("--layer-batch-size", type=int, default=16, help="batch of the matrix and hidden stages")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--profile", action="store_true")
@@ -311,7 +314,10 @@ def main(argv: list[str] | None = None) -> dict:
     meta = {"model": args.model, "weights": "real teacher" if args.teacher else "random weights",
             "seq_len": args.seq_len, "device": name, "date": datetime.date.today().isoformat(), "text": text,
             "command": "python benchmarks/bench_distill.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "torch": torch.__version__, "peak": peak}
+            "torch": torch.__version__, "peak": peak,
+            "triton_autotune_cache": os.environ.get("TRITON_CACHE_AUTOTUNING", "0"),
+            "triton_cache_files_at_start": sum(1 for _ in (Path.home() / ".triton" / "cache").glob("**/*"))
+            if (Path.home() / ".triton" / "cache").exists() else 0}
     data = {"meta": meta, "results": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
