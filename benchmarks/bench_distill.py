@@ -26,6 +26,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -327,9 +328,11 @@ def main(argv: list[str] | None = None) -> dict:
                                     args.batch_size})
         try:
             row = bench_stage(stage, teacher, windows, args.transpoints, sub, device)
-        except torch.OutOfMemoryError as err:
-            row = {"stage": stage, "error": f"out of memory: {str(err)[:200]}"}
-            torch.cuda.empty_cache()
+        except Exception as err:  # noqa: BLE001  (record it and go on to the next stage)
+            traceback.print_exc()
+            row = {"stage": stage, "error": f"{type(err).__name__}: {str(err)[:300]}"}
+            if device == "cuda":
+                torch.cuda.empty_cache()
         data["results"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "top_ops"}), flush=True)
         out.write_text(json.dumps(data, indent=1))

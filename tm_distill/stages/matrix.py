@@ -11,8 +11,6 @@ every head at once, and rows before P_l are never built. Packed documents: both 
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import ClassVar
 
 import torch
@@ -22,8 +20,6 @@ from torch.utils.checkpoint import checkpoint
 from ..losses import frobenius_loss
 from ..models.modeling import packed_seq_idx
 from .capture import LayerParallelStage, attention_rows, decoder_layers, ssm_matrix_inputs, ssm_matrix_rows, teacher_qk
-
-log = logging.getLogger(__name__)
 
 
 def _block(q, k, scale, C, B, dt, log_decay, r0, r1, same_doc, row_ok):
@@ -36,33 +32,6 @@ def _block(q, k, scale, C, B, dt, log_decay, r0, r1, same_doc, row_ok):
         weight = row_ok[:, None, r0:r1].to(diff.dtype)
         diff, target_sq = diff * weight, target_sq * weight
     return diff.sum(-1), target_sq.sum()
-
-
-_COMPILED: dict[str, object] = {}
-
-
-def block_function(device_type: str):
-    """``_block``, compiled by torch.compile on CUDA (its elementwise chain fused into a few kernels).
-
-    Eager elsewhere, when ``TM_DISTILL_COMPILE=0``, or once compiling has failed (logged, then eager).
-    """
-    if device_type != "cuda" or os.environ.get("TM_DISTILL_COMPILE", "1") == "0":
-        return _block
-    if device_type not in _COMPILED:
-        compiled = torch.compile(_block, dynamic=True)
-
-        def guarded(*args):
-            if _COMPILED.get("failed"):
-                return _block(*args)
-            try:
-                return compiled(*args)
-            except Exception as err:  # noqa: BLE001  (a compiler failure must not stop training)
-                log.warning("torch.compile of the matrix block failed (%s); running it eagerly", err)
-                _COMPILED["failed"] = True
-                return _block(*args)
-
-        _COMPILED[device_type] = guarded
-    return _COMPILED[device_type]
 
 
 class MatrixStage(LayerParallelStage):
@@ -96,12 +65,11 @@ class MatrixStage(LayerParallelStage):
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             step = self.rows_per_block(b, C.shape[1], t)
             blocked = torch.is_grad_enabled() and step < t - first
-            block = block_function(hidden.device.type)
             diff_sq = hidden.new_zeros((b, C.shape[1]), dtype=torch.float32)
             target_sq = hidden.new_zeros((), dtype=torch.float32)
             for r0 in range(first, t, step):
                 args = (q, k, scale, C, B, dt, log_decay, r0, min(r0 + step, t), same_doc, row_ok)
-                d, tsq = checkpoint(block, *args, use_reentrant=False) if blocked else block(*args)
+                d, tsq = checkpoint(_block, *args, use_reentrant=False) if blocked else _block(*args)
                 diff_sq, target_sq = diff_sq + d, target_sq + tsq
         return frobenius_loss(diff_sq, target_sq)
 
