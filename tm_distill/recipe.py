@@ -155,6 +155,8 @@ class StageConfig:
     checkpoint_every: int = _help("save a checkpoint every N steps (0: only at the stage end)", 0)
     keep_last: int = _help("keep the newest N step checkpoints of this stage (final/ is always kept)", 2)
     log_every: int = _help("write metrics every N steps", 1)
+    eval_every: int = _help("measure the held-out KL every N steps into metrics.jsonl (0: only before and after "
+                            "the run)", 0)
 
     def __post_init__(self):
         _check(self.steps is not None or self.tokens is not None, "steps", "give steps or tokens (a budget)")
@@ -168,6 +170,7 @@ class StageConfig:
         _check(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
         _check(self.keep_last >= 1, "keep_last", f"must be >= 1, got {self.keep_last}")
         _check(self.log_every >= 1, "log_every", "must be >= 1")
+        _check(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
         from .stages import STAGES  # noqa: PLC0415  (names only; no stage module is imported)
 
         if self.name not in STAGES:

@@ -126,3 +126,13 @@ def test_auto_transpoints_are_resolved_recorded_and_kept_on_resume(tiny_recipe):
     assert len(meta["transpoints"]) == 2 and meta["transpoint_explanation"]
     summary = run_recipe(recipe, resume=True)
     assert summary["transpoints"] == meta["transpoints"]
+
+
+def test_eval_every_logs_the_heldout_kl_curve(tiny_recipe):
+    recipe = recipe_from_dict(tiny_recipe(steps=4, checkpoint_every=0, eval_every=2))
+    summary = run_recipe(recipe)
+    rows = read_metrics(recipe.output_dir)
+    curve = [(r["stage_tokens"], r["heldout_kl"]) for r in rows if "heldout_kl" in r]
+    assert [r["step"] for r in rows if "heldout_kl" in r] == [2, 4]
+    assert curve[0][0] == 2 * 2 * 32 and curve[1][0] == 4 * 2 * 32  # steps x batch x seq_len
+    assert curve[-1][1] == pytest.approx(summary["heldout_kl_distilled"], rel=1e-6)

@@ -62,6 +62,7 @@ class StageRun:
     window (packed documents) or None; transpoints: the recipe's target TransPoints (one per layer).
     on_step: called as on_step(stage_idx, step, loss) after each completed step (tests use it to crash).
     stop: the run's stop flag (signals, max_time), or None. param_dtype: dtype of the frozen weights.
+    evaluate: called every ``cfg.eval_every`` steps (e.g. the held-out KL); its numbers join that step's row.
     """
 
     stage_idx: int
@@ -76,6 +77,7 @@ class StageRun:
     doc_ids: torch.Tensor | None = None
     stop: StopFlag | None = None
     param_dtype: torch.dtype = torch.float32
+    evaluate: Callable[[], dict[str, float]] | None = None
 
 
 @dataclass
@@ -260,8 +262,13 @@ def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter
         elapsed = time.perf_counter() - t_start
         tok_s = (done - start) * per_rank * world * seq_len / max(elapsed, 1e-9)
         row = {"stage": cfg.name, "stage_idx": run.stage_idx, "step": done, "loss": result.loss, "lr": lr,
-               "grad_norm": result.grad_norm, "tokens_per_s": tok_s, "min_transpoint": min(tps), **result.metrics}
-        if done % cfg.log_every == 0 or done == total:
+               "grad_norm": result.grad_norm, "tokens_per_s": tok_s, "stage_tokens": done * per_rank * world * seq_len,
+               "min_transpoint": min(tps), **result.metrics}
+        evaluated = run.evaluate is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == total)
+        if evaluated:
+            row.update(run.evaluate())
+            student.train()
+        if evaluated or done % cfg.log_every == 0 or done == total:
             metrics.write(row, global_step=done)
         bar.update(1)
         bar.set_postfix(loss=f"{result.loss:.4g}", tok_s=f"{tok_s:.0f}")

@@ -98,7 +98,8 @@ def _teacher_samples(recipe: Recipe, teacher, device) -> list[str]:
     log.info("sampling %d texts of %d tokens from the teacher", recipe.data.teacher_samples,
              recipe.data.teacher_sample_tokens)
     return sample_from_teacher(teacher.model, teacher.tokenizer, recipe.data.teacher_samples,
-                               recipe.data.teacher_sample_tokens, seed=recipe.seed, device=device)
+                               recipe.data.teacher_sample_tokens, seed=recipe.seed, device=device,
+                               batch_size=256 if device == "cuda" else 8)
 
 
 def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, int, float], None] | None = None,
@@ -200,7 +201,8 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
             stage = get_stage_class(cfg.name)(cfg, student, teacher.model)
             tokens = data[recipe.stage_seq_len(cfg)]
             run = StageRun(idx, cfg, tokens.train, transpoints, recipe.seed, str(out), teacher.tokenizer, meta, on_step,
-                           doc_ids=tokens.train_doc_ids, stop=stop, param_dtype=dtype)
+                           doc_ids=tokens.train_doc_ids, stop=stop, param_dtype=dtype,
+                           evaluate=lambda s=student: {"heldout_kl": heldout_kl(s, teacher.model, heldout, transpoints)})
             state = point.state if idx == point.stage_idx else None
             try:
                 train_stage(stage, run, accelerator, metrics, resume_state=state)
