@@ -224,21 +224,26 @@ def run_eval(
     """Load the teacher and student folders, evaluate, and write report.json / report.md / plots to out_dir."""
     from ..convert import load_teacher  # noqa: PLC0415
     from ..convert.api import NotAStudent, StudentNotFound, load_student  # noqa: PLC0415
-    from ..convert.teacher import TeacherNotFound  # noqa: PLC0415
+    from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
+    from ..convert.teacher import DeviceError, TeacherNotFound, UnreadableModel, parse_device  # noqa: PLC0415
 
     if not students:
         raise EvalInputError("give at least one student folder (made by `tm-distill convert` or `distill`)")
+    try:
+        device = parse_device(device)
+    except DeviceError as err:
+        raise EvalInputError(str(err)) from None
     loaded: dict[str, torch.nn.Module] = {}
     for path in students:
         try:
             model, _ = load_student(path, dtype=dtype, device=device)
-        except (StudentNotFound, NotAStudent) as err:
+        except (StudentNotFound, NotAStudent, UnreadableModel) as err:
             raise EvalInputError(str(err)) from err
         model.name_or_path = str(Path(path).expanduser().resolve())
         loaded[student_name(path, set(loaded))] = model
     try:
         t = load_teacher(teacher, dtype=dtype, device=device)
-    except TeacherNotFound as err:
+    except (TeacherNotFound, UnreadableModel, UnsupportedTeacher) as err:
         raise EvalInputError(str(err)) from err
     check_context(options, getattr(t.model.config, "max_position_embeddings", None))
     heldout, split = load_heldout(data, t.tokenizer, options)
