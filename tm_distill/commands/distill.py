@@ -19,6 +19,16 @@ def _load(recipe_path: str, overrides: tuple[str, ...]):
         raise click.ClickException(f"bad recipe {recipe_path}: {err}") from None
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
+    from ..convert.teacher import TeacherNotFound, UnreadableModel  # noqa: PLC0415
+    from ..convert.transpoints import TransPointSpecError  # noqa: PLC0415
+    from ..data.loading import DataSourceError  # noqa: PLC0415
+    from ..data.tokens import TokenDataError  # noqa: PLC0415
+
+    return (DataSourceError, TokenDataError, TeacherNotFound, UnreadableModel, UnsupportedTeacher, TransPointSpecError)
+
+
 @click.command(epilog=_OVERRIDES_HELP)
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
@@ -32,14 +42,15 @@ def validate(recipe_path: str, overrides: tuple[str, ...]) -> None:
       tm-distill validate recipes/smollm2-135m/cpu-demo.yaml stages.logits.steps=50
     """
     from ..recipe import RecipeError  # noqa: PLC0415
-    from ..training.resolve import resolve_plan, teacher_config  # noqa: PLC0415
+    from ..training.resolve import check_data, resolve_plan, teacher_config  # noqa: PLC0415
 
     recipe = _load(recipe_path, overrides)
     try:
         plan = resolve_plan(recipe, teacher_config(recipe.teacher))
+        data_lines = check_data(recipe)
     except RecipeError as err:
         raise click.ClickException(f"bad recipe {recipe_path}: {err}") from None
-    for line in plan.lines():
+    for line in plan.lines() + data_lines:
         click.echo(line)
     click.echo("recipe is valid")
 
@@ -76,5 +87,9 @@ def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool) -> None:
         raise click.ClickException(f"bad recipe {recipe_path}: {err}") from None
     except TrainingDiverged as err:
         raise click.ClickException(str(err)) from None
+    except _user_errors() as err:  # data, teacher and auto-TransPoint problems the recipe's inputs cause
+        key = {"DataSourceError": "data.source", "TokenDataError": "data", "TransPointSpecError": "transpoints",
+               "AutoSpecError": "transpoints"}.get(type(err).__name__, "teacher")
+        raise click.ClickException(f"bad recipe {recipe_path}: {key}: {err}") from None
     click.echo(kl_line(summary))
     click.echo(f"distilled student: {summary['final']}")

@@ -19,6 +19,7 @@ import torch
 from ..atomic import atomic_folder
 from ..recipe import Recipe, RecipeError, dump_recipe
 from .checkpoint import ResumePoint, clean_temp, find_resume_point, read_metadata, stage_dir
+from .data import check_batches, heldout_windows
 from .loop import StageRun, train_stage
 from .metrics import MetricsWriter
 from .resolve import resolve_plan
@@ -138,7 +139,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, 
             if base.train_doc_ids is not None and extra.train_doc_ids is not None:
                 base.train_doc_ids = torch.cat([base.train_doc_ids, extra.train_doc_ids])
             base.meta["teacher_sample_windows"] = int(extra.train.shape[0])
-    heldout = data[recipe.data.seq_len].heldout[: recipe.data.heldout_windows]
+    check_batches(recipe, data, accelerator.num_processes)
+    heldout = heldout_windows(recipe, teacher.tokenizer, data)
     if accelerator.is_main_process:
         clean_temp(out)
     point = find_resume_point(out, names) if resume else ResumePoint(0, None, 0, None)
