@@ -86,9 +86,9 @@ def test_nan_loss_stops_cleanly_keeping_last_good_checkpoint(tiny_recipe, monkey
     original = LogitsStage.loss
 
     def poisoned(self, input_ids):
-        calls["n"] += 1
+        calls["n"] += torch.is_grad_enabled()  # training forwards only, not the checks before a checkpoint
         loss, metrics = original(self, input_ids)
-        return (loss * math.nan if calls["n"] == 3 else loss), metrics
+        return (loss * math.nan if calls["n"] == 3 and torch.is_grad_enabled() else loss), metrics
 
     monkeypatch.setattr(LogitsStage, "loss", poisoned)
     with pytest.raises(TrainingDiverged, match=r"stage 0 \(logits\) step 3: loss is nan"):
@@ -126,3 +126,13 @@ def test_auto_transpoints_are_resolved_recorded_and_kept_on_resume(tiny_recipe):
     assert len(meta["transpoints"]) == 2 and meta["transpoint_explanation"]
     summary = run_recipe(recipe, resume=True)
     assert summary["transpoints"] == meta["transpoints"]
+
+
+def test_metrics_rows_stay_json_when_a_value_is_not_finite(tmp_path):
+    from tm_distill.training.metrics import MetricsWriter
+
+    writer = MetricsWriter(tmp_path)
+    writer.write({"step": 1, "lr": math.inf, "loss": math.nan, "grad_norm": 0.5})
+    writer.close()
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert json.loads(line) == {"step": 1, "lr": None, "loss": None, "grad_norm": 0.5} and "Infinity" not in line

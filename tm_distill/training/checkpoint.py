@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_STAGE_DIR = re.compile(r"^(\d+)-[A-Za-z_]\w*$")
 
 
 def stage_dir(output_dir: str | Path, stage_idx: int, stage_name: str) -> Path:
@@ -94,6 +95,26 @@ def prune(folder: str | Path, keep_last: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _stage_folders(output_dir: str | Path) -> list[tuple[int, Path]]:
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STAGE_DIR.match(p.name))]
+    return sorted(found)
+
+
+def newest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run (a later stage's over an earlier one's, final/ over step-N)."""
+    best = None
+    for idx, folder in _stage_folders(output_dir):
+        steps = step_checkpoints(folder)
+        if (folder / "final" / STATE_FILE).exists():
+            best = folder / "final"
+        elif steps:
+            best = steps[-1][1]
+    return best
+
+
 def clean_temp(output_dir: str | Path) -> None:
     """Remove the leftovers of interrupted writes (``.tmp-*`` folders) anywhere in the run folder."""
     root = Path(output_dir)
@@ -130,5 +151,6 @@ def find_resume_point(output_dir: str | Path, stage_names: list[str]) -> ResumeP
     return point
 
 
-__all__ = ["META_FILE", "ResumePoint", "STATE_FILE", "capture_rng", "clean_temp", "find_resume_point", "prune",
-           "read_metadata", "restore_rng", "save_checkpoint", "stage_dir", "step_checkpoints"]
+__all__ = ["META_FILE", "ResumePoint", "STATE_FILE", "capture_rng", "clean_temp", "find_resume_point",
+           "newest_checkpoint", "prune", "read_metadata", "restore_rng", "save_checkpoint", "stage_dir",
+           "step_checkpoints"]

@@ -4,7 +4,9 @@ Per optimizer step: choose the batch's TransPoints (fixed, or each layer's P tim
 in [1 - jitter, 1 + jitter]), run ``grad_accum`` micro-batches through ``stage.loss`` under autocast
 (bf16 when the stage asks for it), stop with ``TrainingDiverged`` on a NaN/inf loss or gradient (nothing is
 saved, so the last good checkpoint stays the newest), clip, AdamW step, warmup + cosine/linear schedule,
-log to metrics.jsonl and the tqdm bar (loss, tokens/s, ETA), checkpoint at the stage's cadence.
+log to metrics.jsonl and the tqdm bar (loss, tokens/s, ETA), checkpoint at the stage's cadence. A checkpoint
+is written only from finite weights that give a finite loss (``health.unsound``), so ``--resume`` with a
+lower lr after a divergence starts from weights that work.
 
 Multi-GPU: ``accelerate launch -m tm_distill.cli distill RECIPE.yaml`` starts one process per GPU. Each
 process takes its own rows of every step's batch (the data order depends only on seed and step), and
@@ -27,6 +29,7 @@ from ..data.tokens import iterate_batches
 from ..models.configuration import ATTENTION_ONLY
 from ..stages.base import Stage, use_transpoints
 from .checkpoint import capture_rng, prune, restore_rng, save_checkpoint, stage_dir
+from .health import stop_message, unsound
 from .metrics import MetricsWriter
 
 log = logging.getLogger(__name__)
@@ -124,6 +127,7 @@ def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter
                disable=not accelerator.is_main_process, dynamic_ncols=True)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     row: dict = {}
+    micro, tps = None, run.transpoints
     t_start = time.perf_counter()
     for step, rows in batches:
         tps = (run.transpoints if cfg.transpoint_schedule == "fixed"
@@ -135,10 +139,8 @@ def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter
             with use_transpoints(student, tps), autocast:
                 loss, mets = stage.loss(micro)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"stage {run.stage_idx} ({cfg.name}) step {step + 1}: loss is {float(loss.detach())}; training stopped. "
-                    f"The last good checkpoint is the newest under {run.output_dir}; lower the learning rate "
-                    "(stages[i].optimizer.lr) or use precision fp32, then resume with --resume")
+                raise TrainingDiverged(stop_message(run.output_dir, run.stage_idx, cfg.name, step + 1,
+                                                    f"loss is {float(loss.detach())}"))
             accelerator.backward(loss / cfg.grad_accum)
             loss_sum += float(loss.detach()) / cfg.grad_accum
             for k, v in mets.items():
@@ -152,9 +154,8 @@ def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter
         else:
             grad_norm = _grad_norm(params)
         if not torch.isfinite(grad_norm):
-            raise TrainingDiverged(
-                f"stage {run.stage_idx} ({cfg.name}) step {step + 1}: gradient norm is {float(grad_norm)}; "
-                f"training stopped, the newest checkpoint under {run.output_dir} is the last good one")
+            raise TrainingDiverged(stop_message(run.output_dir, run.stage_idx, cfg.name, step + 1,
+                                                f"gradient norm is {float(grad_norm)}"))
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
@@ -168,6 +169,8 @@ def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.4g}", tok_s=f"{tok_s:.0f}")
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
+            if problem := unsound(stage, micro, tps, autocast, accelerator):
+                raise TrainingDiverged(stop_message(run.output_dir, run.stage_idx, cfg.name, done, problem))
             state = {"stage_idx": run.stage_idx, "stage": cfg.name, "step": done, "data_position": done,
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "rng": capture_rng(), "module_state": _module_state(student)}
@@ -178,6 +181,8 @@ def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter
         if run.on_step is not None:
             run.on_step(run.stage_idx, done, loss_sum)
     bar.close()
+    if problem := unsound(stage, micro, tps, autocast, accelerator):
+        raise TrainingDiverged(stop_message(run.output_dir, run.stage_idx, cfg.name, total, problem))
     stage.finalize()
     student.eval()
     if accelerator.is_main_process:
