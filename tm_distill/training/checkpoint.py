@@ -133,24 +133,29 @@ class ResumePoint:
     state: dict | None  # training_state.pt of a mid-stage checkpoint (None: start the stage fresh)
 
 
-def find_resume_point(output_dir: str | Path, stage_names: list[str]) -> ResumePoint:
-    """The newest complete checkpoint of a run: finished stages are skipped, a mid-stage one continues."""
+def locate_resume_point(output_dir: str | Path, stage_names: list[str]) -> tuple[int, Path | None, int]:
+    """(stage to run next, checkpoint to load or None, steps done in that stage), without loading any state.
+
+    The newest stage with a checkpoint wins: a final/ means the stage is done; a step-N continues the stage.
+    """
     root = Path(output_dir)
-    point = ResumePoint(0, None, 0, None)
-    for idx, name in enumerate(stage_names):
-        folder = stage_dir(root, idx, name)
-        final = folder / "final"
-        if (final / STATE_FILE).exists():
-            point = ResumePoint(idx + 1, final, 0, None)
-            continue
+    for idx in reversed(range(len(stage_names))):
+        folder = stage_dir(root, idx, stage_names[idx])
+        if (folder / "final" / STATE_FILE).exists():
+            return idx + 1, folder / "final", 0
         steps = step_checkpoints(folder)
         if steps:
-            step, path = steps[-1]
-            point = ResumePoint(idx, path, step, torch.load(path / STATE_FILE, weights_only=False))
-        break
-    return point
+            return idx, steps[-1][1], steps[-1][0]
+    return 0, None, 0
+
+
+def find_resume_point(output_dir: str | Path, stage_names: list[str]) -> ResumePoint:
+    """The newest complete checkpoint of a run: finished stages are skipped, a mid-stage one continues."""
+    idx, path, step = locate_resume_point(output_dir, stage_names)
+    state = torch.load(path / STATE_FILE, weights_only=False) if path is not None and step else None
+    return ResumePoint(idx, path, step, state)
 
 
 __all__ = ["META_FILE", "ResumePoint", "STATE_FILE", "capture_rng", "clean_temp", "find_resume_point",
-           "newest_checkpoint", "prune", "read_metadata", "restore_rng", "save_checkpoint", "stage_dir",
-           "step_checkpoints"]
+           "locate_resume_point", "newest_checkpoint", "prune", "read_metadata", "restore_rng", "save_checkpoint",
+           "stage_dir", "step_checkpoints"]

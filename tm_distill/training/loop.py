@@ -31,6 +31,7 @@ from ..stages.base import Stage, use_transpoints
 from .checkpoint import capture_rng, prune, restore_rng, save_checkpoint, stage_dir
 from .health import stop_message, unsound
 from .metrics import MetricsWriter
+from .resume_check import apply_peak_lr
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter
         scheduler.load_state_dict(resume_state["scheduler"])
         restore_rng(resume_state["rng"])
         start = int(resume_state["step"])
+        apply_peak_lr(optimizer, scheduler, cfg.optimizer.lr)  # a resume may lower it (after a divergence)
         log.info("stage %d (%s): resuming at step %d of %d", run.stage_idx, cfg.name, start, total)
     student.train()
     world, rank = accelerator.num_processes, accelerator.process_index

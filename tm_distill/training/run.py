@@ -23,6 +23,7 @@ from .data import check_batches, heldout_windows
 from .loop import StageRun, train_stage
 from .metrics import MetricsWriter
 from .resolve import resolve_plan
+from .resume_check import check_resume
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,8 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, 
     if not resume and out.exists() and any(stage_dir(out, i, n).exists() for i, n in enumerate(names)):
         raise RecipeError("output_dir", f"{out} already holds checkpoints of a run: pass --resume to continue it, "
                                         "or give a new output_dir")
+    if resume:
+        check_resume(recipe, out)  # a changed recipe is refused naming the keys; safe changes are recorded
     if teacher is None:
         teacher = load_teacher(recipe.teacher, device=device)
     teacher.model.eval().requires_grad_(False)
