@@ -76,6 +76,16 @@ def remove_stale_temps(dest: str | Path) -> list[Path]:
     return removed
 
 
+def link_or_copy(src: str, dst: str) -> str:
+    """A ``shutil.copytree`` copy_function: a hard link (no second copy of the bytes) where the filesystem
+    allows, else a copy. Safe for checkpoints: their files are only ever replaced, never changed in place."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
 def atomic_write_file(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` to produce the file, then move it to ``path``."""
     path = Path(path)
@@ -92,4 +102,4 @@ def atomic_write_file(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-__all__ = ["atomic_folder", "atomic_write_file", "remove_stale_temps"]
+__all__ = ["atomic_folder", "atomic_write_file", "link_or_copy", "remove_stale_temps"]

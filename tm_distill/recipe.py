@@ -133,7 +133,8 @@ class StageConfig:
         "[1-jitter, 1+jitter] per batch (seeded)", "fixed")
     jitter: float = _help("relative range of the sampled TransPoints", 0.5)
     checkpoint_every: int = _help("save a checkpoint every N steps (0: only at the stage end)", 0)
-    keep_last: int = _help("keep the newest N step checkpoints of this stage (final/ is always kept)", 2)
+    keep_last: int = _help("keep the newest N step checkpoints of this stage while it runs (a finished stage "
+                           "keeps only final/)", 1)
     log_every: int = _help("write metrics every N steps", 1)
 
     def __post_init__(self):

@@ -1,5 +1,6 @@
 """`tm-distill distill --resume` after a failure (issue 13): a diverged run resumes with a lower lr from a finite
-checkpoint; a changed recipe is refused naming the keys, safe changes are allowed and recorded."""
+checkpoint; a changed recipe is refused naming the keys, safe changes are allowed and recorded; a run keeps only
+what resuming needs."""
 
 from __future__ import annotations
 
@@ -101,3 +102,17 @@ def test_resume_with_a_lower_lr_uses_it_from_the_next_step(crashed_run, tmp_path
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["lr"] > 1e-3 and rows[2]["lr"] <= 1e-4  # step 2 ran at the old peak, step 3 at the new one
+
+
+# ------------------------------------------------------------------------------- 12: what a run keeps
+def test_a_finished_run_keeps_only_what_resuming_needs(root, tmp_path):
+    recipe = write_recipe(root, tmp_path, {"name": "logits", "steps": 2, "checkpoint_every": 1},
+                          {"name": "logits", "steps": 4, "checkpoint_every": 1, "keep_last": 3})
+    assert run("distill", recipe).exit_code == 0
+    out = tmp_path / "out"
+    kept = sorted(str(p.relative_to(out)) for p in out.glob("*/*"))
+    assert [k for k in kept if k.startswith(("0-", "1-"))] == ["1-logits/final"]
+    last, final = out / "1-logits" / "final" / "model.safetensors", out / "final" / "model.safetensors"
+    assert final.stat().st_ino == last.stat().st_ino  # OUTPUT/final is a hard link, not a second copy
+    again = run("distill", recipe, "--resume")  # a finished run still resumes (and just reports)
+    assert again.exit_code == 0 and "held-out KL" in again.output

@@ -62,16 +62,18 @@ def validate(recipe_path: str, overrides: tuple[str, ...]) -> None:
 def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool) -> None:
     """Distill a TransMamba student from the teacher, stage by stage, as RECIPE says.
 
-    Writes OUTPUT/<idx>-<stage>/{step-N,final}/, OUTPUT/final/ (a student that loads with
-    AutoModelForCausalLM after `import tm_distill`), metrics.jsonl and summary.json, and prints the
-    held-out KL of the seeded and the distilled student. Several GPUs: `accelerate launch -m tm_distill.cli
-    distill RECIPE`.
+    Writes OUTPUT/final/ (a student that loads with AutoModelForCausalLM after `import tm_distill`),
+    metrics.jsonl, summary.json and recipe.yaml, and prints the held-out KL of the seeded and the distilled
+    student; checkpoints under OUTPUT/<idx>-<stage>/ stay while --resume needs them. --resume continues the
+    same recipe: changed keys are refused, except the safe ones in docs/recipes.md (e.g. a lower lr for the
+    stage in progress). Several GPUs: `accelerate launch -m tm_distill.cli distill RECIPE`.
 
     \b
     Examples:
       tm-distill distill recipes/smollm2-135m/cpu-demo.yaml
       tm-distill distill recipes/smollm2-135m/cpu-demo.yaml output_dir=runs/demo2 stages.logits.steps=40
       tm-distill distill recipes/smollm2-135m/cpu-demo.yaml --resume
+      tm-distill distill recipes/smollm2-135m/cpu-demo.yaml stages.logits.lr=1e-3 --resume
     """
     from ..recipe import RecipeError  # noqa: PLC0415
     from ..training import TrainingDiverged, kl_line, run_recipe  # noqa: PLC0415

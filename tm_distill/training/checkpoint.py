@@ -6,6 +6,10 @@ Layout under a run's output folder::
     OUTPUT/<idx>-<stage>/final/      at the stage's end
     OUTPUT/final/                    the last stage's result
 
+Only what ``--resume`` needs is kept (``drop_superseded``): a stage's step checkpoints go once its final/ is
+written, and a stage's final/ goes once the next stage has written a checkpoint of its own, so a finished
+run holds the last stage's final/ and OUTPUT/final/ (hard links to the same files where possible).
+
 Each checkpoint is a loadable HF student (config.json with its TransPoints, safetensors, tokenizer) plus
 ``training_state.pt`` (optimizer, scheduler, python/numpy/torch RNG, step, data position, stage index) and
 ``tm_distill.json`` (recipe name, stage, step, metrics). A checkpoint is written into a temporary sibling
@@ -90,8 +94,8 @@ def step_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
 
 
 def prune(folder: str | Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` step checkpoints of a stage folder."""
-    for _, path in step_checkpoints(folder)[:-keep_last]:
+    """Delete all but the newest ``keep_last`` (>= 1) step checkpoints of a stage folder."""
+    for _, path in step_checkpoints(folder)[:-max(keep_last, 1)]:
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -115,6 +119,20 @@ def newest_checkpoint(output_dir: str | Path) -> Path | None:
     return best
 
 
+def drop_superseded(output_dir: str | Path, stage_idx: int) -> None:
+    """Delete what resuming no longer needs once stage ``stage_idx`` has written a checkpoint: every earlier
+    stage's folder content, and the stage's own step checkpoints when its final/ exists."""
+    for idx, folder in _stage_folders(output_dir):
+        if idx < stage_idx:
+            for path in [p for _, p in step_checkpoints(folder)] + [folder / "final"]:
+                if path.exists():
+                    log.info("removing %s: stage %d has a newer checkpoint", path, stage_idx)
+                    shutil.rmtree(path, ignore_errors=True)
+        elif idx == stage_idx and (folder / "final" / STATE_FILE).exists():
+            for _, path in step_checkpoints(folder):
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def clean_temp(output_dir: str | Path) -> None:
     """Remove the leftovers of interrupted writes (``.tmp-*`` folders) anywhere in the run folder."""
     root = Path(output_dir)
@@ -136,7 +154,8 @@ class ResumePoint:
 def locate_resume_point(output_dir: str | Path, stage_names: list[str]) -> tuple[int, Path | None, int]:
     """(stage to run next, checkpoint to load or None, steps done in that stage), without loading any state.
 
-    The newest stage with a checkpoint wins: a final/ means the stage is done; a step-N continues the stage.
+    The newest stage with a checkpoint wins: a final/ means the stage is done (earlier stages' checkpoints
+    may have been removed, see ``drop_superseded``); a step-N continues the stage.
     """
     root = Path(output_dir)
     for idx in reversed(range(len(stage_names))):
@@ -156,6 +175,6 @@ def find_resume_point(output_dir: str | Path, stage_names: list[str]) -> ResumeP
     return ResumePoint(idx, path, step, state)
 
 
-__all__ = ["META_FILE", "ResumePoint", "STATE_FILE", "capture_rng", "clean_temp", "find_resume_point",
-           "locate_resume_point", "newest_checkpoint", "prune", "read_metadata", "restore_rng", "save_checkpoint",
-           "stage_dir", "step_checkpoints"]
+__all__ = ["META_FILE", "ResumePoint", "STATE_FILE", "capture_rng", "clean_temp", "drop_superseded",
+           "find_resume_point", "locate_resume_point", "newest_checkpoint", "prune", "read_metadata", "restore_rng",
+           "save_checkpoint", "stage_dir", "step_checkpoints"]

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..data.tokens import iterate_batches
 from ..models.configuration import ATTENTION_ONLY
 from ..stages.base import Stage, use_transpoints
-from .checkpoint import capture_rng, prune, restore_rng, save_checkpoint, stage_dir
+from .checkpoint import capture_rng, drop_superseded, prune, restore_rng, save_checkpoint, stage_dir
 from .health import stop_message, unsound
 from .metrics import MetricsWriter
 from .resume_check import apply_peak_lr
@@ -179,6 +179,7 @@ def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter
             if accelerator.is_main_process:
                 _save(stage, folder / f"step-{done}", run, state, row)
                 prune(folder, cfg.keep_last)
+                drop_superseded(run.output_dir, run.stage_idx)
             accelerator.wait_for_everyone()
         if run.on_step is not None:
             run.on_step(run.stage_idx, done, loss_sum)
@@ -190,6 +191,7 @@ def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter
     if accelerator.is_main_process:
         final_state = {"stage_idx": run.stage_idx, "stage": cfg.name, "step": total, "done": True}
         _save(stage, folder / "final", run, final_state, row)
+        drop_superseded(run.output_dir, run.stage_idx)
     accelerator.wait_for_everyone()
     return row
 

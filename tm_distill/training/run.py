@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_folder
+from ..atomic import atomic_folder, link_or_copy
 from ..recipe import Recipe, RecipeError, dump_recipe
 from .checkpoint import ResumePoint, clean_temp, find_resume_point, read_metadata, stage_dir
 from .data import check_batches, heldout_windows
@@ -83,7 +83,7 @@ def _resolve_transpoints(recipe: Recipe, teacher, texts: list[str], seq_len: int
 
 def _copy_atomic(src: Path, dest: Path) -> None:
     with atomic_folder(dest) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=link_or_copy)  # no second copy of the bytes
 
 
 def _teacher_samples(recipe: Recipe, teacher, device) -> list[str]:
