@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..convert.transpoints import parse_transpoints
 from .metrics import compare_models
 from .report import SCHEMA_VERSION, write_report
-from .retrieval import TASKS, build_samples, check_lengths, filler_from_windows, run_retrieval
+from .retrieval import TASKS, build_samples_with_fallback, check_lengths, filler_from_windows, run_retrieval
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +159,12 @@ def evaluate(
                 }
         elif step == "retrieval":
             filler = filler_from_windows(heldout, tokenizer.eos_token_id)
-            samples = build_samples(tokenizer, filler, options.retrieval_tasks, options.retrieval_lengths,
-                                    options.depths, options.trials, options.seed)
-            report["retrieval"] = {"lengths": options.retrieval_lengths, "depths": options.depths,
-                                   "trials": options.trials, "seed": options.seed,
+            samples, info = build_samples_with_fallback(tokenizer, filler, options.retrieval_tasks,
+                                                        options.retrieval_lengths, options.depths, options.trials,
+                                                        options.seed)
+            report["retrieval"] = {"lengths": info["lengths"], "depths": options.depths,
+                                   "trials": options.trials, "seed": options.seed, "filler": info["filler"],
+                                   "skipped": info["skipped"],
                                    "tasks": run_retrieval(everyone, tokenizer, samples, progress)}
         elif step == "lm_eval":
             from .lmeval import run_lm_eval  # noqa: PLC0415  (optional extra)
