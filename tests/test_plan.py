@@ -151,6 +151,29 @@ def test_plan_command_on_tiny_folder(tmp_path, smol, real_text):
     assert missing.exit_code != 0 and "does not exist" in missing.output
 
 
+def test_an_unreachable_budget_fails_before_any_calibration(tmp_path, smol, real_text, monkeypatch):
+    import tm_distill.plan as plan_mod
+
+    folder = _tiny_folder(tmp_path, smol)
+    (tmp_path / "calib.txt").write_text(real_text)
+    monkeypatch.setattr(plan_mod, "measure_sensitivity", lambda *a, **k: pytest.fail("calibration ran"))
+    result = CliRunner().invoke(cli, ["plan", str(folder), "--budget", "kv=0.001%", "--calib",
+                                      str(tmp_path / "calib.txt"), "--seq-len", "32", "--device", "cpu"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "kv_budget=0.001% cannot be met" in result.output and "0.0%" not in result.output
+    assert "smallest reachable budget is 3.12%" in result.output  # 4 layers: one at P = t/8, the rest at 0
+
+
+def test_small_budgets_are_shown_with_their_digits():
+    from tm_distill.plan import _percent, check_budget
+
+    assert (_percent(0.25), _percent(1e-5), _percent(0.0005), _percent(0.03125, 2)) == ("25.0%", "0.001%", "0.05%",
+                                                                                        "3.12%")
+    check_budget(0.0313, 4, 256)  # reachable: no error
+    with pytest.raises(AutoSpecError, match=r"kv_budget=0\.001% .* smallest reachable budget is 3\.12%"):
+        check_budget(1e-5, 4, 256)
+
+
 # ---------------------------------------------------------------------------------------------------- real teacher
 def test_plan_command_on_real_teacher(tmp_path, real_text):
     """SmolLM2-135M on Shakespeare through the CLI: switching earlier hurts more; a 25% KV budget is met."""

@@ -171,6 +171,35 @@ def _kv(point: int, context: int) -> int:
     return min(point, context)
 
 
+def _percent(fraction: float, digits: int = 1) -> str:
+    """0.25 -> '25.0%', 1e-5 -> '0.001%': a small non-zero budget keeps its significant digits, never '0.0%'."""
+    value = fraction * 100
+    if 0 < abs(value) < 10 ** -digits:
+        return f"{value:.2g}%"
+    return f"{value:.{digits}f}%"
+
+
+def _smallest_kv(num_layers: int, context: int, fractions: Sequence[float]) -> int:
+    """KV tokens of the cheapest schedule the design allows: every layer at P = 0 but one at the smallest
+    positive candidate (all layers at one TransPoint is never chosen)."""
+    if num_layers == 1:
+        return 0
+    positive = [int(f * context) for f in fractions if 0 < int(f * context) < context]
+    return _kv(min(positive), context) if positive else context
+
+
+def check_budget(kv_budget: float, num_layers: int, context: int,
+                 fractions: Sequence[float] = CANDIDATE_FRACTIONS) -> None:
+    """Raise AutoSpecError when no allowed schedule keeps ``kv_budget`` of the KV cache (no calibration needed)."""
+    floor = _smallest_kv(num_layers, context, fractions)
+    if kv_budget * num_layers * context + 1e-9 < floor:
+        raise AutoSpecError(
+            f"kv_budget={_percent(kv_budget)} cannot be met at context {context} with {num_layers} layers without "
+            f"switching every layer at one TransPoint (the design forbids it); the smallest reachable budget is "
+            f"{_percent(floor / (num_layers * context), 2)}"
+        )
+
+
 def choose_transpoints(
     sensitivity: Tensor, fractions: Sequence[float], context: int, kv_budget: float,
 ) -> list[int]:
@@ -215,12 +244,8 @@ def choose_transpoints(
                 if best is None or key < best[0]:
                     best = (key, layer, o)
         if best is None:
-            smallest = min(p for opts in options for p, _ in opts if p > 0)
-            floor = _kv(smallest, context) / (num_layers * context)
-            raise AutoSpecError(
-                f"kv_budget={kv_budget:.1%} cannot be met at context {context} without switching every layer at "
-                f"one TransPoint (the design forbids it); the smallest reachable budget is {floor:.2%}"
-            )
+            check_budget(kv_budget, num_layers, context, fractions)  # raises: the greedy reaches the floor
+            raise AutoSpecError(f"kv_budget={_percent(kv_budget)} at context {context}: no schedule found")
         current[best[1]] = best[2]
     improved = True
     while improved:  # give back KV where the budget still holds and the cost drops
@@ -276,7 +301,7 @@ class AutoPlan:
         points = [int(f * ctx) for f in self.fractions]
         heads = [f"P={p}" for p in points]
         lines = [
-            f"auto TransPoints: kv_budget={self.kv_budget:.1%} at context {ctx} tokens",
+            f"auto TransPoints: kv_budget={_percent(self.kv_budget)} at context {ctx} tokens",
             f"sensitivity = KL(teacher || student), nats/token, when ONLY that layer switches to its seeded SSM at P "
             f"(measured on {self.calib_windows} windows x {self.calib_len} tokens at the same fraction of the "
             "window; all other layers attention); * marks the choice",
@@ -296,7 +321,8 @@ class AutoPlan:
         lines += [
             "",
             f"KV cache at {ctx} tokens: {kept_tokens * mib:.1f} MiB of the teacher's {num_layers * ctx * mib:.1f} MiB "
-            f"= {self.kv_fraction:.1%} (budget {self.kv_budget:.1%}); each switching layer adds one SSM state",
+            f"= {_percent(self.kv_fraction)} (budget {_percent(self.kv_budget)}); each switching layer adds one SSM "
+            "state",
             f"predicted KL before training (sum of chosen sensitivities): {self.predicted_kl:.4f} nats/token",
             "spec (paste into a recipe's transpoints or --transpoints):",
             self.spec,
@@ -314,6 +340,7 @@ def plan_transpoints(
     limit = getattr(teacher_model.config, "max_position_embeddings", None)
     if limit and context > limit:
         log.warning("context %d is longer than the teacher's max_position_embeddings %d", context, limit)
+    check_budget(auto.kv_budget, teacher_model.config.num_hidden_layers, context, fractions)  # before calibrating
     original = next(teacher_model.parameters()).device
     if device is not None and torch.device(device) != original:
         teacher_model.to(device)
@@ -355,5 +382,5 @@ def resolve_auto(
 
 
 __all__ = ["AUTO_KEYS", "AutoPlan", "AutoSpec", "AutoSpecError", "CANDIDATE_FRACTIONS", "calibration_windows",
-           "candidate_points", "choose_transpoints", "measure_sensitivity", "parse_auto_spec", "plan_transpoints",
-           "resolve_auto"]
+           "candidate_points", "check_budget", "choose_transpoints", "measure_sensitivity", "parse_auto_spec",
+           "plan_transpoints", "resolve_auto"]

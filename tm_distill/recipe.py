@@ -153,7 +153,8 @@ class StageConfig:
         "[1-jitter, 1+jitter] per batch (seeded)", "fixed")
     jitter: float = _help("relative range of the sampled TransPoints", 0.5)
     checkpoint_every: int = _help("save a checkpoint every N steps (0: only at the stage end)", 0)
-    keep_last: int = _help("keep the newest N step checkpoints of this stage (final/ is always kept)", 2)
+    keep_last: int = _help("keep the newest N step checkpoints of this stage while it runs (a finished stage "
+                           "keeps only final/)", 1)
     log_every: int = _help("write metrics every N steps", 1)
     eval_every: int = _help("measure the held-out KL every N steps into metrics.jsonl (0: only before and after "
                             "the run)", 0)
@@ -199,7 +200,10 @@ class DataConfig:
                         "name", "shakespeare")
     text_field: str = _help("column holding the text (jsonl/parquet/datasets)", "text")
     seq_len: int = _help("default tokens per sequence for every stage", 256)
-    heldout_fraction: float = _help("fraction of the tokens kept for held-out KL", 0.02)
+    heldout_fraction: float = _help("fraction of the documents held out for the before/after KL, in [0, 1); 0 "
+                                    "needs heldout_source", 0.02)
+    heldout_source: str | None = _help("held-out text from elsewhere (file, folder, corpus), used with "
+                                       "heldout_fraction: 0 so all of source trains", None)
     max_tokens: int | None = _help("cap on tokenized tokens (null: all)", None)
     heldout_windows: int = _help("held-out windows used for the before/after KL", 8)
     teacher_samples: int = _help("texts sampled from the teacher itself (self-distillation data) and added to "
@@ -212,7 +216,13 @@ class DataConfig:
         _check(self.teacher_sample_tokens > 0, "teacher_sample_tokens",
                f"must be > 0, got {self.teacher_sample_tokens}")
         _check(self.seq_len > 1, "seq_len", f"must be > 1, got {self.seq_len}")
-        _check(0 < self.heldout_fraction < 1, "heldout_fraction", f"must be in (0, 1), got {self.heldout_fraction}")
+        _check(0 <= self.heldout_fraction < 1, "heldout_fraction", f"must be in [0, 1), got {self.heldout_fraction}")
+        _check(self.heldout_fraction > 0 or bool(self.heldout_source), "heldout_fraction",
+               "0 holds nothing out of data.source: give data.heldout_source (held-out text from elsewhere), or "
+               "a fraction such as 0.02")
+        _check(not self.heldout_source or self.heldout_fraction == 0, "heldout_source",
+               f"the held-out text comes from {self.heldout_source!r}: set heldout_fraction: 0 so all of "
+               "data.source trains")
         _check(self.max_tokens is None or self.max_tokens > 0, "max_tokens", "token budget must be > 0")
         _check(self.heldout_windows >= 1, "heldout_windows", "must be >= 1")
 
@@ -304,6 +314,7 @@ def _coerce(tp, value, key: str):
                 pass
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
                f"expected a number, got {type(value).__name__} {value!r}")
+        _check(math.isfinite(value), key, f"must be a finite number, got {value}")
         return float(value)
     if tp is int:
         _check(isinstance(value, int) and not isinstance(value, bool), key,
@@ -401,6 +412,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise RecipeError("", f"{path} is not valid YAML: {err}") from None
+    except UnicodeDecodeError:
+        raise RecipeError("", f"{path} is not a text file (binary content): give a YAML recipe, e.g. "
+                              "recipes/smollm2-135m/cpu-demo.yaml") from None
     return recipe_from_dict(raw or {}, overrides)
 
 

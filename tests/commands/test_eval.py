@@ -96,6 +96,33 @@ def test_tasks_without_lm_eval_says_how_to_install(student_dir, tmp_path, monkey
     assert result.exit_code != 0 and "pip install 'tm-distill[eval]'" in result.output
 
 
+@pytest.mark.slow  # ~80 s on 2 CPU cores: 48 retrieval prompts of up to 2048 tokens
+def test_defaults_on_a_small_text_file_write_a_full_report(tmp_path, smol, shakespeare_files):
+    """Every default (retrieval at 1024 and 2048 tokens included) on 6,000 characters of text: the passkey filler
+    comes from the shipped corpus. A tiny random teacher with SmolLM2's tokenizer keeps it fast."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tm_distill.convert.api import convert
+
+    cfg = LlamaConfig(vocab_size=len(smol.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "teacher")
+    smol.tokenizer.save_pretrained(tmp_path / "teacher")
+    student = convert(str(tmp_path / "teacher"), tmp_path / "student", "cycle=64,attn", progress=False)
+    text = tmp_path / "my.txt"
+    text.write_text(shakespeare_files[2].read_text()[10000:16000])
+    out = tmp_path / "report"
+    result = run("eval", student, "--teacher", tmp_path / "teacher", "--data", text, "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["retrieval"]["lengths"] == [1024, 2048] and report["retrieval"]["filler"] == "shakespeare"
+    assert not report["retrieval"]["skipped"] and set(report["retrieval"]["tasks"]) == {"passkey", "phonebook"}
+    assert report["speed"] and report["models"]["student"]["layer_error"]
+    assert set(report["plots"]) == {"by_position.png", "retrieval.png", "layer_error.png"}
+    assert "passkey filler from the shakespeare corpus" in (out / "report.md").read_text()
+
+
 def test_help_has_examples():
     result = run("eval", "--help")
     assert result.exit_code == 0

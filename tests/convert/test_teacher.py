@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tm_distill.convert import TeacherNotFound, UnsupportedTeacher, load_teacher
+from tm_distill.convert.teacher import UnreadableModel
 
 
 def test_shipped_teacher(smol):
@@ -54,5 +55,6 @@ def test_unreadable_sources(tmp_path, tiny_teacher_dir, kind, fragment):
         source.mkdir()
         text = (tiny_teacher_dir / "config.json").read_text()
         (source / "config.json").write_text(text[: len(text) // 2] if kind == "corrupt-config" else text)
-    with pytest.raises(TeacherNotFound, match=fragment):
+        (source / "tokenizer.json").write_bytes((tiny_teacher_dir / "tokenizer.json").read_bytes())
+    with pytest.raises((TeacherNotFound, UnreadableModel), match=fragment):
         load_teacher(str(source))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tm_distill.data.loading import DataSourceError, load_texts
+from tm_distill.data.loading import DataSourceError, load_texts, split_document
 
 
 def _write_jsonl(path, rows):
@@ -71,9 +71,9 @@ def test_empty_sources_fail(tmp_path):
     (tmp_path / "blank.txt").write_text("   \n\n")
     with pytest.raises(DataSourceError, match="gave no text"):
         load_texts(tmp_path / "blank.txt")
-    (tmp_path / "notes.md").write_text("x")
-    with pytest.raises(DataSourceError, match="unsupported file type '.md'"):
-        load_texts(tmp_path / "notes.md")
+    (tmp_path / "notes.docx").write_bytes(b"PK\x03\x04")
+    with pytest.raises(DataSourceError, match="unsupported file type '.docx'"):
+        load_texts(tmp_path / "notes.docx")
 
 
 def test_non_text_field_points_to_chat_field(tmp_path):
@@ -125,3 +125,32 @@ def test_shakespeare_corpus(shakespeare_files):
     assert docs[-1] == shakespeare_files[-1].read_text()
     assert sum(len(d) for d in docs) > 4_000_000
     assert load_texts("shakespeare", limit=3) == docs[:3]
+
+
+@pytest.mark.parametrize("suffix", [".md", ".rst", ".text"])
+def test_markdown_rst_and_text_files_are_read_as_text(tmp_path, suffix):
+    (tmp_path / f"notes{suffix}").write_text("# Title\n\nSome prose.\n")
+    assert load_texts(tmp_path / f"notes{suffix}") == ["# Title\n\nSome prose.\n"]
+
+
+def test_a_single_long_document_is_split_at_paragraph_breaks(tmp_path):
+    paragraphs = [f"Paragraph {i}. " + "word " * 150 for i in range(60)]  # ~45,000 characters
+    text = "\n\n".join(paragraphs) + "\n"
+    (tmp_path / "my.txt").write_text(text)
+    docs = load_texts(tmp_path / "my.txt")
+    assert len(docs) >= 6 and "".join(docs) == text  # nothing lost, nothing reordered
+    assert all(d.startswith("Paragraph ") for d in docs)  # cut at paragraph breaks
+    assert all(4000 <= len(d) < 9000 for d in docs[:-1])
+    assert load_texts(tmp_path / "my.txt", split_single=False) == [text]
+    (tmp_path / "other.txt").write_text(text)
+    assert load_texts(tmp_path) == [text, text]  # several documents are left as they are
+
+
+def test_text_without_breaks_is_split_into_windows():
+    lines = "\n".join("x" * 70 for _ in range(200))  # one paragraph of short lines
+    pieces = split_document(lines, 1000)
+    assert "".join(pieces) == lines and len(pieces) > 5
+    assert all(p.endswith("\n") for p in pieces[:-1])  # at line breaks
+    flat = "y" * 5000  # no break at all
+    assert split_document(flat, 1000) == ["y" * 1000] * 4 + ["y" * 1000]
+    assert split_document("short text", 1000) == ["short text"]

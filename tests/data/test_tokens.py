@@ -109,6 +109,16 @@ def test_clear_errors(tmp_path):
         build_token_dataset("just a string", TOK, 4, cache_dir=tmp_path)
 
 
+def test_short_documents_hold_out_enough_for_one_window(tmp_path):
+    """A split single file gives short documents: the held-out share grows to one full window, no error."""
+    docs = [chr(ord("a") + i) * 20 for i in range(12)]  # 21 tokens each with EOS
+    data = build_token_dataset(docs, TOK, 64, heldout_fraction=0.05, seed=0, cache_dir=tmp_path)
+    assert data.heldout.shape[0] >= 1 and data.meta["heldout_documents"] == 4  # 4 x 21 >= 64 > 3 x 21
+    held = {_doc_of(int(t)) for t in data.heldout.reshape(-1) if t != 0}
+    train = {_doc_of(int(t)) for t in data.train.reshape(-1) if t != 0}
+    assert held and not held & train
+
+
 def test_real_tokenizer_on_shakespeare(smol, shakespeare_files, tmp_path):
     from tm_distill.data.loading import load_texts
 

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
+from tm_distill.eval import retrieval
 from tm_distill.eval.retrieval import (
-    RetrievalError, build_samples, check_lengths, filler_from_windows, is_correct, run_retrieval,
+    FillerTooShort, RetrievalError, build_samples, build_samples_with_fallback, check_lengths, filler_from_windows,
+    is_correct, run_retrieval,
 )
 
 
@@ -85,3 +87,17 @@ def test_students_are_reported_not_asserted(smol, smol_students, filler):
 def test_filler_drops_document_separators():
     windows = torch.tensor([[5, 6, 0, 7], [8, 0, 9, 10]])
     assert filler_from_windows(windows, 0) == [5, 6, 7, 8, 9, 10]
+
+
+def test_short_filler_comes_from_the_shipped_corpus_or_the_length_is_skipped(smol, filler, monkeypatch):
+    short = filler[:300]  # a small file's held-out text
+    with pytest.raises(FillerTooShort, match="a passkey prompt of 512 needs"):
+        build_samples(smol.tokenizer, short, ["passkey"], [512], [0.5], 1)
+    samples, info = build_samples_with_fallback(smol.tokenizer, short, ["passkey", "phonebook"], [256, 512], [0.5], 1)
+    assert info["filler"] == "shakespeare" and not info["skipped"] and info["lengths"] == [256, 512]
+    assert {(s.task, s.length) for s in samples} == {("passkey", 256), ("passkey", 512), ("phonebook", 256),
+                                                     ("phonebook", 512)}
+    monkeypatch.setattr(retrieval, "corpus_filler", lambda *a, **k: [])  # offline, no corpus cached
+    samples, info = build_samples_with_fallback(smol.tokenizer, short, ["passkey", "phonebook"], [256, 512], [0.5], 1)
+    assert info["filler"] == "data" and list(info["skipped"]) == ["passkey@512"] and info["lengths"] == [256, 512]
+    assert {(s.task, s.length) for s in samples} == {("passkey", 256), ("phonebook", 256), ("phonebook", 512)}

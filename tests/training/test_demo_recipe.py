@@ -28,8 +28,12 @@ def test_demo_recipe_shape_lowers_heldout_kl_on_the_real_teacher(smol, tmp_path)
     rows = read_metrics(tmp_path / "demo")
     assert [(r["stage"], r["step"]) for r in rows] == [("matrix", 1), ("matrix", 2), ("hidden", 1), ("hidden", 2),
                                                        ("logits", 1), ("logits", 2), ("logits", 3), ("logits", 4)]
-    for name in ("0-matrix", "1-hidden", "2-logits"):
-        assert (tmp_path / "demo" / name / "final" / "model.safetensors").exists()
+    # only what resuming needs: the last stage's final/ and OUTPUT/final, which links to the same bytes
+    for name in ("0-matrix", "1-hidden"):
+        assert not list((tmp_path / "demo" / name).iterdir())
+    last, final = (tmp_path / "demo" / "2-logits" / "final" / "model.safetensors",
+                   tmp_path / "demo" / "final" / "model.safetensors")
+    assert last.exists() and final.stat().st_ino == last.stat().st_ino
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "demo" / "final")
     assert student.config.transpoints == summary["transpoints"]
 

@@ -19,6 +19,16 @@ def _load(recipe_path: str, overrides: tuple[str, ...]):
         raise click.ClickException(f"bad recipe {recipe_path}: {err}") from None
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
+    from ..convert.teacher import TeacherNotFound, UnreadableModel  # noqa: PLC0415
+    from ..convert.transpoints import TransPointSpecError  # noqa: PLC0415
+    from ..data.loading import DataSourceError  # noqa: PLC0415
+    from ..data.tokens import TokenDataError  # noqa: PLC0415
+
+    return (DataSourceError, TokenDataError, TeacherNotFound, UnreadableModel, UnsupportedTeacher, TransPointSpecError)
+
+
 @click.command(epilog=_OVERRIDES_HELP)
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
@@ -32,14 +42,15 @@ def validate(recipe_path: str, overrides: tuple[str, ...]) -> None:
       tm-distill validate recipes/smollm2-135m/cpu-demo.yaml stages.logits.steps=50
     """
     from ..recipe import RecipeError  # noqa: PLC0415
-    from ..training.resolve import resolve_plan, teacher_config  # noqa: PLC0415
+    from ..training.resolve import check_data, resolve_plan, teacher_config  # noqa: PLC0415
 
     recipe = _load(recipe_path, overrides)
     try:
         plan = resolve_plan(recipe, teacher_config(recipe.teacher))
+        data_lines = check_data(recipe)
     except RecipeError as err:
         raise click.ClickException(f"bad recipe {recipe_path}: {err}") from None
-    for line in plan.lines():
+    for line in plan.lines() + data_lines:
         click.echo(line)
     click.echo("recipe is valid")
 
@@ -54,16 +65,18 @@ def validate(recipe_path: str, overrides: tuple[str, ...]) -> None:
 def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool, max_time: str | None) -> None:
     """Distill a TransMamba student from the teacher, stage by stage, as RECIPE says.
 
-    Writes OUTPUT/<idx>-<stage>/{step-N,final}/, OUTPUT/final/ (a student that loads with
-    AutoModelForCausalLM after `import tm_distill`), metrics.jsonl and summary.json, and prints the
-    held-out KL of the seeded and the distilled student. Several GPUs: `accelerate launch -m tm_distill.cli
-    distill RECIPE`.
+    Writes OUTPUT/final/ (a student that loads with AutoModelForCausalLM after `import tm_distill`),
+    metrics.jsonl, summary.json and recipe.yaml, and prints the held-out KL of the seeded and the distilled
+    student; checkpoints under OUTPUT/<idx>-<stage>/ stay while --resume needs them. --resume continues the
+    same recipe: changed keys are refused, except the safe ones in docs/recipes.md (e.g. a lower lr for the
+    stage in progress). Several GPUs: `accelerate launch -m tm_distill.cli distill RECIPE`.
 
     \b
     Examples:
       tm-distill distill recipes/smollm2-135m/cpu-demo.yaml
       tm-distill distill recipes/smollm2-135m/cpu-demo.yaml output_dir=runs/demo2 stages.logits.steps=40
       tm-distill distill recipes/smollm2-135m/cpu-demo.yaml --resume
+      tm-distill distill recipes/smollm2-135m/cpu-demo.yaml stages.logits.lr=1e-3 --resume
     """
     from ..recipe import RecipeError, parse_duration  # noqa: PLC0415
     from ..training import TrainingDiverged, TrainingStopped, kl_line, run_recipe  # noqa: PLC0415
@@ -87,5 +100,9 @@ def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool, max_time
         final = f"; the student so far is in {recipe.output_dir}/final" if err.stage_idx == len(recipe.stages) - 1 else ""
         again = " ".join(["tm-distill distill", recipe_path, *overrides, "--resume"])
         raise click.ClickException(f"{err}{final}. Continue with: {again}") from None
+    except _user_errors() as err:  # data, teacher and auto-TransPoint problems the recipe's inputs cause
+        key = {"DataSourceError": "data.source", "TokenDataError": "data", "TransPointSpecError": "transpoints",
+               "AutoSpecError": "transpoints"}.get(type(err).__name__, "teacher")
+        raise click.ClickException(f"bad recipe {recipe_path}: {key}: {err}") from None
     click.echo(kl_line(summary))
     click.echo(f"distilled student: {summary['final']}")

@@ -48,6 +48,9 @@ def generate(model, prompt, max_new_tokens, chat, temperature, seed, device):
     """
     from ..convert.api import generate_text  # noqa: PLC0415
 
+    if not prompt.strip():
+        raise click.BadParameter("the prompt is empty: give the text to continue, e.g. --prompt \"Once upon a time\"",
+                                 param_hint="--prompt")
     try:
         lm, tokenizer = load_any(model, device)
         text, _ = generate_text(lm, tokenizer, prompt, max_new_tokens, chat=chat, temperature=temperature,

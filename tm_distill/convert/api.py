@@ -11,17 +11,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-from ..atomic import atomic_folder
+from ..atomic import atomic_folder, remove_stale_temps
 from ..models.configuration import TransMambaConfig
 from .seed import seed_student
-from .teacher import SHIPPED_TEACHER, load_teacher
+from .teacher import (SHIPPED_TEACHER, TeacherNotFound, load_teacher, load_weights, parse_device, read_config,
+                      resolve_source)
 from .transpoints import parse_transpoints
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,50 @@ SSM_OPTIONS = tuple(
     if f.name not in {g.name for g in dataclasses.fields(LlamaConfig)}
     and f.name not in ("transpoints", "transpoint_spec", "teacher", "teacher_model_type", "qkv_bias", "o_bias")
 )
+
+
+# Ranges of the numeric SSM options: (check, what it must be).
+_SSM_RANGES = {
+    "ssm_chunk_size": (lambda v: v >= 1, ">= 1"), "conv_kernel": (lambda v: v >= 1, ">= 1"),
+    "dt_min": (lambda v: v > 0, "> 0"), "dt_max": (lambda v: v > 0, "> 0"), "dt_init_floor": (lambda v: v > 0, "> 0"),
+    "a_init_min": (lambda v: v > 0, "> 0"), "a_init_max": (lambda v: v > 0, "> 0"),
+}
+_SSM_CHOICES = {"bc_feature_map": ("identity", "silu", "elu1", "relu"), "ssm_backend": ("auto", "torch", "mamba_ssm")}
+
+
+class SSMOptionError(ValueError):
+    """A conversion option that is unknown or has a bad value; ``key`` names it."""
+
+    def __init__(self, key: str, message: str):
+        self.key, self.message = key, message
+        super().__init__(f"{key}: {message}")
+
+
+def check_ssm_options(options: dict) -> None:
+    """Raise SSMOptionError for an option TransMambaConfig does not have, a wrong type or a bad value."""
+    import difflib  # noqa: PLC0415
+
+    hints = {f.name: f.type for f in dataclasses.fields(TransMambaConfig)}
+    for key, value in options.items():
+        if key not in SSM_OPTIONS:
+            close = difflib.get_close_matches(str(key), SSM_OPTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SSMOptionError(str(key), f"unknown SSM option{hint}; valid options: {', '.join(SSM_OPTIONS)}")
+        kind = hints[key] if isinstance(hints[key], str) else hints[key].__name__
+        ok = {"bool": isinstance(value, bool), "int": isinstance(value, int) and not isinstance(value, bool),
+              "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+              "str": isinstance(value, str)}[kind]
+        if not ok:
+            what = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "a string"}[kind]
+            raise SSMOptionError(key, f"expected {what}, got {value!r}")
+        if key in _SSM_RANGES and not _SSM_RANGES[key][0](value):
+            raise SSMOptionError(key, f"must be {_SSM_RANGES[key][1]}, got {value}")
+        if key in _SSM_CHOICES and value not in _SSM_CHOICES[key]:
+            raise SSMOptionError(key, f"{value!r} is not one of {', '.join(_SSM_CHOICES[key])}")
+    merged = {f.name: f.default for f in dataclasses.fields(TransMambaConfig) if f.name in SSM_OPTIONS} | options
+    for lo, hi in (("dt_min", "dt_max"), ("a_init_min", "a_init_max")):
+        if merged[lo] > merged[hi]:
+            raise SSMOptionError(lo if lo in options else hi, f"{lo}={merged[lo]} is above {hi}={merged[hi]}")
 
 
 class OutputExists(FileExistsError):
@@ -70,6 +116,25 @@ def check_output(out_dir: str | Path, force: bool) -> Path:
     return out
 
 
+def check_apart(teacher_source: str, out: Path) -> None:
+    """Refuse an output that is the teacher, lies inside the teacher's folder, or holds the teacher (symlinks
+    resolved): writing or replacing it would destroy the teacher."""
+    try:
+        resolved = Path(resolve_source(teacher_source))
+    except TeacherNotFound:
+        return  # reported when the teacher is loaded
+    if not resolved.exists():
+        return  # a hub id
+    teacher, target = resolved.resolve(), out.expanduser().resolve()
+    folder = teacher if teacher.is_dir() else teacher.parent
+    if target == teacher or (teacher.is_dir() and folder in target.parents):
+        raise OutputExists(f"output {out} is the teacher {teacher_source} ({teacher}) or inside its folder: "
+                           "give the student its own path, e.g. runs/student")
+    if target in teacher.parents:
+        raise OutputExists(f"output {out} holds the teacher {teacher_source} ({teacher}): replacing it would delete "
+                           "the teacher; give the student its own path, e.g. runs/student")
+
+
 def save_student(model, tokenizer, out_dir: str | Path, metadata: dict | None = None, force: bool = False) -> Path:
     """Write model (+ generation config), tokenizer and ``tm_distill.json`` to ``out_dir`` atomically.
 
@@ -103,11 +168,12 @@ def convert(
     ``parse_transpoints``. ssm_options: TransMambaConfig switches (``SSM_OPTIONS``), e.g. use_z_gate=True.
     Nothing is written unless the whole conversion succeeds.
     """
-    out = check_output(out_dir, force)  # before any work
+    check_apart(teacher_source, Path(out_dir))  # before any work
+    out = check_output(out_dir, force)
     torch_dtype = parse_dtype(dtype)
-    unknown = sorted(set(ssm_options) - set(SSM_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown SSM option(s) {unknown}: choose from {', '.join(SSM_OPTIONS)}")
+    parse_device(device)
+    remove_stale_temps(out)  # what a killed conversion to this path left behind
+    check_ssm_options(ssm_options)
     gguf = teacher_source == SHIPPED_TEACHER or str(teacher_source).endswith(".gguf")
     desc = "load teacher" + (" (a GGUF is de-quantized once, ~15 s)" if gguf else "")
     steps = tqdm(total=3, desc=desc, disable=not progress,
@@ -161,7 +227,7 @@ def student_config_from(path: str | Path) -> TransMambaConfig:
         )
     if not (path / "config.json").exists():
         raise StudentNotFound(f"{path} has no config.json: it is not a model checkpoint folder")
-    config = AutoConfig.from_pretrained(path)
+    config = read_config(path)
     if not isinstance(config, TransMambaConfig):
         raise NotAStudent(
             f"{path} holds a {config.model_type!r} model, not a TransMamba student: "
@@ -172,10 +238,10 @@ def student_config_from(path: str | Path) -> TransMambaConfig:
 
 def load_student(path: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"):
     """Load a student checkpoint: (model in eval mode, tokenizer). dtype None keeps the checkpoint's."""
+    device = parse_device(device)
     student_config_from(path)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=parse_dtype(dtype) if dtype is not None else "auto"
-    ).to(device).eval()
+    model = load_weights(AutoModelForCausalLM, path, dtype=parse_dtype(dtype) if dtype is not None else "auto")
+    model = model.to(device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as err:
@@ -199,13 +265,21 @@ class PromptTooLong(ValueError):
     pass
 
 
+class PromptTooShort(ValueError):
+    pass
+
+
 @torch.no_grad()
 def generate_text(
     model, tokenizer, prompt: str, max_new_tokens: int = 64, chat: bool = False, temperature: float = 0.0,
     seed: int = 0,
 ) -> tuple[str, torch.Tensor]:
     """Greedy (temperature 0) or sampled continuation of ``prompt``. Returns (text, new token ids (n,))."""
+    if not prompt.strip():
+        raise PromptTooShort("the prompt is empty: give the text to continue, e.g. --prompt \"Once upon a time\"")
     ids = encode_prompt(tokenizer, prompt, chat).to(model.device)
+    if ids.shape[1] == 0:
+        raise PromptTooShort(f"the prompt {prompt!r} encodes to no tokens: give some text to continue")
     limit = model.config.max_position_embeddings
     if ids.shape[1] >= limit:
         raise PromptTooLong(
@@ -226,6 +300,7 @@ def generate_text(
     return tokenizer.decode(new, skip_special_tokens=True), new
 
 
-__all__ = ["DTYPES", "META_FILE", "NotAStudent", "OutputExists", "PromptTooLong", "SSM_OPTIONS", "StudentNotFound",
-           "check_output", "convert", "encode_prompt", "generate_text", "load_student", "parse_dtype",
-           "read_metadata", "save_student", "student_config_from"]
+__all__ = ["DTYPES", "META_FILE", "NotAStudent", "OutputExists", "PromptTooLong", "PromptTooShort", "SSMOptionError",
+           "SSM_OPTIONS", "StudentNotFound", "check_apart", "check_output", "check_ssm_options", "convert",
+           "encode_prompt", "generate_text", "load_student", "parse_dtype", "read_metadata", "save_student",
+           "student_config_from"]

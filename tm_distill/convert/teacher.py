@@ -29,6 +29,66 @@ class TeacherNotFound(FileNotFoundError):
     pass
 
 
+class UnreadableModel(ValueError):
+    """A model folder whose config, weights or tokenizer cannot be read (corrupt, truncated or not a model)."""
+
+
+# Files any Hugging Face tokenizer is saved as; a folder with none of them has no tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt", "tiktoken.model")
+
+
+class DeviceError(ValueError):
+    """A device string torch does not know, or a device this machine does not have."""
+
+
+def parse_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device that exists here: 'cpu', 'cuda', 'cuda:1', 'mps'; DeviceError otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"device {str(device)!r} is not a device: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"device {str(device)!r}: no CUDA GPU is available here (torch {torch.__version__}); "
+                              "use cpu")
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {str(device)!r}: Apple MPS is not available here; use cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {str(device)!r} is not supported: use cpu, cuda or cuda:N")
+    return dev
+
+
+def read_config(folder: str | Path):
+    """AutoConfig of a local model folder; UnreadableModel naming config.json when it is not a model config."""
+    try:
+        return AutoConfig.from_pretrained(str(folder))
+    except Exception as err:  # noqa: BLE001  (bad JSON, unknown model_type, ...: name the file whatever it is)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnreadableModel(f"{Path(folder) / 'config.json'} is not a readable model config: {reason}") from None
+
+
+def load_weights(loader, folder: str | Path, **kwargs):
+    """``loader.from_pretrained(folder, **kwargs)``; UnreadableModel when the weight files are corrupt or cut."""
+    from safetensors import SafetensorError  # noqa: PLC0415
+
+    try:
+        return loader.from_pretrained(str(folder), **kwargs)
+    except SafetensorError as err:
+        raise UnreadableModel(f"the weights in {folder} are corrupt or truncated ({err}): copy or convert the "
+                              "model again") from None
+
+
+def check_tokenizer_files(folder: str | Path, what: str) -> None:
+    if not any((Path(folder) / name).exists() for name in TOKENIZER_FILES):
+        raise TeacherNotFound(
+            f"{what} {folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...): save the tokenizer "
+            f"next to config.json, e.g. AutoTokenizer.from_pretrained(ORIGINAL).save_pretrained('{folder}')"
+        )
+
+
 @dataclass
 class Teacher:
     model: PreTrainedModel
@@ -88,6 +148,7 @@ def _save_dequantized(model: PreTrainedModel, tokenizer, dest: Path) -> None:
 
 def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Teacher:
     """Load model + tokenizer. ``source``: HF folder, .gguf file, hub id, or 'smollm2-135m'."""
+    device = parse_device(device)
     resolved = resolve_source(source)
     path = Path(resolved)
     if path.suffix == ".gguf":
@@ -109,20 +170,29 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | 
         raise TeacherNotFound(f"teacher {path} is a file but not a .gguf; give a model folder or a GGUF file")
     else:
         folder = resolved  # hub id
-    try:
-        config = AutoConfig.from_pretrained(folder)
-    except OSError as err:
-        raise TeacherNotFound(f"cannot load teacher {source!r}: {err}") from err
+    if Path(folder).is_dir():
+        config = read_config(folder)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(folder)
+        except OSError as err:
+            raise TeacherNotFound(f"cannot load teacher {source!r}: {err}") from err
     from .seed import _adapter  # noqa: PLC0415  (checks the model family before loading weights)
 
     _adapter(config)
+    if Path(folder).is_dir():
+        check_tokenizer_files(folder, "teacher folder")
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except OSError as err:  # missing or unreadable weights / tokenizer files
+        model = load_weights(AutoModelForCausalLM, folder, dtype=dtype).to(device).eval()
+    except OSError as err:  # missing weight files
         raise TeacherNotFound(f"cannot load teacher {source!r}: {err}") from err
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise UnreadableModel(f"cannot load the tokenizer of teacher {source!r}: {err}") from err
     return Teacher(model=model, tokenizer=tokenizer, source=resolved)
 
 
-__all__ = ["SHIPPED_TEACHER", "Teacher", "TeacherNotFound", "cache_dir", "load_teacher", "resolve_source",
-           "shipped_teacher_path"]
+__all__ = ["DeviceError", "SHIPPED_TEACHER", "TOKENIZER_FILES", "Teacher", "TeacherNotFound", "UnreadableModel",
+           "cache_dir", "check_tokenizer_files", "load_teacher", "load_weights", "parse_device", "read_config",
+           "resolve_source", "shipped_teacher_path"]

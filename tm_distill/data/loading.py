@@ -1,14 +1,17 @@
 """Load training text through `datasets`: local txt / JSONL / JSON / parquet, folders and globs, the shipped
 corpora ("shakespeare"), and hub datasets ("org/name" or "org/name:config").
 
-Every source becomes a plain ``list[str]`` of documents. A ``.txt`` file is ONE document (read with
-``sample_by="document"``), so document boundaries survive into tokenization (EOS after each document).
+Every source becomes a plain ``list[str]`` of documents. A text file (``.txt``, ``.text``, ``.md``, ``.rst``)
+is ONE document (read with ``sample_by="document"``), so document boundaries survive into tokenization (EOS
+after each document). A source that gives a single long document (one text file, say) is split into
+documents of consecutive paragraphs (``split_document``), so part of it can be held out.
 """
 
 from __future__ import annotations
 
 import glob
 import logging
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -18,7 +21,10 @@ from .corpora import CORPORA, corpus_files
 log = logging.getLogger(__name__)
 
 # file suffix -> datasets builder
-BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".rst": "text", ".jsonl": "json", ".json": "json",
+            ".parquet": "parquet"}
+DOCUMENT_CHARS = 4000  # the size a single long document is split into (about 1000 tokens of English)
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 _GLOB_CHARS = set("*?[")
 
 
@@ -51,6 +57,14 @@ def _expand(source: str | Path) -> list[Path] | None:
 def _looks_like_hub_name(text: str) -> bool:
     name = text.split(":", 1)[0]
     return name.count("/") == 1 and not text.startswith((".", "/", "~")) and Path(name).suffix not in BUILDERS
+
+
+def looks_like_hub_dataset(source: str | Path) -> bool:
+    """Whether ``source`` names a hub dataset (not a shipped corpus, a local path or a glob)."""
+    text = str(source)
+    if text in CORPORA or _GLOB_CHARS & set(text) or Path(text).expanduser().exists():
+        return False
+    return _looks_like_hub_name(text)
 
 
 def _extract(dataset, text_field: str, chat_field: str | None, tokenizer, where: str) -> list[str]:
@@ -109,9 +123,37 @@ def _load_hub(name: str, split: str, **fields) -> list[str]:
     return _extract(ds, where=f"hub dataset {name!r}", **fields)
 
 
+def _cut(text: str, start: int, target: int) -> int:
+    """Where the document starting at ``start`` ends: the first paragraph break past ``target`` characters, else
+    the first line break, else the first space, within twice that; else exactly ``target`` characters."""
+    lo, hi = start + target, start + 2 * target
+    m = _PARAGRAPH_BREAK.search(text, lo, hi)
+    if m:
+        return m.end()
+    for sep in ("\n", " "):
+        i = text.find(sep, lo, hi)
+        if i >= 0:
+            return i + 1
+    return lo
+
+
+def split_document(text: str, target_chars: int = DOCUMENT_CHARS) -> list[str]:
+    """Cut one long text into documents of about ``target_chars``..2x characters at paragraph breaks (at line
+    breaks or spaces when it has none). The pieces join back to ``text``; a text under 2x stays whole."""
+    if target_chars < 1:
+        raise ValueError(f"target_chars={target_chars} must be >= 1")
+    pieces, start = [], 0
+    while len(text) - start >= 2 * target_chars:
+        end = _cut(text, start, target_chars)
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return [p for p in pieces if p.strip()] or [text]
+
+
 def load_texts(
     source: str | Path | Iterable[str | Path], *, text_field: str = "text", split: str = "train",
-    limit: int | None = None, tokenizer=None, chat_field: str | None = None,
+    limit: int | None = None, tokenizer=None, chat_field: str | None = None, split_single: bool = True,
 ) -> list[str]:
     """Documents from a data source, in a stable order.
 
@@ -120,6 +162,8 @@ def load_texts(
     text_field: the column holding text (JSON/parquet/hub); split: the split to read (local files are all
     one split); limit: keep at most this many documents; chat_field: a column of chat messages
     (list of {"role", "content"}) rendered with ``tokenizer``'s chat template instead of text_field.
+    split_single: a source that gives one document is split into paragraphs-sized documents
+    (``split_document``) so the document-level held-out split works on a single file.
     Empty documents are dropped. Raises DataSourceError naming the missing file, the missing field and the
     columns that exist, or the source that gave no text.
     """
@@ -150,7 +194,11 @@ def load_texts(
             break
     if not docs:
         raise DataSourceError(f"data source {source!r} gave no text (every document is empty)")
+    if split_single and len(docs) == 1 and len(pieces := split_document(docs[0])) > 1:
+        log.info("%s is one document of %d characters: split at paragraph breaks into %d documents", source,
+                 len(docs[0]), len(pieces))
+        docs = pieces
     return docs[:limit] if limit is not None else docs
 
 
-__all__ = ["BUILDERS", "DataSourceError", "load_texts"]
+__all__ = ["BUILDERS", "DOCUMENT_CHARS", "DataSourceError", "load_texts", "looks_like_hub_dataset", "split_document"]

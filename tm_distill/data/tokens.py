@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 _FORMAT = 1  # bump when the cached layout changes
 
 
+class TokenDataError(ValueError):
+    """Text that cannot make the windows asked for (too little of it, no document left for training)."""
+
+
 @dataclass
 class TokenData:
     """train: (n, seq_len) long; heldout: (m, seq_len) long; meta: counts and the parameters that built them.
@@ -99,7 +103,8 @@ def build_token_dataset(
     """Tokenize ``texts`` (EOS after each document), split by document, cut into ``seq_len`` windows.
 
     texts: documents (e.g. from ``load_texts``); tokenizer: the teacher's (needs an EOS token);
-    heldout_fraction: share of documents held out, in [0, 1) (at least one document when > 0);
+    heldout_fraction: share of documents held out, in [0, 1) (when > 0, at least one document and, packed,
+    enough documents for one full window while one document is left to train on);
     seed: the split permutation; max_tokens: cap on training tokens (whole windows, held-out not capped);
     cache_dir: where the tokenized result is cached as ``<key>.pt`` (default ~/.cache/tm-distill/tokens/),
     keyed on the texts, tokenizer and these parameters; pack: see the module docstring.
@@ -110,7 +115,7 @@ def build_token_dataset(
     if not 0.0 <= heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction={heldout_fraction} must be in [0, 1), e.g. 0.05")
     if max_tokens is not None and max_tokens < seq_len:
-        raise ValueError(f"max_tokens={max_tokens} is less than one window of seq_len={seq_len}")
+        raise TokenDataError(f"max_tokens={max_tokens} is less than one window of seq_len={seq_len}")
     if isinstance(texts, str):
         raise TypeError("texts must be a list of documents, not one string: wrap it as [text]")
     texts = list(texts)
@@ -118,10 +123,10 @@ def build_token_dataset(
         raise ValueError("no documents to tokenize: texts is empty")
     eos = tokenizer.eos_token_id
     if eos is None:
-        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no EOS token to end documents")
+        raise TokenDataError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no EOS token to end documents")
     n_held = 0 if heldout_fraction == 0 else max(1, round(heldout_fraction * len(texts)))
     if n_held >= len(texts):
-        raise ValueError(
+        raise TokenDataError(
             f"heldout_fraction={heldout_fraction} of {len(texts)} document(s) leaves none for training: the split is "
             "by document, so give more documents (e.g. one per file) or set heldout_fraction=0"
         )
@@ -142,6 +147,9 @@ def build_token_dataset(
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     docs = [list(d) + [eos] for d in ids]
     perm = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
+    if pack and n_held:  # short documents (a split single file): hold out enough of them for one window
+        while sum(len(docs[i]) for i in perm[:n_held]) < seq_len and n_held < len(docs) - 1:
+            n_held += 1
     held_idx = sorted(perm[:n_held])
     train_idx = sorted(perm[n_held:])
     train, train_doc, dropped = _windows([docs[i] for i in train_idx], seq_len, pack)
@@ -151,13 +159,13 @@ def build_token_dataset(
         dropped += (train.shape[0] - keep) * seq_len
         train, train_doc = train[:keep], train_doc[:keep]
     if train.shape[0] == 0:
-        raise ValueError(
+        raise TokenDataError(
             f"{len(train_idx)} training document(s) give no full window of seq_len={seq_len} "
             f"({sum(len(docs[i]) for i in train_idx)} tokens{'' if pack else ', pack=False'}): use more text, "
             "a shorter seq_len" + ("" if pack else ", or pack=True")
         )
     if n_held and heldout.shape[0] == 0:
-        raise ValueError(
+        raise TokenDataError(
             f"the {n_held} held-out document(s) give no full window of seq_len={seq_len} "
             f"({sum(len(docs[i]) for i in held_idx)} tokens): raise heldout_fraction or lower seq_len"
         )
@@ -217,7 +225,7 @@ def iterate_batches(
         raise ValueError(f"start_step={start_step} must be >= 0")
     per_epoch = n // batch_size if drop_last else -(-n // batch_size)
     if per_epoch == 0:
-        raise ValueError(
+        raise TokenDataError(
             f"{n} sequence(s) make no full batch of batch_size={batch_size}: use more data, a smaller batch, "
             "or drop_last=False"
         )
@@ -232,4 +240,4 @@ def iterate_batches(
         step += 1
 
 
-__all__ = ["TokenData", "build_token_dataset", "default_cache_dir", "document_positions", "iterate_batches"]
+__all__ = ["TokenData", "TokenDataError", "build_token_dataset", "default_cache_dir", "document_positions", "iterate_batches"]

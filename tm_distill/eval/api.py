@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..convert.transpoints import parse_transpoints
 from .metrics import compare_models
 from .report import SCHEMA_VERSION, write_report
-from .retrieval import TASKS, build_samples, check_lengths, filler_from_windows, run_retrieval
+from .retrieval import TASKS, build_samples_with_fallback, check_lengths, filler_from_windows, run_retrieval
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +159,12 @@ def evaluate(
                 }
         elif step == "retrieval":
             filler = filler_from_windows(heldout, tokenizer.eos_token_id)
-            samples = build_samples(tokenizer, filler, options.retrieval_tasks, options.retrieval_lengths,
-                                    options.depths, options.trials, options.seed)
-            report["retrieval"] = {"lengths": options.retrieval_lengths, "depths": options.depths,
-                                   "trials": options.trials, "seed": options.seed,
+            samples, info = build_samples_with_fallback(tokenizer, filler, options.retrieval_tasks,
+                                                        options.retrieval_lengths, options.depths, options.trials,
+                                                        options.seed)
+            report["retrieval"] = {"lengths": info["lengths"], "depths": options.depths,
+                                   "trials": options.trials, "seed": options.seed, "filler": info["filler"],
+                                   "skipped": info["skipped"],
                                    "tasks": run_retrieval(everyone, tokenizer, samples, progress)}
         elif step == "lm_eval":
             from .lmeval import run_lm_eval  # noqa: PLC0415  (optional extra)
@@ -224,21 +226,26 @@ def run_eval(
     """Load the teacher and student folders, evaluate, and write report.json / report.md / plots to out_dir."""
     from ..convert import load_teacher  # noqa: PLC0415
     from ..convert.api import NotAStudent, StudentNotFound, load_student  # noqa: PLC0415
-    from ..convert.teacher import TeacherNotFound  # noqa: PLC0415
+    from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
+    from ..convert.teacher import DeviceError, TeacherNotFound, UnreadableModel, parse_device  # noqa: PLC0415
 
     if not students:
         raise EvalInputError("give at least one student folder (made by `tm-distill convert` or `distill`)")
+    try:
+        device = parse_device(device)
+    except DeviceError as err:
+        raise EvalInputError(str(err)) from None
     loaded: dict[str, torch.nn.Module] = {}
     for path in students:
         try:
             model, _ = load_student(path, dtype=dtype, device=device)
-        except (StudentNotFound, NotAStudent) as err:
+        except (StudentNotFound, NotAStudent, UnreadableModel) as err:
             raise EvalInputError(str(err)) from err
         model.name_or_path = str(Path(path).expanduser().resolve())
         loaded[student_name(path, set(loaded))] = model
     try:
         t = load_teacher(teacher, dtype=dtype, device=device)
-    except TeacherNotFound as err:
+    except (TeacherNotFound, UnreadableModel, UnsupportedTeacher) as err:
         raise EvalInputError(str(err)) from err
     check_context(options, getattr(t.model.config, "max_position_embeddings", None))
     heldout, split = load_heldout(data, t.tokenizer, options)

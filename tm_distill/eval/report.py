@@ -97,9 +97,13 @@ def _retrieval_section(report: dict) -> list[str]:
     r = report.get("retrieval")
     if not r or not r.get("tasks"):
         return []
+    filler = r.get("filler", "data")
     lines = ["## Retrieval", "",
-             f"Greedy decoding; {r['trials']} trial(s) per length and depth (depths {r['depths']}), seed {r['seed']}. "
+             f"Greedy decoding; {r['trials']} trial(s) per length and depth (depths {r['depths']}), seed {r['seed']}; "
+             f"passkey filler from {'the held-out data' if filler == 'data' else f'the {filler} corpus'}. "
              "Accuracy per context length (mean over depths):", ""]
+    if r.get("skipped"):
+        lines[-2] += " Skipped (too little filler text): " + ", ".join(sorted(r["skipped"])) + "."
     rows = []
     for task, per_model in r["tasks"].items():
         for name, e in per_model.items():

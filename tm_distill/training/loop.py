@@ -13,6 +13,9 @@ Packed documents: when the stage's windows carry document ids, each micro-batch 
 documents passes ``position_ids`` (restarting at 0 per document) to ``stage.loss``, so nothing attends or
 scans across a document boundary and TransPoints count inside each document.
 
+A checkpoint is written only from finite weights that give a finite loss (``health.unsound``), so
+``--resume`` with a lower lr after a divergence starts from weights that work.
+
 Multi-GPU: ``accelerate launch -m tm_distill.cli distill RECIPE.yaml`` starts one process per GPU. Each
 process takes its own rows of every step's batch (the data order depends only on seed and step), and
 gradients are averaged across processes before clipping (data parallel, DDP semantics, no model wrapper:
@@ -34,8 +37,10 @@ from tqdm.auto import tqdm
 from ..data.tokens import document_positions, iterate_batches
 from ..models.configuration import ATTENTION_ONLY
 from ..stages.base import Stage, use_transpoints
-from .checkpoint import capture_rng, prune, restore_rng, save_checkpoint, stage_dir
+from .checkpoint import capture_rng, drop_superseded, prune, restore_rng, save_checkpoint, stage_dir
+from .health import stop_message, unsound
 from .metrics import MetricsWriter
+from .resume_check import apply_peak_lr
 from .stopping import StopFlag
 
 log = logging.getLogger(__name__)
@@ -85,6 +90,7 @@ class StepResult:
     loss: float
     grad_norm: float
     metrics: dict[str, float]
+    last_micro: torch.Tensor | None = None  # re-run by ``health.unsound`` before a checkpoint
 
 
 def lr_factor(step: int, total: int, warmup: int, kind: str, min_ratio: float) -> float:
@@ -166,7 +172,7 @@ def train_step(stage: Stage, run: StageRun, rows: torch.Tensor, doc_ids: torch.T
     """
     cfg = run.cfg
     device = rows.device
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    autocast = _autocast(run, device)
     loss_sum = torch.zeros((), device=device)
     extra: dict[str, float] = {}
     doc_parts = doc_ids.split(cfg.batch_size) if doc_ids is not None else [None] * math.ceil(len(rows) / cfg.batch_size)
@@ -187,16 +193,11 @@ def train_step(stage: Stage, run: StageRun, rows: torch.Tensor, doc_ids: torch.T
     else:
         grad_norm = _grad_norm(params)
     loss_value, norm_value = torch.stack([loss_sum, grad_norm.float().to(device)]).tolist()
-    where = f"stage {run.stage_idx} ({cfg.name}) step {step + 1}"
-    if not math.isfinite(loss_value):
-        raise TrainingDiverged(
-            f"{where}: loss is {loss_value}; training stopped before the update. The last good checkpoint is "
-            f"the newest under {run.output_dir}; lower the learning rate (stages[i].optimizer.lr) or use "
-            "precision fp32, then resume with --resume")
-    if not math.isfinite(norm_value):
-        raise TrainingDiverged(f"{where}: gradient norm is {norm_value}; training stopped before the update, the "
-                               f"newest checkpoint under {run.output_dir} is the last good one")
-    return StepResult(loss_value, norm_value, extra)
+    for what, value in (("loss", loss_value), ("gradient norm", norm_value)):
+        if not math.isfinite(value):
+            raise TrainingDiverged(stop_message(run.output_dir, run.stage_idx, cfg.name, step + 1,
+                                                f"{what} is {value}"))
+    return StepResult(loss_value, norm_value, extra, micro)
 
 
 def _training_state(run: StageRun, student, optimizer, scheduler, done: int) -> dict:
@@ -205,17 +206,30 @@ def _training_state(run: StageRun, student, optimizer, scheduler, done: int) -> 
             "module_state": _module_state(student)}
 
 
+def _autocast(run: StageRun, device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=run.cfg.precision == "bf16")
+
+
+def check_sound(stage: Stage, run: StageRun, accelerator, result: StepResult, tps: list[int], step: int) -> None:
+    """Raise TrainingDiverged when the updated student must not be saved (``health.unsound``)."""
+    device = accelerator.device
+    if problem := unsound(stage, result.last_micro, tps, _autocast(run, device), accelerator):
+        raise TrainingDiverged(stop_message(run.output_dir, run.stage_idx, run.cfg.name, step, problem))
+
+
 def maybe_checkpoint(stage: Stage, run: StageRun, accelerator, optimizer, scheduler, done: int, total: int,
-                     row: dict, force: bool = False) -> Path | None:
-    """Save ``step-<done>`` at the stage's cadence (or when ``force``); returns its path or None."""
+                     row: dict, result: StepResult, tps: list[int], force: bool = False) -> Path | None:
+    """Save ``step-<done>`` at the stage's cadence (or when ``force``) from sound weights only; returns its path."""
     cfg = run.cfg
     if not force and not (cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total):
         return None
+    check_sound(stage, run, accelerator, result, tps, done)
     folder = stage_dir(run.output_dir, run.stage_idx, cfg.name)
     dest = folder / f"step-{done}"
     if accelerator.is_main_process:
         _save(stage, dest, run, _training_state(run, stage.student, optimizer, scheduler, done), row)
         prune(folder, cfg.keep_last)
+        drop_superseded(run.output_dir, run.stage_idx)
     accelerator.wait_for_everyone()
     return dest
 
@@ -235,7 +249,8 @@ def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter
     if resume_state is not None and resume_state.get("module_state"):
         student.load_state_dict(resume_state["module_state"], strict=False)
     optimizer, scheduler, start = build_optimizer(cfg, params, total, resume_state)
-    if start:
+    if resume_state is not None:
+        apply_peak_lr(optimizer, scheduler, cfg.optimizer.lr)  # a resume may lower it (after a divergence)
         log.info("stage %d (%s): resuming at step %d of %d", run.stage_idx, cfg.name, start, total)
     student.train()
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -272,20 +287,24 @@ def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter
             metrics.write(row, global_step=done)
         bar.update(1)
         bar.set_postfix(loss=f"{result.loss:.4g}", tok_s=f"{tok_s:.0f}")
-        maybe_checkpoint(stage, run, accelerator, optimizer, scheduler, done, total, row)
+        maybe_checkpoint(stage, run, accelerator, optimizer, scheduler, done, total, row, result, tps)
         if run.on_step is not None:
             run.on_step(run.stage_idx, done, result.loss)
         reason = run.stop.reason() if run.stop is not None else None
         if reason is not None and done < total:
             bar.close()
-            path = maybe_checkpoint(stage, run, accelerator, optimizer, scheduler, done, total, row, force=True)
+            path = maybe_checkpoint(stage, run, accelerator, optimizer, scheduler, done, total, row, result, tps,
+                                    force=True)
             raise TrainingStopped(reason, run.stage_idx, cfg.name, done, path)
     bar.close()
+    if row:
+        check_sound(stage, run, accelerator, result, tps, total)
     stage.finalize()
     student.eval()
     if accelerator.is_main_process:
         final_state = {"stage_idx": run.stage_idx, "stage": cfg.name, "step": total, "done": True}
         _save(stage, stage_dir(run.output_dir, run.stage_idx, cfg.name) / "final", run, final_state, row)
+        drop_superseded(run.output_dir, run.stage_idx)
     accelerator.wait_for_everyone()
     return row
 

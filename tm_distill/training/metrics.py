@@ -21,6 +21,11 @@ def read_metrics(output_dir: str | Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def json_safe(row: dict) -> dict:
+    """NaN and inf become null: JSON has no such numbers (json.dumps would write the invalid ``Infinity``)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+
+
 class MetricsWriter:
     """Append rows to OUTPUT/metrics.jsonl (and TensorBoard scalars under OUTPUT/tensorboard if available).
 
@@ -49,7 +54,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
         if self._tb is not None and global_step is not None:
             prefix = f"{row.get('stage_idx', 0)}-{row.get('stage', 'stage')}"
             for key, value in row.items():
@@ -62,4 +67,4 @@ class MetricsWriter:
             self._tb = None
 
 
-__all__ = ["METRICS_FILE", "MetricsWriter", "read_metrics"]
+__all__ = ["METRICS_FILE", "MetricsWriter", "json_safe", "read_metrics"]

@@ -39,7 +39,12 @@ def teacher_config(source: str, *, allow_download: bool = False) -> PretrainedCo
     if path.is_dir():
         if not (path / "config.json").exists():
             raise RecipeError("teacher", f"{path} has no config.json: is it a Hugging Face model folder?")
-        return AutoConfig.from_pretrained(str(path))
+        try:
+            return AutoConfig.from_pretrained(str(path))
+        except Exception as err:  # noqa: BLE001  (JSON, unknown model_type, ...: name the file whatever it is)
+            raise RecipeError("teacher", f"{path / 'config.json'} is not a readable model config: {err}") from None
+    if path.exists():
+        raise RecipeError("teacher", f"{path} is a file but not a .gguf: give a model folder or a GGUF file")
     try:
         return AutoConfig.from_pretrained(resolved, local_files_only=not allow_download)
     except OSError:
@@ -91,8 +96,48 @@ class Plan:
         return out
 
 
+def _check_output_dir(output_dir: str) -> None:
+    out = Path(output_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise RecipeError("output_dir", f"{out} is a file, not a folder: give a new folder path for the run")
+
+
+def _check_ssm(options: dict) -> None:
+    from ..convert.api import SSMOptionError, check_ssm_options  # noqa: PLC0415
+
+    try:
+        check_ssm_options(options)
+    except SSMOptionError as err:
+        raise RecipeError(f"ssm.{err.key}", err.message) from None
+
+
+def _check_teacher_family(config: PretrainedConfig | None) -> None:
+    from ..convert.seed import UnsupportedTeacher, _adapter  # noqa: PLC0415
+
+    if config is not None:
+        try:
+            _adapter(config)
+        except UnsupportedTeacher as err:
+            raise RecipeError("teacher", str(err)) from None
+
+
+def _check_auto(spec: str, num_layers: int | None, seq_len: int) -> None:
+    """An ``auto`` spec parses, and its budget is reachable (checked before any calibration)."""
+    from ..plan import AutoSpecError, check_budget, parse_auto_spec  # noqa: PLC0415
+
+    try:
+        auto = parse_auto_spec(spec)
+        if num_layers is not None:
+            check_budget(auto.kv_budget, num_layers, auto.context or seq_len)
+    except AutoSpecError as err:
+        raise RecipeError("transpoints", str(err)) from None
+
+
 def resolve_plan(recipe: Recipe, config: PretrainedConfig | None) -> Plan:
     """Check the recipe against the teacher's config (when known) and compute each stage's budget."""
+    _check_output_dir(recipe.output_dir)
+    _check_ssm(recipe.ssm)
+    _check_teacher_family(config)
     n_layers = getattr(config, "num_hidden_layers", None) if config is not None else None
     max_pos = getattr(config, "max_position_embeddings", None) if config is not None else None
     if max_pos is not None and recipe.data.seq_len > max_pos:
@@ -110,7 +155,9 @@ def resolve_plan(recipe: Recipe, config: PretrainedConfig | None) -> Plan:
         if s.loss.layers is not None and n_layers is not None and any(j >= n_layers for j in s.loss.layers):
             raise RecipeError(f"stages[{i}].loss.layers", f"layer indices must be < {n_layers}")
     tps = None
-    if n_layers is not None and not recipe.transpoints.startswith("auto"):
+    if recipe.transpoints.startswith("auto"):
+        _check_auto(recipe.transpoints, n_layers, recipe.data.seq_len)
+    elif n_layers is not None:
         try:
             tps = parse_transpoints(recipe.transpoints, n_layers)
         except TransPointSpecError as err:
@@ -118,4 +165,31 @@ def resolve_plan(recipe: Recipe, config: PretrainedConfig | None) -> Plan:
     return Plan(recipe, n_layers, max_pos, tps, stages)
 
 
-__all__ = ["Plan", "StagePlan", "resolve_plan", "teacher_config"]
+def check_data(recipe: Recipe) -> list[str]:
+    """Open ``data.source`` (and ``data.heldout_source``) and describe them; RecipeError naming the key when one
+    does not exist, is empty or unreadable, or cannot spare held-out documents. Hub datasets are not
+    downloaded here (they are opened when the run starts)."""
+    from ..data.loading import DataSourceError, load_texts, looks_like_hub_dataset  # noqa: PLC0415
+
+    lines = []
+    d = recipe.data
+    for key, source in (("data.source", d.source), ("data.heldout_source", d.heldout_source)):
+        if not source:
+            continue
+        if looks_like_hub_dataset(source):
+            lines.append(f"{key}: {source} (a hub dataset: opened when the run starts)")
+            continue
+        try:
+            texts = load_texts(source, text_field=d.text_field)
+        except DataSourceError as err:
+            raise RecipeError(key, str(err)) from None
+        chars = sum(len(t) for t in texts)
+        lines.append(f"{key}: {source}: {len(texts):,} document(s), {chars:,} characters")
+        if key == "data.source" and d.heldout_fraction > 0 and len(texts) < 2:
+            raise RecipeError("data.heldout_fraction", f"{source} gives one document, too short to split: nothing "
+                              "is left to train on after holding some out; give more text, or set "
+                              "heldout_fraction: 0 with data.heldout_source")
+    return lines
+
+
+__all__ = ["Plan", "StagePlan", "check_data", "resolve_plan", "teacher_config"]

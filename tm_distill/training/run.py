@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_folder
+from ..atomic import atomic_folder, link_or_copy
 from ..recipe import Recipe, RecipeError, dump_recipe, parse_duration
 from .checkpoint import ResumePoint, clean_temp, find_resume_point, read_metadata, stage_dir
+from .data import check_batches, heldout_windows
 from .loop import StageRun, TrainingStopped, train_stage
 from .metrics import MetricsWriter
 from .resolve import resolve_plan
+from .resume_check import check_resume
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def _resolve_transpoints(recipe: Recipe, teacher, texts: list[str], seq_len: int
 
 def _copy_atomic(src: Path, dest: Path) -> None:
     with atomic_folder(dest) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=link_or_copy)  # no second copy of the bytes
 
 
 def _teacher_samples(recipe: Recipe, teacher, device) -> list[str]:
@@ -133,6 +135,8 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
     if not resume and out.exists() and any(stage_dir(out, i, n).exists() for i, n in enumerate(names)):
         raise RecipeError("output_dir", f"{out} already holds checkpoints of a run: pass --resume to continue it, "
                                         "or give a new output_dir")
+    if resume:
+        check_resume(recipe, out)  # a changed recipe is refused naming the keys; safe changes are recorded
     dtype = getattr(torch, recipe.run_dtype(device))
     if teacher is None:
         teacher = load_teacher(recipe.teacher, dtype=dtype, device=device)
@@ -154,7 +158,8 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
             if base.train_doc_ids is not None and extra.train_doc_ids is not None:
                 base.train_doc_ids = torch.cat([base.train_doc_ids, extra.train_doc_ids])
             base.meta["teacher_sample_windows"] = int(extra.train.shape[0])
-    heldout = data[recipe.data.seq_len].heldout[: recipe.data.heldout_windows]
+    check_batches(recipe, data, accelerator.num_processes)
+    heldout = heldout_windows(recipe, teacher.tokenizer, data)
     if accelerator.is_main_process:
         clean_temp(out)
     point = find_resume_point(out, names) if resume else ResumePoint(0, None, 0, None)
