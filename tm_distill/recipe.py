@@ -199,14 +199,14 @@ class CalibrateConfig:
     data: str | None = _help("text to calibrate on, its training split: a corpus, file, folder or dataset "
                              "(default: data.source, split as data.heldout_fraction and seed say, so the held-out "
                              "windows stay unseen)", None)
-    windows: int = _help("calibration windows", 4)
+    windows: int | None = _help("calibration windows (default: 4096 tokens' worth of seq_len windows)", None)
     seq_len: int | None = _help("tokens per calibration window (default: data.seq_len); layers whose TransPoint "
                                 "is not below it keep the plain init", None)
     heldout_windows: int = _help("held-out windows on which the before/after errors are also measured (0: none)", 1)
 
     def __post_init__(self):
         _check(self.data is None or bool(self.data), "data", "must name a data source, or be null for data.source")
-        _check(self.windows >= 1, "windows", f"must be >= 1, got {self.windows}")
+        _check(self.windows is None or self.windows >= 1, "windows", f"must be >= 1, got {self.windows}")
         _check(self.seq_len is None or self.seq_len > 1, "seq_len", f"must be > 1, got {self.seq_len}")
         _check(self.heldout_windows >= 0, "heldout_windows", f"must be >= 0, got {self.heldout_windows}")
 

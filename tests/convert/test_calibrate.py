@@ -12,7 +12,7 @@ from tests.conftest import tiny_llama
 from tm_distill.convert import seed_student
 from tm_distill.convert.calibrate import (
     CalibrationError, apply_fit, calibrate_student, calibration_table, calibration_windows, capture_windows,
-    fit_gains, gain_decay_parameters, layer_error, ssm_operands, ssm_rows, unit_scans,
+    default_windows, fit_gains, gain_decay_parameters, layer_error, ssm_operands, ssm_rows, unit_scans,
 )
 from tm_distill.eval.hidden import LayerErrorStats, capture_attention_io, mixer_errors
 from tm_distill.models.configuration import ATTENTION_ONLY
@@ -122,6 +122,22 @@ def test_calibration_is_deterministic_for_a_seed(tiny_teacher):
         calibrate_student(student, tiny_teacher, _windows())
         states.append(student.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_sequential_fits_on_the_calibrated_student_s_own_inputs(tiny_teacher):
+    """Layer 0's input is the embedding either way; layer 1's differs once layer 0 (pure SSM) is calibrated."""
+    fits = {}
+    for sequential in (True, False):
+        student = seed_student(tiny_teacher, [0, 12, 24], seed=3)
+        fits[sequential] = calibrate_student(student, tiny_teacher, _windows(), sequential=sequential).layers
+    assert fits[True][0] == fits[False][0]
+    assert fits[True][1].gains != fits[False][1].gains
+    # fitted on the teacher's inputs, the non-sequential fit is the better one on them
+    assert fits[False][1].error_after <= fits[True][1].error_after + 1e-6
+
+
+def test_default_windows_hold_4096_tokens():
+    assert [default_windows(n) for n in (2048, 1000, 128, 8192)] == [2, 5, 32, 1]
 
 
 def test_record_is_kept_in_the_config_and_renders(calibrated):

@@ -34,8 +34,8 @@ USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, PermissionError)
               help="Fit each layer's SSM (decay, gain, D per head) to the teacher's attention on DATA's training "
                    f"split (default {DEFAULT_CALIBRATION_DATA}: the shipped corpus): a corpus name, "
                    ".txt/.jsonl/.parquet file, folder or dataset. Closed form, about a minute for SmolLM2-135M.")
-@click.option("--calibrate-windows", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Calibration windows.")
+@click.option("--calibrate-windows", type=click.IntRange(min=1), default=None,
+              help="Calibration windows [default: 4096 tokens' worth, 2 of 2048].")
 @click.option("--calibrate-seq-len", type=click.IntRange(min=2), default=None,
               help="Tokens per calibration window [default: min(2048, the teacher's context)].")
 @click.option("--calibrate-heldout", type=click.IntRange(min=0), default=1, show_default=True,

@@ -98,7 +98,7 @@ def convert(
     device: str | torch.device = "cpu",
     progress: bool = True,
     calibrate: str | None = None,
-    calibrate_windows: int = 4,
+    calibrate_windows: int | None = None,
     calibrate_seq_len: int | None = None,
     calibrate_heldout: int = 1,
     **ssm_options,
@@ -109,7 +109,8 @@ def convert(
     ``parse_transpoints``. ssm_options: TransMambaConfig switches (``SSM_OPTIONS``), e.g. use_z_gate=True.
     calibrate: a data source (``load_texts``: corpus name, file, folder, dataset) to fit the SSM additions to
     the teacher's attention on (``convert.calibrate``), or None to keep the plain init. calibrate_windows
-    windows of calibrate_seq_len tokens (default min(2048, the teacher's context)) from its training split;
+    (default: 4096 tokens' worth) windows of calibrate_seq_len tokens (default min(2048, the teacher's
+    context)) from its training split;
     calibrate_heldout held-out windows for the before/after errors. Nothing is written unless the whole
     conversion succeeds.
     """

@@ -41,6 +41,7 @@ from ..stages.capture import TeacherActivations, capture_teacher
 log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION_DATA = "shakespeare"  # the shipped corpus
+DEFAULT_CALIBRATION_TOKENS = 4096  # 2 windows of 2048 fit as well as 4 on SmolLM2-135M (docs/design.md)
 DEFAULT_DECAY_LENGTHS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 8192)
 GAIN_FLOOR = 1e-6  # a "zero" gain that still encodes a decay
 _RIDGE = 1e-9  # relative ridge on the normal equations (a head whose features vanish)
@@ -296,40 +297,55 @@ def head_metric(mixer) -> Tensor:
     return ((evecs * evals.clamp_min(0).sqrt().unsqueeze(-2)) @ evecs.transpose(1, 2)).float()
 
 
-@torch.no_grad()
-def calibrate_layer(
-    student, captured: Sequence[TeacherActivations], layer: int, grid: Tensor, weighted: bool = True,
-) -> LayerFit:
-    """Fit one layer (decay per head, then joint gains and D in output space); writes the mixer's parameters.
-
-    weighted: measure the per-head decay fits through o_proj (|W_o,h e|, each head alone) instead of |e|.
-    """
-    p = student.config.transpoints[layer]
-    mixer = student.model.layers[layer].mixer
+def _decay_statistics(mixer, operands, p: int, grid: Tensor, metric: Tensor | None) -> dict[str, Tensor]:
+    """``head_statistics`` of every grid decay summed over windows; operands: [(x, B, C, heads)] per window."""
     chunk, backend = mixer.config.ssm_chunk_size, mixer.config.ssm_backend
-    before = _relative(layer_error(student, captured, layer))
-    metric = head_metric(mixer).to(mixer.q_proj.weight.device) if weighted else None
     stats: dict[str, Tensor] = {}
-    operands = []
-    for acts in captured:
-        _, hidden, heads = _operands(student, acts, layer)
-        x, B, C = ssm_operands(mixer, hidden, _positions(student, hidden))
-        operands.append((x, B, C, heads))
+    for x, B, C, heads in operands:
         u, xr, yr = unit_scans(x, B, C, grid, chunk, backend)[:, p:], x[:, p:].float(), heads[:, p:].float()
-        if metric is not None:
+        if metric is not None:  # |S_h e| = |W_o,h e|: each head's error as o_proj sees it
             u = torch.einsum("brhkd,hde->brhke", u, metric)
             xr, yr = (torch.einsum("brhd,hde->brhe", t, metric) for t in (xr, yr))
         for key, value in head_statistics(u, xr, yr).items():
             stats[key] = stats[key] + value if key in stats else value
-    best, _, _ = select_decays(stats)
-    lengths = grid.double()[best]
-    nq = len(best)
+    return stats
+
+
+def _joint_statistics(mixer, operands, p: int, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """``output_statistics`` with each head's chosen decay, summed over windows."""
+    nq = mixer.num_heads
     gram, cross = torch.zeros(2 * nq, 2 * nq, dtype=torch.float64), torch.zeros(2 * nq, dtype=torch.float64)
     for x, B, C, heads in operands:
-        u = unit_scans(x, B, C, lengths[:, None], chunk, backend)[..., 0, :]
+        u = unit_scans(x, B, C, lengths[:, None], mixer.config.ssm_chunk_size, mixer.config.ssm_backend)[..., 0, :]
         g, c = output_statistics(mixer, u[:, p:], x[:, p:], heads[:, p:])
         gram, cross = gram + g.cpu(), cross + c.cpu()
-    gains, skips = fit_gains(gram, cross, nq)
+    return gram, cross
+
+
+@torch.no_grad()
+def calibrate_layer(
+    student, captured: Sequence[TeacherActivations], layer: int, grid: Tensor, *,
+    inputs: Sequence[Tensor] | None = None, weighted: bool = True,
+) -> LayerFit:
+    """Fit one layer (decay per head, then joint gains and D in output space); writes the mixer's parameters.
+
+    captured: the teacher's activations per window (targets; also the inputs the errors are measured on).
+    inputs: per window (1, t, H), the inputs to fit on instead of the teacher's (the calibrated student's own,
+    in sequential calibration). weighted: judge the per-head decay fits through o_proj (|W_o,h e|, each head
+    alone) instead of |e|.
+    """
+    p = student.config.transpoints[layer]
+    mixer = student.model.layers[layer].mixer
+    before = _relative(layer_error(student, captured, layer))
+    operands = []
+    for w, acts in enumerate(captured):
+        _, hidden, heads = _operands(student, acts, layer)
+        hidden = hidden if inputs is None else inputs[w]
+        operands.append((*ssm_operands(mixer, hidden, _positions(student, hidden)), heads))
+    metric = head_metric(mixer).to(mixer.q_proj.weight.device) if weighted else None
+    best, _, _ = select_decays(_decay_statistics(mixer, operands, p, grid, metric))
+    lengths = grid.double()[best]
+    gains, skips = fit_gains(*_joint_statistics(mixer, operands, p, lengths), mixer.num_heads)
     apply_fit(mixer, gains, lengths, skips)
     after = _relative(layer_error(student, captured, layer))
     return LayerFit(layer, p, [float(v) for v in lengths], [float(v) for v in gains.clamp_min(GAIN_FLOOR)],
@@ -355,13 +371,15 @@ def calibrated_layers(student, seq_len: int) -> list[int]:
 @torch.no_grad()
 def calibrate_student(
     student, teacher, windows: Tensor, *, heldout: Tensor | None = None, data: str = "",
-    decay_lengths: Sequence[float] = DEFAULT_DECAY_LENGTHS, weighted: bool = True, progress: bool = False,
+    decay_lengths: Sequence[float] = DEFAULT_DECAY_LENGTHS, sequential: bool = True, weighted: bool = True,
+    progress: bool = False,
 ) -> Calibration:
     """Calibrate every layer of ``student`` with an SSM row in ``windows`` (n, t) against ``teacher``.
 
     heldout: (m, t) windows calibration does not see, for before/after errors (optional). data: a description
-    of the windows' source, recorded. Writes the fitted parameters into ``student`` and returns the record,
-    also stored as ``student.config.calibration`` (summary).
+    of the windows' source, recorded. sequential: fit layer l on the inputs the student, calibrated below l,
+    gives it (targets stay the teacher's); False: on the teacher's inputs. Writes the fitted parameters into
+    ``student`` and returns the record, also kept as ``student.config.calibration`` (summary).
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -371,38 +389,48 @@ def calibrate_student(
     start = time.perf_counter()
     n, t = windows.shape
     layers = calibrated_layers(student, t)
-    record = Calibration(data, n, t, 0 if heldout is None else int(heldout.shape[0]), [float(v) for v in decay_lengths],
-                         0.0, skipped=[i for i, p in enumerate(student.config.transpoints)
-                                    if t <= p < ATTENTION_ONLY])
-    if record.skipped and layers:
-        log.warning("layers %s have no SSM row in %d-token windows (P >= %d): left as seeded", record.skipped, t, t)
+    record = Calibration(data, n, t, 0 if heldout is None else int(heldout.shape[0]),
+                         [float(v) for v in decay_lengths], 0.0,
+                         skipped=[i for i, p in enumerate(student.config.transpoints) if t <= p < ATTENTION_ONLY])
+    if record.skipped:
+        log.warning("layers %s have no SSM row in %d-token windows: left as seeded", record.skipped, t)
     if not layers:
-        log.warning("no layer has a TransPoint below %d tokens: nothing to calibrate", t)
         return record
     held = capture_windows(teacher, heldout, layers) if heldout is not None and len(heldout) else []
-    held_before = {i: _relative(layer_error(student, held, i)) for i in layers} if held else {}
+    held_before = {i: _relative(layer_error(student, held, i)) for i in layers}
     captured = capture_windows(teacher, windows, layers)
     grid = torch.tensor([float(v) for v in decay_lengths], dtype=torch.float64)
-    for i in tqdm(layers, desc="calibrate layers", disable=not progress):
-        fit = calibrate_layer(student, captured, i, grid, weighted)
-        if held:
-            fit.heldout_before, fit.heldout_after = held_before[i], _relative(layer_error(student, held, i))
-        record.layers.append(fit)
-        log.info("layer %d (P=%d): relative error %.3f -> %.3f", i, fit.transpoint, fit.error_before,
-                 fit.error_after)
+    stream = [student.model.embed_tokens(w[None].to(student.device)) for w in windows] if sequential else None
+    for i in tqdm(range(layers[-1] + 1), desc="calibrate layers", disable=not progress):
+        block = student.model.layers[i]
+        if i in layers:
+            inputs = [block.input_layernorm(h) for h in stream] if sequential else None
+            fit = calibrate_layer(student, captured, i, grid, inputs=inputs, weighted=weighted)
+            if held:
+                fit.heldout_before, fit.heldout_after = held_before[i], _relative(layer_error(student, held, i))
+            record.layers.append(fit)
+            log.info("layer %d (P=%d): relative error %.3f -> %.3f", i, fit.transpoint, fit.error_before,
+                     fit.error_after)
+        if sequential:
+            stream = [block(h, _positions(student, h)) for h in stream]
     record.seconds = time.perf_counter() - start
     student.config.calibration = record.summary()
     return record
 
 
-
 # ------------------------------------------------------------------------------------------------------------
+def default_windows(seq_len: int) -> int:
+    """Windows of ``seq_len`` tokens that hold DEFAULT_CALIBRATION_TOKENS (at least one)."""
+    return max(1, math.ceil(DEFAULT_CALIBRATION_TOKENS / seq_len))
+
+
 def calibration_windows(
-    source: str, tokenizer, seq_len: int, windows: int, heldout_windows: int = 1, *,
+    source: str, tokenizer, seq_len: int, windows: int | None = None, heldout_windows: int = 1, *,
     heldout_fraction: float = 0.05, seed: int = 0, text_field: str = "text",
 ) -> tuple[Tensor, Tensor | None]:
     """Calibration windows (n, seq_len) from the TRAINING split of ``source``, and held-out windows (m, seq_len).
 
+    windows: how many (None: ``default_windows(seq_len)``, 4096 tokens' worth).
     The split is ``build_token_dataset``'s document split with ``heldout_fraction`` and ``seed`` (use a recipe's
     values so its held-out windows stay unseen); the n windows are spread evenly over the training windows. A
     source of one document is split by windows instead: the held-out windows follow the calibration ones.
@@ -411,6 +439,7 @@ def calibration_windows(
     from ..data.loading import DataSourceError, load_texts  # noqa: PLC0415
     from ..data.tokens import build_token_dataset  # noqa: PLC0415
 
+    windows = windows or default_windows(seq_len)
     fix = f"give at least {seq_len} tokens of text (a file, folder, corpus name or dataset) or a shorter seq_len"
     try:
         texts = load_texts(source, text_field=text_field)
@@ -433,7 +462,7 @@ def calibration_windows(
     held = held[:heldout_windows] if heldout_windows > 0 and len(held) else None
     return train[pick], held
 
-__all__ = ["DEFAULT_CALIBRATION_DATA", "DEFAULT_DECAY_LENGTHS", "GAIN_FLOOR", "Calibration", "CalibrationError", "LayerFit", "apply_fit",
-           "calibrate_layer", "calibrate_student", "calibrated_layers", "calibration_table", "calibration_windows", "capture_windows", "fit_gains",
+__all__ = ["DEFAULT_CALIBRATION_DATA", "DEFAULT_CALIBRATION_TOKENS", "DEFAULT_DECAY_LENGTHS", "GAIN_FLOOR", "Calibration", "CalibrationError", "LayerFit", "apply_fit",
+           "calibrate_layer", "calibrate_student", "calibrated_layers", "calibration_table", "calibration_windows", "default_windows", "capture_windows", "fit_gains",
            "gain_decay_parameters", "head_statistics", "layer_error", "output_statistics", "select_decays",
            "ssm_operands", "ssm_rows", "unit_scans"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
+from ..convert.calibrate import default_windows
 from ..convert.teacher import TeacherNotFound, resolve_source
 from ..convert.transpoints import TransPointSpecError, describe_transpoints, parse_transpoints
 from ..recipe import Recipe, RecipeError
@@ -83,7 +84,9 @@ class Plan:
             out.append(f"transpoints: {r.transpoints} (resolved when the run starts)")
         if r.calibrate is not None:
             c = r.calibrate
-            out.append(f"calibrate: {c.windows} window(s) x {c.seq_len or r.data.seq_len} tokens of "
+            seq_len = c.seq_len or r.data.seq_len
+            windows = c.windows or default_windows(seq_len)
+            out.append(f"calibrate: {windows} window(s) x {seq_len} tokens of "
                        f"{c.data or r.data.source} (training split), {c.heldout_windows} held-out")
         total = 0
         for s in self.stages:
