@@ -8,11 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import tiny_llama
 from tm_distill.convert import seed_student
 from tm_distill.convert.calibrate import (
-    CalibrationError, apply_fit, calibrate_student, calibration_table, calibration_windows, capture_windows,
-    default_windows, fit_gains, gain_decay_parameters, layer_error, ssm_operands, ssm_rows, unit_scans,
+    CalibrationError,
+    apply_fit,
+    calibrate_student,
+    calibration_table,
+    calibration_windows,
+    capture_windows,
+    default_windows,
+    fit_gains,
+    gain_decay_parameters,
+    layer_error,
+    ssm_operands,
+    ssm_rows,
+    unit_scans,
 )
 from tm_distill.eval.hidden import LayerErrorStats, capture_attention_io, mixer_errors
 from tm_distill.models.configuration import ATTENTION_ONLY

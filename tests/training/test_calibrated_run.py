@@ -31,7 +31,7 @@ def test_recipe_calibrates_the_seed_and_records_it(tiny_recipe, tmp_path):
 
 
 def test_resume_does_not_calibrate_again(tiny_recipe, monkeypatch):
-    import tm_distill.convert.calibrate as calibrate
+    from tm_distill.convert import calibrate
 
     recipe = recipe_from_dict(tiny_recipe(steps=3, checkpoint_every=1), ["calibrate.windows=2"])
     with pytest.raises(Crash):

@@ -105,8 +105,8 @@ def calibration_table(record: dict) -> str:
     held = bool(record.get("heldout_windows")) and any(r[4] is not None for r in record["errors"])
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [
-        f"calibration: {record['windows']} window(s) x {record['seq_len']} tokens of {record['data']!r} "
-        f"(training split), {record['seconds']:.0f} s; relative mixer error |S-T|/|T| on rows >= P",
+        (f"calibration: {record['windows']} window(s) x {record['seq_len']} tokens of {record['data']!r} "
+         f"(training split), {record['seconds']:.0f} s; relative mixer error |S-T|/|T| on rows >= P"),
         f"  {'layer':>5} {'P':>5} {'before':>8} {'after':>8}" + (f" | held-out {'before':>8} {'after':>8}" if held else ""),
     ]
     for layer, p, before, after, hb, ha in record["errors"]:
@@ -462,7 +462,29 @@ def calibration_windows(
     held = held[:heldout_windows] if heldout_windows > 0 and len(held) else None
     return train[pick], held
 
-__all__ = ["DEFAULT_CALIBRATION_DATA", "DEFAULT_CALIBRATION_TOKENS", "DEFAULT_DECAY_LENGTHS", "GAIN_FLOOR", "Calibration", "CalibrationError", "LayerFit", "apply_fit",
-           "calibrate_layer", "calibrate_student", "calibrated_layers", "calibration_table", "calibration_windows", "default_windows", "capture_windows", "fit_gains",
-           "gain_decay_parameters", "head_statistics", "layer_error", "output_statistics", "select_decays",
-           "ssm_operands", "ssm_rows", "unit_scans"]
+__all__ = [
+    "DEFAULT_CALIBRATION_DATA",
+    "DEFAULT_CALIBRATION_TOKENS",
+    "DEFAULT_DECAY_LENGTHS",
+    "GAIN_FLOOR",
+    "Calibration",
+    "CalibrationError",
+    "LayerFit",
+    "apply_fit",
+    "calibrate_layer",
+    "calibrate_student",
+    "calibrated_layers",
+    "calibration_table",
+    "calibration_windows",
+    "capture_windows",
+    "default_windows",
+    "fit_gains",
+    "gain_decay_parameters",
+    "head_statistics",
+    "layer_error",
+    "output_statistics",
+    "select_decays",
+    "ssm_operands",
+    "ssm_rows",
+    "unit_scans",
+]
