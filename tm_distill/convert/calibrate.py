@@ -9,18 +9,21 @@ where u(a) is the unit-gain scan (Δ = 1, A = log a). Each head's (dt_bias, A_lo
 g > 0 and a decay a in (0, 1) independently: dt_bias = softplus^-1(g), A = log(a) / g, A_log = log(-A).
 No parameter is added; C, B, x are whatever the student's options make of q, k, v (feature map, RoPE, ...).
 
-Per layer l with TransPoint P_l < T, from the teacher's own input to that layer on calibration windows:
+Per layer l with TransPoint P_l < T, on calibration windows, targets the teacher's per-head attention outputs
+(the input of its o_proj) on the rows t >= P_l:
 
-1. per head and per decay length L of a grid (a = exp(-1/L)): least squares of that head's teacher attention
-   output (the input of o_proj) y ~ g u(a) + D x over the rows t >= P_l, g >= 0 (a negative gain is clamped
-   and D refit); the decay with the lowest error wins;
+1. per head and per decay length L of a grid (a = exp(-1/L)): least squares y ~ g u(a) + D x with g >= 0 (a
+   negative gain is clamped and D refit), the error judged through o_proj (|W_o,h e|, each head alone); the
+   decay with the lowest error wins;
 2. all heads' (g_h, D_h) are refit jointly in the layer's output space, features W_o,h u_h and W_o,h x_h
    against W_o y, with g_h >= 0 by an active set (a gain that comes out negative is fixed at a tiny floor).
 
-Zero is feasible in step 2, so on the calibration windows no layer ends worse than a zero output (relative
+Layers are fitted in order, each on the inputs the student, already calibrated below it, gives it
+(``sequential``; the targets stay the teacher's): a layer learns the map from the inputs it will really see.
+Zero is feasible in step 2, so on the data it is fitted on no layer ends worse than a zero output (relative
 error <= 1). A scan of the whole window from token 0 gives the hybrid's SSM rows t >= P_l, because the
 Memory Converter hands token P_l the scan state of the prefix. Everything reduces to sums over rows of small
-Gram matrices: one teacher forward per window, no gradient.
+Gram matrices: one teacher forward per window, one student forward (sequential), no gradient.
 """
 
 from __future__ import annotations
