@@ -47,6 +47,15 @@ def test_llama_1b_recipe_has_a_quarter_attention_layers():
     assert sum(p == ATTENTION_ONLY for p in tps) == 4 and tps.count(0) == 12
 
 
+def test_calibrate_is_off_by_default_and_overrides_switch_it(smol):
+    assert recipe_from_dict(_raw()).calibrate is None
+    recipe = recipe_from_dict(_raw(), ["calibrate.windows=2"])
+    assert (recipe.calibrate.windows, recipe.calibrate.data, recipe.calibrate.seq_len) == (2, None, None)
+    assert recipe_from_dict(_raw(calibrate={"data": "x.txt"}), ["calibrate=null"]).calibrate is None
+    lines = resolve_plan(recipe, smol.model.config).lines()
+    assert "calibrate: 2 window(s) x 256 tokens of shakespeare (training split), 1 held-out" in lines
+
+
 def test_round_trip_through_yaml(tmp_path):
     recipe = recipe_from_dict(_raw())
     path = tmp_path / "r.yaml"
@@ -73,6 +82,12 @@ def test_round_trip_through_yaml(tmp_path):
     (_raw(stages=[{"name": "logits", "steps": 3, "precision": "fp16"}]), "stages[0].precision", "fp32, bf16"),
     (_raw(stages=[{"name": "matrix", "steps": 3, "trainable": "lora"}]), "stages[0].trainable", "only for the logits"),
     (_raw(stages=[]), "stages", "at least one stage"),
+    (_raw(calibrate={"windows": 0}), "calibrate.windows", "must be >= 1"),
+    (_raw(calibrate={"seq_len": 1}), "calibrate.seq_len", "must be > 1"),
+    (_raw(calibrate={"window": 2}), "calibrate.window", "did you mean 'windows'"),
+    (_raw(calibrate=True), "calibrate", "expected a mapping"),
+    (_raw(calibrate={}, student="runs/s"), "calibrate", "converted on the fly"),
+    (_raw(calibrate={}, ssm={"use_z_gate": True}), "calibrate", "z gate"),
     ({"stages": [{"name": "logits", "steps": 3}]}, "teacher", "missing required key"),
 ])
 def test_bad_recipes_fail_naming_the_key(raw, key, words):
@@ -111,6 +126,8 @@ def test_checks_against_the_real_teacher(smol):
         resolve_plan(recipe_from_dict(_raw(), [f"data.seq_len={too_long}"]), config)
     with pytest.raises(RecipeError, match=r"^transpoints: .*'x'"):
         resolve_plan(recipe_from_dict(_raw(transpoints="cycle=0,x")), config)
+    with pytest.raises(RecipeError, match=r"^calibrate\.seq_len: "):
+        resolve_plan(recipe_from_dict(_raw(calibrate={"seq_len": too_long})), config)
     with pytest.raises(RecipeError, match=r"^stages\[0\]\.loss\.layers: "):
         resolve_plan(recipe_from_dict(_raw(), ["stages.0.loss.layers=[0,30]"]), config)
     plan = resolve_plan(recipe_from_dict(_raw(transpoints="attn=0,10,20;ssm=rest"), ["stages.1.tokens=1000",

@@ -228,6 +228,23 @@ class DataConfig:
 
 
 @dataclass
+class CalibrateConfig:
+    data: str | None = _help("text to calibrate on, its training split: a corpus, file, folder or dataset "
+                             "(default: data.source, split as data.heldout_fraction and seed say, so the held-out "
+                             "windows stay unseen)", None)
+    windows: int | None = _help("calibration windows (default: 4096 tokens' worth of seq_len windows)", None)
+    seq_len: int | None = _help("tokens per calibration window (default: data.seq_len); layers whose TransPoint "
+                                "is not below it keep the plain init", None)
+    heldout_windows: int = _help("held-out windows on which the before/after errors are also measured (0: none)", 1)
+
+    def __post_init__(self):
+        _check(self.data is None or bool(self.data), "data", "must name a data source, or be null for data.source")
+        _check(self.windows is None or self.windows >= 1, "windows", f"must be >= 1, got {self.windows}")
+        _check(self.seq_len is None or self.seq_len > 1, "seq_len", f"must be > 1, got {self.seq_len}")
+        _check(self.heldout_windows >= 0, "heldout_windows", f"must be >= 0, got {self.heldout_windows}")
+
+
+@dataclass
 class Recipe:
     teacher: str = _help("teacher: HF folder, hub id, .gguf file or 'smollm2-135m'")
     stages: list[StageConfig] = _help("the stages, run in order")
@@ -237,6 +254,9 @@ class Recipe:
     student: str | None = _help("an already-converted student folder to start from (default: convert the "
                                 "teacher on the fly)", None)
     ssm: dict[str, Any] = _help("conversion options passed to seed_student (use_z_gate, use_conv, ...)", {})
+    calibrate: CalibrateConfig | None = _help(
+        "calibrated seeding: after converting on the fly, fit each layer's SSM decay, gain and D per head to the "
+        "teacher's attention outputs in closed form (convert.calibrate); null: the plain init", None)
     output_dir: str = _help("where checkpoints, metrics.jsonl and summary.json go", "runs/recipe")
     seed: int = _help("seed for the SSM init, data order, TransPoint sampling and dropout", 0)
     device: Literal["auto", "cpu", "cuda"] = _help("auto: CUDA when available", "auto")
@@ -255,6 +275,11 @@ class Recipe:
             raise RecipeError("max_time", str(err)) from None
         _check(len(self.stages) > 0, "stages", "a recipe needs at least one stage")
         _check(bool(self.transpoints), "transpoints", "a recipe needs a TransPoint spec")
+        _check(self.calibrate is None or not self.student, "calibrate",
+               "calibration applies when the teacher is converted on the fly: drop `student` or set calibrate: null")
+        _check(self.calibrate is None or not self.ssm.get("use_z_gate"), "calibrate",
+               "calibration fits the SSM's output gain, which the z gate's RMSNorm removes: drop ssm.use_z_gate "
+               "or set calibrate: null")
 
     def run_dtype(self, device: str) -> str:
         """The resolved ``dtype`` on ``device`` ("cpu" or "cuda")."""
@@ -426,5 +451,6 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
 
 
-__all__ = ["DataConfig", "parse_duration", "LoraConfig", "LossConfig", "OptimizerConfig", "Recipe", "RecipeError", "ScheduleConfig",
+__all__ = ["CalibrateConfig", "DataConfig", "LoraConfig", "LossConfig", "OptimizerConfig", "Recipe", "RecipeError",
+           "ScheduleConfig", "parse_duration",
            "StageConfig", "apply_overrides", "dump_recipe", "from_dict", "load_recipe", "recipe_from_dict"]

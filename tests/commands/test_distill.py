@@ -81,3 +81,15 @@ def test_distill_fails_before_any_work_on_a_too_long_sequence(tiny_run_recipe, t
                                       "stages.0.seq_len=4096"])
     assert result.exit_code != 0 and "stages[0].seq_len: 4096 is longer than the teacher supports" in result.output
     assert not (tmp_path / "never").exists()
+
+
+def test_distill_with_calibrate_reports_the_calibrated_seed(tiny_run_recipe, tmp_path):
+    out = tmp_path / "calibrated"
+    result = CliRunner().invoke(cli, ["distill", str(tiny_run_recipe), f"output_dir={out}", "calibrate.windows=2"])
+    assert result.exit_code == 0, result.output
+    assert "calibrated seed: mean mixer error" in result.output and "calibration.json" in result.output
+    assert json.loads((out / "calibration.json").read_text())["windows"] == 2
+    bad = CliRunner().invoke(cli, ["distill", str(tiny_run_recipe), f"output_dir={tmp_path / 'bad'}",
+                                   f"calibrate.data={tmp_path / 'missing.txt'}"])
+    assert bad.exit_code != 0 and "calibrate: calibration data" in bad.output and "does not exist" in bad.output
+    assert "Traceback" not in bad.output

@@ -129,3 +129,15 @@ def test_capture_real_teacher_matches_its_forward(smol, real_text):
             out = _attention_output(attn, acts.attn_inputs[layer], acts.position_embeddings, probs)
         assert probs.shape == (1, 9, 96, 96)
         torch.testing.assert_close(out, acts.attn_outputs[layer], atol=2e-4, rtol=1e-3)
+
+
+def test_capture_records_per_head_outputs_when_asked(tiny_teacher):
+    ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(0))
+    acts = capture_teacher(tiny_teacher, ids, [0, 1], heads=True)
+    assert set(acts.head_outputs) == {0, 1} and acts.head_outputs[0].shape == (2, 16, 64)
+    for i in (0, 1):
+        torch.testing.assert_close(tiny_teacher.model.layers[i].self_attn.o_proj(acts.head_outputs[i]),
+                                   acts.attn_outputs[i])
+    assert not capture_teacher(tiny_teacher, ids, [0]).head_outputs
+    for layer in decoder_layers(tiny_teacher):
+        assert not layer.self_attn.o_proj._forward_pre_hooks

@@ -18,6 +18,7 @@ DEMO = Path(__file__).resolve().parents[2] / "recipes" / "smollm2-135m" / "cpu-d
 def test_demo_recipe_shape_lowers_heldout_kl_on_the_real_teacher(smol, tmp_path):
     recipe = load_recipe(DEMO, [
         f"output_dir={tmp_path / 'demo'}", "data.seq_len=64", "data.heldout_windows=2", "data.max_tokens=20000",
+        "calibrate.seq_len=64", "calibrate.windows=2",
         "stages.matrix.steps=2", "stages.matrix.seq_len=64", "stages.matrix.batch_size=1",
         "stages.hidden.steps=2", "stages.hidden.seq_len=64", "stages.hidden.batch_size=1",
         "stages.logits.steps=4", "stages.logits.seq_len=64", "stages.logits.checkpoint_every=0",
@@ -25,6 +26,7 @@ def test_demo_recipe_shape_lowers_heldout_kl_on_the_real_teacher(smol, tmp_path)
     summary = run_recipe(recipe, teacher=smol)
     assert summary["heldout_kl_distilled"] < summary["heldout_kl_seeded"], summary
     assert json.loads((tmp_path / "demo" / "summary.json").read_text()) == summary
+    assert summary["calibration"]["windows"] == 2 and summary["calibration"]["seq_len"] == 64
     rows = read_metrics(tmp_path / "demo")
     assert [(r["stage"], r["step"]) for r in rows] == [("matrix", 1), ("matrix", 2), ("hidden", 1), ("hidden", 2),
                                                        ("logits", 1), ("logits", 2), ("logits", 3), ("logits", 4)]
@@ -53,6 +55,7 @@ def test_teacher_samples_join_the_training_windows_only(smol, tmp_path, monkeypa
     monkeypatch.setattr(tokens_mod, "build_token_dataset", spy)
     recipe = load_recipe(DEMO, [
         f"output_dir={tmp_path / 'selfgen'}", "data.seq_len=32", "data.heldout_windows=1", "data.max_tokens=4000",
+        "calibrate=null",
         "data.teacher_samples=2", "data.teacher_sample_tokens=40", "stages=[{name: logits, steps: 1, batch_size: 1}]",
     ])
     summary = run_recipe(recipe, teacher=smol)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..convert.api import DTYPES, convert as convert_teacher
+from ..convert.calibrate import DEFAULT_CALIBRATION_DATA, calibration_table
 from ..convert.transpoints import describe_transpoints
 
 # Errors a user can cause; anything else is a bug and keeps its traceback.
@@ -28,7 +29,19 @@ USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, PermissionError)
               show_default=True, help="Activation on B and C.")
 @click.option("--c-scale/--no-c-scale", default=False, help="Scale C by 1/sqrt(head_dim), the softmax scale.")
 @click.option("--ssm-rope/--no-ssm-rope", default=False, help="Use RoPE-rotated q, k as C, B.")
-def convert(teacher, out, spec, dtype, force, seed, device, z_gate, conv, feature_map, c_scale, ssm_rope):
+@click.option("--calibrate", "calibrate", is_flag=False, flag_value=DEFAULT_CALIBRATION_DATA, default=None,
+              metavar="[DATA]",
+              help="Fit each layer's SSM (decay, gain, D per head) to the teacher's attention on DATA's training "
+                   f"split (default {DEFAULT_CALIBRATION_DATA}: the shipped corpus): a corpus name, "
+                   ".txt/.jsonl/.parquet file, folder or dataset. Closed form, about a minute for SmolLM2-135M.")
+@click.option("--calibrate-windows", type=click.IntRange(min=1), default=None,
+              help="Calibration windows [default: 4096 tokens' worth, 2 of 2048].")
+@click.option("--calibrate-seq-len", type=click.IntRange(min=2), default=None,
+              help="Tokens per calibration window [default: min(2048, the teacher's context)].")
+@click.option("--calibrate-heldout", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Held-out windows (never fitted) on which the before/after errors are also measured.")
+def convert(teacher, out, spec, dtype, force, seed, device, z_gate, conv, feature_map, c_scale, ssm_rope,
+            calibrate, calibrate_windows, calibrate_seq_len, calibrate_heldout):
     """Convert TEACHER into a TransMamba student saved at OUT (a Hugging Face folder).
 
     TEACHER is a local HF folder, a hub id (org/name), a .gguf file, or `smollm2-135m` (the shipped
@@ -42,11 +55,15 @@ def convert(teacher, out, spec, dtype, force, seed, device, z_gate, conv, featur
       tm-distill convert smollm2-135m runs/teacher-copy --transpoints attn
       tm-distill convert ./Llama-3.2-1B runs/l1b --transpoints "attn=0,8;ssm=rest" --dtype bfloat16
       tm-distill convert model.gguf runs/s --transpoints all=512 --z-gate --conv --force
+      tm-distill convert smollm2-135m runs/c --transpoints cycle=0,32,64,128,256,512,1024,2048 --calibrate
+      tm-distill convert smollm2-135m runs/c --transpoints cycle=0,64,128,256 --calibrate=my_text.txt
     """
     options = dict(use_z_gate=z_gate, use_conv=conv, bc_feature_map=feature_map, ssm_c_scale=c_scale,
                    ssm_rope=ssm_rope)
     try:
-        path = convert_teacher(teacher, out, spec, dtype=dtype, force=force, seed=seed, device=device, **options)
+        path = convert_teacher(teacher, out, spec, dtype=dtype, force=force, seed=seed, device=device,
+                               calibrate=calibrate, calibrate_windows=calibrate_windows,
+                               calibrate_seq_len=calibrate_seq_len, calibrate_heldout=calibrate_heldout, **options)
     except USER_ERRORS as err:
         raise click.ClickException(str(err)) from err
     from ..convert.api import read_metadata  # noqa: PLC0415
@@ -56,4 +73,6 @@ def convert(teacher, out, spec, dtype, force, seed, device, z_gate, conv, featur
     click.echo(f"  teacher:     {meta['teacher']['source']} ({meta['teacher']['model_type']})")
     click.echo(f"  transpoints: {spec} -> {describe_transpoints(meta['transpoints'])}")
     click.echo(f"  dtype:       {dtype}")
+    if meta.get("calibration"):
+        click.echo(calibration_table(meta["calibration"]))
     click.echo(f"next: tm-distill generate {path} --chat --prompt \"Hello!\"   |   tm-distill inspect {path}")

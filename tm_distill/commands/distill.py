@@ -104,5 +104,11 @@ def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool, max_time
         key = {"DataSourceError": "data.source", "TokenDataError": "data", "TransPointSpecError": "transpoints",
                "AutoSpecError": "transpoints"}.get(type(err).__name__, "teacher")
         raise click.ClickException(f"bad recipe {recipe_path}: {key}: {err}") from None
+    calibration = summary.get("calibration")
+    if calibration:
+        m = calibration["means"]
+        held = "" if m["heldout_after"] is None else f" (held-out {m['heldout_before']:.3f} -> {m['heldout_after']:.3f})"
+        click.echo(f"calibrated seed: mean mixer error {m['error_before']:.3f} -> {m['error_after']:.3f}{held}, "
+                   f"{calibration['seconds']:.0f} s; per layer in {recipe.output_dir}/calibration.json")
     click.echo(kl_line(summary))
     click.echo(f"distilled student: {summary['final']}")

@@ -14,6 +14,7 @@ def _mode(p: int, attention_only: int) -> str:
 def render(path: str, contexts: tuple[int, ...], batch_size: int = 1) -> str:
     """The inspect report for the student at ``path`` as text (one table)."""
     from ..convert.api import read_metadata, student_config_from  # noqa: PLC0415
+    from ..convert.calibrate import calibration_table  # noqa: PLC0415
     from ..convert.transpoints import describe_transpoints  # noqa: PLC0415
     from ..models.configuration import ATTENTION_ONLY  # noqa: PLC0415
     from ..models.memory import added_parameters, config_dtype, format_bytes, layer_memory, memory_totals  # noqa: PLC0415
@@ -58,6 +59,9 @@ def render(path: str, contexts: tuple[int, ...], batch_size: int = 1) -> str:
             f"at {n} tokens: student {format_bytes(t['student'])} (KV {format_bytes(t['kv'])} + state "
             f"{format_bytes(t['state'])}) vs teacher KV {format_bytes(t['teacher'])}: {ratio:.2f}x"
         )
+    if cfg.calibration:
+        when = "" if meta.get("stage") == "seeded" else " (of the seed, before distillation)"
+        lines += ["", f"seeded with calibration{when}:", calibration_table(cfg.calibration)]
     return "\n".join(lines)
 
 

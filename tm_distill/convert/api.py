@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from ..atomic import atomic_folder, remove_stale_temps
 from ..models.configuration import TransMambaConfig
+from .calibrate import CalibrationError, calibrate_student, calibration_windows
 from .seed import seed_student
 from .teacher import (SHIPPED_TEACHER, TeacherNotFound, load_teacher, load_weights, parse_device, read_config,
                       resolve_source)
@@ -34,7 +35,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 SSM_OPTIONS = tuple(
     f.name for f in dataclasses.fields(TransMambaConfig)
     if f.name not in {g.name for g in dataclasses.fields(LlamaConfig)}
-    and f.name not in ("transpoints", "transpoint_spec", "teacher", "teacher_model_type", "qkv_bias", "o_bias")
+    and f.name not in ("transpoints", "transpoint_spec", "teacher", "teacher_model_type", "qkv_bias", "o_bias",
+                       "calibration")
 )
 
 
@@ -160,13 +162,22 @@ def convert(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    calibrate: str | None = None,
+    calibrate_windows: int | None = None,
+    calibrate_seq_len: int | None = None,
+    calibrate_heldout: int = 1,
     **ssm_options,
 ) -> Path:
     """Convert a Llama-family teacher into a seeded TransMamba student checkpoint at ``out_dir``.
 
     teacher_source: HF folder, hub id, .gguf file or 'smollm2-135m'. transpoints_spec: see
     ``parse_transpoints``. ssm_options: TransMambaConfig switches (``SSM_OPTIONS``), e.g. use_z_gate=True.
-    Nothing is written unless the whole conversion succeeds.
+    calibrate: a data source (``load_texts``: corpus name, file, folder, dataset) to fit the SSM additions to
+    the teacher's attention on (``convert.calibrate``), or None to keep the plain init. calibrate_windows
+    (default: 4096 tokens' worth) windows of calibrate_seq_len tokens (default min(2048, the teacher's
+    context)) from its training split;
+    calibrate_heldout held-out windows for the before/after errors. Nothing is written unless the whole
+    conversion succeeds.
     """
     check_apart(teacher_source, Path(out_dir))  # before any work
     out = check_output(out_dir, force)
@@ -174,9 +185,12 @@ def convert(
     parse_device(device)
     remove_stale_temps(out)  # what a killed conversion to this path left behind
     check_ssm_options(ssm_options)
+    if calibrate is not None and ssm_options.get("use_z_gate"):
+        raise CalibrationError("calibration fits the SSM's output gain, which the z gate's RMSNorm removes: "
+                               "drop --z-gate or --calibrate")
     gguf = teacher_source == SHIPPED_TEACHER or str(teacher_source).endswith(".gguf")
     desc = "load teacher" + (" (a GGUF is de-quantized once, ~15 s)" if gguf else "")
-    steps = tqdm(total=3, desc=desc, disable=not progress,
+    steps = tqdm(total=3 if calibrate is None else 4, desc=desc, disable=not progress,
                  bar_format="{desc} [{n}/{total}] {elapsed}")
     with steps:
         teacher = load_teacher(teacher_source, dtype=torch_dtype, device=device)  # never a second fp32 copy
@@ -188,6 +202,14 @@ def convert(
             teacher.model, transpoints, transpoints_spec, recorded, seed=seed, dtype=torch_dtype, **ssm_options
         )
         steps.update()
+        record = None
+        if calibrate is not None:
+            steps.set_description(f"calibrate on {calibrate}")
+            seq_len = calibrate_seq_len or min(2048, teacher.model.config.max_position_embeddings)
+            windows, held = calibration_windows(calibrate, teacher.tokenizer, seq_len, calibrate_windows,
+                                                calibrate_heldout)
+            record = calibrate_student(student, teacher.model, windows, heldout=held, data=calibrate)
+            steps.update()
         steps.set_description(f"write {out}")
         metadata = {
             "tool": "tm-distill",
@@ -201,6 +223,7 @@ def convert(
             "dtype": str(torch_dtype).removeprefix("torch."),
             "seed": seed,
             "ssm_options": ssm_options,
+            "calibration": None if record is None else record.to_dict(),
         }
         path = save_student(student, teacher.tokenizer, out, metadata, force=force)
         steps.update()

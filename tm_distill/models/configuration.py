@@ -33,6 +33,8 @@ class TransMambaConfig(LlamaConfig):
     ssm_c_scale: multiply C by 1/sqrt(head_dim), the softmax scale.
     ssm_rope: use RoPE-rotated q, k as C, B.
     ssm_backend: "auto" (mamba-ssm on CUDA when installed, else the PyTorch reference), "torch", "mamba_ssm".
+    calibration: what calibrated seeding fitted and on what data, with the per-layer errors before/after
+        (``tm_distill.convert.calibrate``), or None for a student seeded without calibration.
     """
 
     model_type = "transmamba"
@@ -56,6 +58,7 @@ class TransMambaConfig(LlamaConfig):
     ssm_c_scale: bool = False
     ssm_rope: bool = False
     ssm_backend: str = "auto"
+    calibration: dict | None = None
 
     def __post_init__(self, **kwargs):
         if self.qkv_bias is None:

@@ -35,12 +35,15 @@ class TeacherActivations:
     attn_inputs[l]: (b, t, H) output of layer l's input_layernorm (the attention block's input).
     attn_outputs[l]: (b, t, H) layer l's attention output, before the residual add.
     residuals[l]: (b, t, H) the residual stream entering layer l (only when asked for).
+    head_outputs[l]: (b, t, n_q * d) the input of layer l's o_proj: each head's attention output, before the
+        heads are mixed (only when asked for).
     position_embeddings: (cos, sin), each (1, t, head_dim), the teacher's RoPE for positions 0..t-1.
     """
 
     attn_inputs: dict[int, Tensor] = field(default_factory=dict)
     attn_outputs: dict[int, Tensor] = field(default_factory=dict)
     residuals: dict[int, Tensor] = field(default_factory=dict)
+    head_outputs: dict[int, Tensor] = field(default_factory=dict)
     position_embeddings: tuple[Tensor, Tensor] | None = None
 
 
@@ -71,13 +74,14 @@ def _check_layers(layers: Iterable[int], num_layers: int) -> list[int]:
 @contextlib.contextmanager
 def record_activations(
     model: nn.Module, layers: Iterable[int], *, attention: bool = True, residual: bool = False,
-    stop_after: int | None = None,
+    heads: bool = False, stop_after: int | None = None,
 ) -> Iterator[TeacherActivations]:
     """Hook ``model``'s layers for one block; the hooks are removed on exit, whatever happens.
 
     attention: record attention inputs/outputs of ``layers``; residual: record the residual stream entering
-    them. stop_after: raise ``_StopForward`` once that layer's attention output is recorded (the caller
-    catches it; ``capture_teacher`` does).
+    them; heads: record the per-head attention outputs (the input of o_proj). stop_after: raise
+    ``_StopForward`` once that layer's attention output is recorded (the caller catches it;
+    ``capture_teacher`` does).
     """
     blocks = decoder_layers(model)
     wanted = _check_layers(layers, len(blocks))
@@ -102,15 +106,20 @@ def record_activations(
 
         return hook
 
+    def save_heads(i):
+        return lambda mod, args: acts.head_outputs.__setitem__(i, args[0].detach())
+
     try:
         for i in wanted:
             block = blocks[i]
+            attn = getattr(block, "self_attn", None) or getattr(block, "mixer", None)
             if residual:
                 handles.append(block.register_forward_pre_hook(save_residual(i), with_kwargs=True))
             if attention:
-                attn = getattr(block, "self_attn", None) or getattr(block, "mixer", None)
                 handles.append(block.input_layernorm.register_forward_hook(save_norm(i)))
                 handles.append(attn.register_forward_hook(save_attn(i)))
+            if heads:
+                handles.append(attn.o_proj.register_forward_pre_hook(save_heads(i)))
         yield acts
     finally:
         for handle in handles:
@@ -119,10 +128,11 @@ def record_activations(
 
 @torch.no_grad()
 def capture_teacher(
-    teacher: nn.Module, input_ids: Tensor, layers: Iterable[int], *, residual: bool = False,
+    teacher: nn.Module, input_ids: Tensor, layers: Iterable[int], *, residual: bool = False, heads: bool = False,
     position_ids: Tensor | None = None,
 ) -> TeacherActivations:
-    """Run the frozen teacher once and record layers' attention inputs/outputs (and residuals if asked).
+    """Run the frozen teacher once and record layers' attention inputs/outputs (residuals, per-head outputs
+    if asked).
 
     input_ids: (b, t) on the teacher's device. Stops after the last requested layer's attention.
     position_ids: (b, t) positions inside each packed document (restarting at 0: transformers then masks
@@ -132,7 +142,8 @@ def capture_teacher(
     if not layers:
         raise ValueError("capture_teacher needs at least one layer index")
     stop = None if residual else layers[-1]
-    with record_activations(teacher, layers, attention=True, residual=residual, stop_after=stop) as acts:
+    with record_activations(teacher, layers, attention=True, residual=residual, heads=heads,
+                            stop_after=stop) as acts:
         try:
             teacher.model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
         except _StopForward:

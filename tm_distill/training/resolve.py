@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
+from ..convert.calibrate import default_windows
 from ..convert.teacher import TeacherNotFound, resolve_source
 from ..convert.transpoints import TransPointSpecError, describe_transpoints, parse_transpoints
 from ..recipe import Recipe, RecipeError
@@ -86,6 +87,12 @@ class Plan:
                        f"(min P {min(self.transpoints)})")
         else:
             out.append(f"transpoints: {r.transpoints} (resolved when the run starts)")
+        if r.calibrate is not None:
+            c = r.calibrate
+            seq_len = c.seq_len or r.data.seq_len
+            windows = c.windows or default_windows(seq_len)
+            out.append(f"calibrate: {windows} window(s) x {seq_len} tokens of "
+                       f"{c.data or r.data.source} (training split), {c.heldout_windows} held-out")
         total = 0
         for s in self.stages:
             total += s.tokens
@@ -143,6 +150,10 @@ def resolve_plan(recipe: Recipe, config: PretrainedConfig | None) -> Plan:
     if max_pos is not None and recipe.data.seq_len > max_pos:
         raise RecipeError("data.seq_len", f"{recipe.data.seq_len} is longer than the teacher supports "
                                           f"(max_position_embeddings={max_pos})")
+    calibrate_len = recipe.calibrate and recipe.calibrate.seq_len
+    if max_pos is not None and calibrate_len and calibrate_len > max_pos:
+        raise RecipeError("calibrate.seq_len", f"{calibrate_len} is longer than the teacher supports "
+                                               f"(max_position_embeddings={max_pos})")
     stages = []
     for i, s in enumerate(recipe.stages):
         seq_len = recipe.stage_seq_len(s)

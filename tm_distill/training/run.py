@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_folder, link_or_copy
+from ..atomic import atomic_folder, atomic_write_file, link_or_copy
 from ..recipe import Recipe, RecipeError, dump_recipe, parse_duration
 from .checkpoint import ResumePoint, clean_temp, find_resume_point, read_metadata, stage_dir
 from .data import check_batches, heldout_windows
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 _SEEDED_FILE = "seeded_kl.json"
+_CALIBRATION_FILE = "calibration.json"
 
 
 @torch.no_grad()
@@ -104,6 +105,26 @@ def _teacher_samples(recipe: Recipe, teacher, device) -> list[str]:
                                batch_size=256 if device == "cuda" else 8)
 
 
+def _calibrate(recipe: Recipe, student, teacher, out: Path, write: bool) -> dict:
+    """Calibrated seeding (``recipe.calibrate``) on the recipe's training split; returns the record."""
+    from ..convert.calibrate import CalibrationError, calibrate_student, calibration_table, calibration_windows  # noqa: PLC0415
+
+    cal = recipe.calibrate
+    source = cal.data or recipe.data.source
+    try:
+        windows, held = calibration_windows(
+            source, teacher.tokenizer, cal.seq_len or recipe.data.seq_len, cal.windows, cal.heldout_windows,
+            heldout_fraction=recipe.data.heldout_fraction, seed=recipe.seed, text_field=recipe.data.text_field)
+    except CalibrationError as err:
+        raise RecipeError("calibrate", str(err)) from None
+    record = calibrate_student(student, teacher.model, windows, heldout=held, data=source).to_dict()
+    log.info("calibrated seeding:\n%s", calibration_table(record))
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_file(out / _CALIBRATION_FILE, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+    return record
+
+
 def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, int, float], None] | None = None,
                teacher=None, max_time: float | None = None) -> dict:
     """Distill per ``recipe``; returns the summary (also written to OUTPUT/summary.json).
@@ -176,6 +197,8 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
         else:
             student = seed_student(teacher.model, transpoints, recipe.transpoints, recipe.teacher, seed=recipe.seed,
                                    dtype=torch.float32, **recipe.ssm)
+            if recipe.calibrate is not None:
+                _calibrate(recipe, student, teacher, out, accelerator.is_main_process)
         student.to(device)
     else:
         log.info("resuming from %s (stage %d, step %d)", point.path, point.stage_idx, point.step)
@@ -225,6 +248,8 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
                "heldout_windows": int(heldout.shape[0]), "heldout_seq_len": recipe.data.seq_len,
                "heldout_kl_seeded": seeded_kl, "heldout_kl_distilled": final_kl, "heldout_kl_change_pct": change,
                "stages": [{"name": p.name, "steps": p.steps, "tokens": p.tokens} for p in plan.stages],
+               "calibration": getattr(student.config, "calibration", None) and {
+                   k: student.config.calibration[k] for k in ("data", "windows", "seq_len", "seconds", "means")},
                "final": str(out / "final")}
     if stopped is not None:
         summary["stopped"] = {"reason": stopped.reason, "stage": stopped.stage, "step": stopped.step,
