@@ -33,3 +33,13 @@ def test_compare_smoke_runs_every_row(tmp_path):
     saved = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert saved["models"].keys() == rows.keys()
     assert "| C-full |" in (tmp_path / "cmp" / "results.md").read_text()
+
+
+def test_gpu_cycle_recipe_is_student_c():
+    """The shipped GPU recipe runs exactly student C's stages and data (its device run is row C)."""
+    from pathlib import Path
+
+    gpu = load_recipe(Path(RECIPES).parent / "gpu-cycle.yaml")
+    c = load_recipe(RECIPES / TRAINED["C-full"])
+    assert gpu.stages == c.stages and gpu.data == c.data and gpu.transpoints == c.transpoints
+    assert gpu.calibrate == c.calibrate
