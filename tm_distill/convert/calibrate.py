@@ -347,7 +347,7 @@ def calibrate_layer(
         operands.append((*ssm_operands(mixer, hidden, _positions(student, hidden)), heads))
     metric = head_metric(mixer).to(mixer.q_proj.weight.device) if weighted else None
     best, _, _ = select_decays(_decay_statistics(mixer, operands, p, grid, metric))
-    lengths = grid.double()[best]
+    lengths = grid.double()[best.cpu()]
     gains, skips = fit_gains(*_joint_statistics(mixer, operands, p, lengths), mixer.num_heads)
     apply_fit(mixer, gains, lengths, skips)
     after = _relative(layer_error(student, captured, layer))

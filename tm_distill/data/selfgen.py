@@ -80,9 +80,11 @@ def sample_from_teacher(
     rendered = _render(tokenizer, chosen)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    was_training, side = model.training, tokenizer.padding_side
+    was_training, side, pad_token = model.training, tokenizer.padding_side, tokenizer.pad_token
     model.eval()
     tokenizer.padding_side = "left"  # generation continues from the right end of every row
+    if pad_token is None:  # batches of prompts need padding; a GGUF tokenizer may have no pad token
+        tokenizer.pad_token = tokenizer.eos_token
     out: list[str] = []
     sampling = {"do_sample": True, "temperature": temperature, "top_k": None, "top_p": None} if temperature > 0 \
         else {"do_sample": False}
@@ -106,6 +108,8 @@ def sample_from_teacher(
                 bar.update(len(gen))
     finally:
         tokenizer.padding_side = side
+        if pad_token is None:
+            tokenizer.pad_token = None
         model.train(was_training)
     return out
 
