@@ -95,9 +95,13 @@ def trained_student(row: str, teacher_path: str, out: Path, max_time: str | None
     speed = {}
     for r in rows:
         speed[r["stage"]] = r["tokens_per_s"]  # the last row of each stage: its average over the stage
+    trained = sum(stage_tokens.values())
+    if not curve or curve[-1]["tokens"] < trained:  # a run stopped by max_time: its last point is the summary's
+        curve.append({"tokens": trained, "stage": rows[-1]["stage"] if rows else "seed",
+                      "heldout_kl": summary["heldout_kl_distilled"]})
     info = {"summary": summary, "kl_curve": [{"tokens": 0, "stage": "seed",
                                               "heldout_kl": summary["heldout_kl_seeded"]}] + curve,
-            "tokens_per_s": speed, "tokens_trained": sum(stage_tokens.values()),
+            "tokens_per_s": speed, "tokens_trained": trained,
             "recipe": (RECIPES / ROWS[row]).relative_to(ROOT).as_posix()}
     return Path(summary["final"]), info
 
