@@ -81,3 +81,29 @@ def test_cli_max_time_exits_nonzero_with_the_resume_command(tiny_recipe, tmp_pat
     assert "max_time" in result.output and f"tm-distill distill {path} --resume" in result.output
     bad = CliRunner().invoke(cli, ["distill", str(path), "--max-time", "soon"])
     assert bad.exit_code != 0 and "--max-time" in bad.output and "Traceback" not in bad.output
+
+
+def test_run_dtype_and_fp32_master_weights(tiny_recipe):
+    """Item 9 of the reliability issue: weights load in the run's dtype; only trained ones stay fp32."""
+    import torch
+
+    from tm_distill.convert import seed_student
+    from tm_distill.stages import select_parameters
+    from tm_distill.stages.base import freeze_except
+    from tm_distill.training.loop import set_param_dtypes
+
+    raw = tiny_recipe(steps=1, precision="bf16")
+    recipe = recipe_from_dict(raw)
+    assert recipe.run_dtype("cuda") == "bfloat16" and recipe.run_dtype("cpu") == "float32"
+    assert recipe_from_dict(raw, ["dtype=float32"]).run_dtype("cuda") == "float32"
+    assert recipe_from_dict(tiny_recipe(steps=1)).run_dtype("cuda") == "float32"  # an fp32 stage keeps fp32
+
+    from tests.conftest import tiny_llama
+
+    student = seed_student(tiny_llama(), [0, 4, 8], seed=0, dtype=torch.float32)
+    freeze_except(student, select_parameters(student, "ssm"))
+    set_param_dtypes(student, torch.bfloat16)
+    for name, p in student.named_parameters():
+        assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), name
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(student(torch.randint(0, 97, (1, 12))).logits).all()
