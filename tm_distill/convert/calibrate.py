@@ -135,12 +135,7 @@ def gain_decay_parameters(gains: Tensor, decay_lengths: Tensor) -> tuple[Tensor,
 
 def ssm_operands(mixer, hidden: Tensor, position_embeddings) -> tuple[Tensor, Tensor, Tensor]:
     """The student's SSM operands for ``hidden`` (b, t, H): x (b, t, nq, d), B (b, t, nkv, n), C (b, t, nq, n)."""
-    b, t, _ = hidden.shape
-    nq, nkv, d = mixer.num_heads, mixer.num_kv_heads, mixer.head_dim
-    q = mixer.q_proj(hidden).view(b, t, nq, d)
-    k = mixer.k_proj(hidden).view(b, t, nkv, d)
-    v = mixer.v_proj(hidden).view(b, t, nkv, d)
-    x, _, _, B, C = mixer.ssm_inputs(hidden, q, k, v, position_embeddings)
+    x, _, _, B, C = mixer.ssm_inputs(hidden, *mixer.project(hidden), position_embeddings)
     return x, B, C
 
 
@@ -167,14 +162,8 @@ def ssm_rows(mixer, hidden: Tensor, position_embeddings, start: int) -> Tensor:
     hidden: (b, t, H). Equals the hybrid mixer's rows >= P for start = P (Memory Converter). (b, t - start, H).
     """
     b, t, _ = hidden.shape
-    nq, nkv, d = mixer.num_heads, mixer.num_kv_heads, mixer.head_dim
-    q = mixer.q_proj(hidden).view(b, t, nq, d)
-    k = mixer.k_proj(hidden).view(b, t, nkv, d)
-    v = mixer.v_proj(hidden).view(b, t, nkv, d)
-    x, dt, A, B, C = mixer.ssm_inputs(hidden, q, k, v, position_embeddings)
-    cfg = mixer.config
-    y = ssd_scan(x, dt, A, B, C, cfg.ssm_chunk_size, D=mixer.D, backend=cfg.ssm_backend)[:, start:]
-    return mixer.o_proj(y.reshape(b, t - start, nq * d))
+    y = mixer.ssm_full(hidden, *mixer.project(hidden), position_embeddings, start=start)
+    return mixer.o_proj(y.reshape(b, t - start, -1))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -236,12 +236,8 @@ def teacher_attention_matrix(
 def ssm_matrix_inputs(mixer: nn.Module, hidden: Tensor, position_embeddings: tuple[Tensor, Tensor],
                       heads: slice | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The mixer's C, B (b, h, t, n), dt and log-decay A dt (b, h, t), fp32 and differentiable."""
-    b, t, _ = hidden.shape
-    nq, nkv, d = mixer.num_heads, mixer.num_kv_heads, mixer.head_dim
-    q = mixer.q_proj(hidden).view(b, t, nq, d)
-    k = mixer.k_proj(hidden).view(b, t, nkv, d)
-    v = mixer.v_proj(hidden).view(b, t, nkv, d)
-    _, dt, A, B, C = mixer.ssm_inputs(hidden, q, k, v, position_embeddings)
+    nq, nkv = mixer.num_heads, mixer.num_kv_heads
+    _, dt, A, B, C = mixer.ssm_inputs(hidden, *mixer.project(hidden), position_embeddings)
     hs = _heads(heads, nq)
     kv_of_q = torch.arange(nq, device=hidden.device)[hs] // (nq // nkv)
     C = C[:, :, hs].float().transpose(1, 2)
