@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from tests.commands.test_convert import error_line, run
 from tests.training.conftest import tiny_smol_teacher
-from tm_distill.cli import cli
 from tm_distill.convert import parse_transpoints, seed_student
-
-
-def run(*args):
-    return CliRunner().invoke(cli, list(args))
-
-
-def error_line(result) -> str:
-    return re.split(r"[\r\n]+", result.output.strip())[-1]
 
 
 @pytest.fixture(scope="module")

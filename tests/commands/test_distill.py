@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 import tm_distill  # noqa: F401
 from tm_distill.cli import cli
@@ -18,18 +17,8 @@ DEMO = Path(__file__).resolve().parents[2] / "recipes" / "smollm2-135m" / "cpu-d
 
 
 @pytest.fixture(scope="module")
-def tiny_run_recipe(smol, shakespeare_files, tmp_path_factory):
-    """A recipe file for a tiny random Llama teacher (SmolLM2's tokenizer) on a few kB of real text."""
-    root = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(smol.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(root / "teacher")
-    smol.tokenizer.save_pretrained(root / "teacher")
-    (root / "text").mkdir()
-    for i, f in enumerate(shakespeare_files[:5]):
-        (root / "text" / f"{i}.txt").write_text(f.read_text()[:5000])
+def tiny_run_recipe(root):
+    """A recipe file for the tiny random Llama teacher (SmolLM2's tokenizer) on a few kB of real text."""
     recipe = {"name": "tiny-cli", "teacher": str(root / "teacher"), "transpoints": "cycle=0,8", "device": "cpu",
               "output_dir": str(root / "out"),
               "data": {"source": str(root / "text"), "seq_len": 32, "heldout_fraction": 0.2, "heldout_windows": 4},
