@@ -2,8 +2,9 @@
 
 ``train_stage`` = ``build_optimizer`` → for each step: ``step_transpoints`` → ``train_step`` (``grad_accum``
 micro-batches through ``stage.loss`` under autocast, bf16 when the stage asks for it; all-reduce; clip) →
-``maybe_checkpoint`` → ``stop_requested``. A step reads its loss, gradient norm and metrics back from the GPU
-in one transfer, after the backward passes are queued: no host synchronisation per layer or micro-batch.
+``maybe_checkpoint`` → ``run.stop.reason()``. A step reads its loss and gradient norm back from the GPU in one
+transfer after the backward passes are queued, and a stage reads its metrics once per micro-batch: no host
+synchronisation per layer.
 
 A non-finite loss or gradient stops with ``TrainingDiverged`` before the optimizer steps, so no bad update
 is ever made or saved. A stop requested from outside (SIGTERM/SIGINT, or the run's ``max_time``) finishes
