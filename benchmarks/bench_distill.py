@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tm_distill.convert import load_teacher, parse_transpoints, seed_student  # noqa: E402
 from tm_distill.recipe import StageConfig, from_dict  # noqa: E402
 from tm_distill.stages import get_stage_class  # noqa: E402
+from tm_distill.training.distributed import Replicated  # noqa: E402
 from tm_distill.training.loop import StageRun, set_param_dtypes, step_transpoints, train_step  # noqa: E402
 
 SHAPES = {  # Llama shapes with random weights (when no --teacher file is given)
@@ -180,6 +181,7 @@ def bench_stage(name: str, teacher, windows, spec: str, args, device: str) -> di
         set_param_dtypes(stage.student, next(teacher.parameters()).dtype)
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     run = StageRun(0, cfg, windows, tps, 0, "/tmp/bench-distill")
+    par = Replicated(stage, _Accel(device))
     seq_len = windows.shape[1]
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -195,7 +197,7 @@ def bench_stage(name: str, teacher, windows, spec: str, args, device: str) -> di
             loss.backward()
             torch.stack([loss.detach(), torch.nn.utils.clip_grad_norm_(params, 1.0)]).tolist()
         else:
-            train_step(stage, run, rows.to(device), None, step_transpoints(run, i, seq_len), _Accel(device), params,
+            train_step(par, run, rows.to(device), None, step_transpoints(run, i, seq_len), _Accel(device), params,
                        i)
         optimizer.step()
 

@@ -245,6 +245,18 @@ class CalibrateConfig:
 
 
 @dataclass
+class DistributedConfig:
+    strategy: Literal["ddp", "fsdp"] = _help(
+        "with several processes (`accelerate launch`): ddp replicates the student and averages gradients; fsdp "
+        "shards its weights, gradients and optimizer state (torch FSDP2). One process ignores it", "ddp")
+    teacher: Literal["replicate", "shard"] = _help(
+        "the frozen teacher whole in every process, or its decoder layers sharded (fsdp's memory for a big "
+        "teacher, one all-gather per layer per forward)", "replicate")
+    reshard_after_forward: bool = _help("fsdp: free each layer's gathered weights after its forward (less memory) "
+                                        "or keep them for the backward (one all-gather fewer)", True)
+
+
+@dataclass
 class Recipe:
     teacher: str = _help("teacher: HF folder, hub id, .gguf file or 'smollm2-135m'")
     stages: list[StageConfig] = _help("the stages, run in order")
@@ -264,6 +276,8 @@ class Recipe:
     dtype: Literal["auto", "float32", "bfloat16"] = _help(
         "dtype of the teacher and of the student's frozen weights (trainable ones stay fp32 for the optimizer); "
         "auto: bfloat16 on CUDA when every stage's precision is bf16, else float32", "auto")
+    distributed: DistributedConfig = _help("how several processes share the work (see docs/recipes.md)",
+                                           DistributedConfig)
     max_time: str | None = _help("wall-clock budget of one `distill` call (e.g. 8m, 1h30m): at the end the run "
                                  "checkpoints and stops, leaving final/ when it is in the last stage", None)
 
@@ -451,6 +465,6 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
 
 
-__all__ = ["CalibrateConfig", "DataConfig", "LoraConfig", "LossConfig", "OptimizerConfig", "Recipe", "RecipeError",
-           "ScheduleConfig", "parse_duration",
+__all__ = ["CalibrateConfig", "DataConfig", "DistributedConfig", "LoraConfig", "LossConfig", "OptimizerConfig",
+           "Recipe", "RecipeError", "ScheduleConfig", "parse_duration",
            "StageConfig", "apply_overrides", "dump_recipe", "from_dict", "load_recipe", "recipe_from_dict"]

@@ -38,6 +38,9 @@ class Stage:
     """
 
     name: ClassVar[str] = "base"
+    # FSDP (training.distributed): True when ``loss`` runs the student's decoder layers through their forward,
+    # so each layer can be its own unit, gathered only while it runs; False gathers the whole student per step
+    shard_layers: ClassVar[bool] = False
 
     def __init__(self, cfg: StageConfig, student: TransMambaForCausalLM, teacher: PreTrainedModel):
         self.cfg = cfg

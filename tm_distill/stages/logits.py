@@ -16,6 +16,7 @@ import logging
 import torch
 
 from ..losses import chunked_ce_loss, fused_distill_loss
+from ..models.tensors import attribute_state
 from .base import Stage, freeze_except, select_parameters
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 class LogitsStage(Stage):
     name = "logits"
+    shard_layers = True
 
     def __init__(self, cfg, student, teacher):
         super().__init__(cfg, student, teacher)
@@ -121,7 +123,7 @@ def _merged_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             out[f"{mod_name}.weight"] = weight
             if getattr(base, "bias", None) is not None:
                 out[f"{mod_name}.bias"] = base.bias.detach().clone()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in attribute_state(model).items():  # not state_dict(): FSDP's gathered weights are plain here
         if "lora_" in name or ".base_layer." in name:
             continue
         out[name] = tensor.detach()

@@ -21,20 +21,23 @@ def nonfinite(tensors) -> list[str]:
 
 
 @torch.no_grad()
-def unsound(stage, micro: torch.Tensor | None, transpoints: list[int], autocast, accelerator) -> str | None:
-    """Why the student must not be saved now, or None. micro: (batch, seqlen) tokens the loss is recomputed on
-    (None: weights only). The RNG is left as it was, so checking does not change what training draws next."""
+def unsound(par, micro: torch.Tensor | None, transpoints: list[int], autocast, accelerator) -> str | None:
+    """Why the student must not be saved now, or None (every process calls it; each checks its own shard).
+
+    par: the stage's placement (``distributed.Replicated`` or ``FullyShardedStage``); micro: (batch, seqlen)
+    tokens the loss is recomputed on (None: weights only). The RNG is left as it was, so checking does not
+    change what training draws next."""
     from ..stages.base import use_transpoints  # noqa: PLC0415
 
     problem = None
-    bad = nonfinite(stage.student.named_parameters())
+    bad = nonfinite(par.local_parameters())
     if bad:
         problem = f"{len(bad)} weight tensor(s) are not finite after the update (e.g. {bad[0]})"
     elif micro is not None:
         device = micro.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            with use_transpoints(stage.student, transpoints), autocast:
-                loss, _ = stage.loss(micro)
+            with use_transpoints(par.stage.student, transpoints), autocast:
+                loss, _ = par.loss(micro)
         if not torch.isfinite(loss):
             problem = f"the updated weights give a loss of {float(loss)}"
     flag = torch.tensor([0.0 if problem is None else 1.0], device=accelerator.device)

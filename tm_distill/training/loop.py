@@ -18,9 +18,10 @@ A checkpoint is written only from finite weights that give a finite loss (``heal
 ``--resume`` with a lower lr after a divergence starts from weights that work.
 
 Multi-GPU: ``accelerate launch -m tm_distill.cli distill RECIPE.yaml`` starts one process per GPU. Each
-process takes its own rows of every step's batch (the data order depends only on seed and step), and
-gradients are averaged across processes before clipping (data parallel, DDP semantics, no model wrapper:
-the stages call the student directly). FSDP is not supported yet. Only the main process writes files.
+process takes its own rows of every step's batch (the data order depends only on seed and step). With
+``distributed.strategy: ddp`` every process holds the student and gradients are averaged before clipping;
+with ``fsdp`` the student's weights, gradients and optimizer state are sharded (``training.distributed``).
+The logged loss is the global batch's. Only the main process writes files.
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ from tqdm.auto import tqdm
 
 from ..data.tokens import document_positions, iterate_batches
 from ..models.configuration import ATTENTION_ONLY
+from ..models.tensors import attribute_state
+from ..recipe import DistributedConfig, RecipeError
 from ..stages.base import Stage, use_transpoints
 from .checkpoint import capture_rng, drop_superseded, prune, restore_rng, save_checkpoint, stage_dir
+from .distributed import Replicated, parallel_for, total_norm
 from .health import stop_message, unsound
 from .metrics import MetricsWriter
 from .resume_check import apply_peak_lr
@@ -126,12 +130,7 @@ def step_transpoints(run: StageRun, step: int, seq_len: int) -> list[int]:
 
 def _module_state(student) -> dict[str, torch.Tensor]:
     """Tensors save_pretrained does not capture as-is (LoRA adapters and their base layers)."""
-    return {k: v.detach().clone() for k, v in student.state_dict().items() if ".lora_" in k or ".base_layer." in k}
-
-
-def _grad_norm(params) -> torch.Tensor:
-    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-    return torch.stack(grads).norm() if grads else torch.zeros(())
+    return {k: v.clone() for k, v in attribute_state(student).items() if ".lora_" in k or ".base_layer." in k}
 
 
 def set_param_dtypes(model: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -142,19 +141,14 @@ def set_param_dtypes(model: torch.nn.Module, dtype: torch.dtype) -> None:
             param.data = param.data.to(want)
 
 
-def build_optimizer(cfg, params: list[torch.nn.Parameter], total: int, resume_state: dict | None = None):
-    """AdamW + warmup/decay schedule for ``params``; restored from ``resume_state``. Returns (opt, sched, start)."""
+def build_optimizer(cfg, params: list[torch.nn.Parameter], total: int):
+    """AdamW + warmup/decay schedule for ``params``. Returns (optimizer, scheduler, 0)."""
     optimizer = torch.optim.AdamW(params, lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas),
                                   eps=cfg.optimizer.eps, weight_decay=cfg.optimizer.weight_decay)
     warmup = cfg.warmup(total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup, cfg.schedule.kind, cfg.schedule.min_lr_ratio))
-    if resume_state is None:
-        return optimizer, scheduler, 0
-    optimizer.load_state_dict(resume_state["optimizer"])
-    scheduler.load_state_dict(resume_state["scheduler"])
-    restore_rng(resume_state["rng"])
-    return optimizer, scheduler, int(resume_state["step"])
+    return optimizer, scheduler, 0
 
 
 def _positions(doc_ids: torch.Tensor | None, device) -> torch.Tensor | None:
@@ -164,12 +158,14 @@ def _positions(doc_ids: torch.Tensor | None, device) -> torch.Tensor | None:
     return document_positions(doc_ids).to(device)
 
 
-def train_step(stage: Stage, run: StageRun, rows: torch.Tensor, doc_ids: torch.Tensor | None, tps: list[int],
+def train_step(par: Replicated, run: StageRun, rows: torch.Tensor, doc_ids: torch.Tensor | None, tps: list[int],
                accelerator, params: list[torch.nn.Parameter], step: int) -> StepResult:
-    """Forward/backward of ``grad_accum`` micro-batches, all-reduce, clip; gradients left in ``params``.
+    """Forward/backward of ``grad_accum`` micro-batches, gradient sync across processes, clip.
 
-    rows: (per_rank, seq_len) token ids on the device; doc_ids: the same rows' document ids (CPU) or None.
-    Raises TrainingDiverged (before any update) on a non-finite loss or gradient.
+    par: where the student lives (``distributed.Replicated`` or ``FullyShardedStage``); rows: (per_rank,
+    seq_len) token ids on the device; doc_ids: the same rows' document ids (CPU) or None. The loss and metrics
+    returned are the mean over every process's rows. Raises TrainingDiverged (before any update) on a
+    non-finite loss or gradient.
     """
     cfg = run.cfg
     device = rows.device
@@ -178,22 +174,20 @@ def train_step(stage: Stage, run: StageRun, rows: torch.Tensor, doc_ids: torch.T
     extra: dict[str, float] = {}
     doc_parts = doc_ids.split(cfg.batch_size) if doc_ids is not None else [None] * math.ceil(len(rows) / cfg.batch_size)
     for micro, docs in zip(rows.split(cfg.batch_size), doc_parts):
-        with use_transpoints(stage.student, tps), autocast:
-            positions = _positions(docs, device)
-            loss, mets = stage.loss(micro) if positions is None else stage.loss(micro, positions)
+        with use_transpoints(par.stage.student, tps), autocast:
+            loss, mets = par.loss(micro, _positions(docs, device))
         accelerator.backward(loss / cfg.grad_accum)
         loss_sum = loss_sum + loss.detach().float() / cfg.grad_accum
         for k, v in mets.items():
             extra[k] = extra.get(k, 0.0) + v / cfg.grad_accum
-    if accelerator.num_processes > 1:
-        for p in params:
-            if p.grad is not None:
-                p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
-    if cfg.max_grad_norm is not None:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-    else:
-        grad_norm = _grad_norm(params)
-    loss_value, norm_value = torch.stack([loss_sum, grad_norm.float().to(device)]).tolist()
+    par.sync_gradients(params)
+    grad_norm = total_norm(params, cfg.max_grad_norm).float().to(device)
+    if accelerator.num_processes > 1:  # the logged numbers are the global batch's, as with one process
+        loss_sum = accelerator.reduce(loss_sum, reduction="mean")
+        if extra:
+            means = accelerator.reduce(torch.tensor(list(extra.values()), device=device), reduction="mean")
+            extra = dict(zip(extra, means.tolist()))
+    loss_value, norm_value = torch.stack([loss_sum, grad_norm]).tolist()
     for what, value in (("loss", loss_value), ("gradient norm", norm_value)):
         if not math.isfinite(value):
             raise TrainingDiverged(stop_message(run.output_dir, run.stage_idx, cfg.name, step + 1,
@@ -201,121 +195,178 @@ def train_step(stage: Stage, run: StageRun, rows: torch.Tensor, doc_ids: torch.T
     return StepResult(loss_value, norm_value, extra, micro)
 
 
-def _training_state(run: StageRun, student, optimizer, scheduler, done: int) -> dict:
+def _training_state(run: StageRun, par: Replicated, optimizer_state: dict, scheduler, done: int) -> dict:
+    """What ``--resume`` needs; under FSDP, call it with the weights gathered (for the LoRA adapters)."""
     return {"stage_idx": run.stage_idx, "stage": run.cfg.name, "step": done, "data_position": done,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": capture_rng(),
-            "module_state": _module_state(student)}
+            "optimizer": optimizer_state, "optimizer_keys": "names" if par.sharded else "ids",
+            "scheduler": scheduler.state_dict(), "rng": capture_rng(), "module_state": _module_state(par.stage.student)}
 
 
 def _autocast(run: StageRun, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=run.cfg.precision == "bf16")
 
 
-def check_sound(stage: Stage, run: StageRun, accelerator, result: StepResult, tps: list[int], step: int) -> None:
+def check_sound(par: Replicated, run: StageRun, accelerator, result: StepResult, tps: list[int], step: int) -> None:
     """Raise TrainingDiverged when the updated student must not be saved (``health.unsound``)."""
     device = accelerator.device
-    if problem := unsound(stage, result.last_micro, tps, _autocast(run, device), accelerator):
+    if problem := unsound(par, result.last_micro, tps, _autocast(run, device), accelerator):
         raise TrainingDiverged(stop_message(run.output_dir, run.stage_idx, run.cfg.name, step, problem))
 
 
-def maybe_checkpoint(stage: Stage, run: StageRun, accelerator, optimizer, scheduler, done: int, total: int,
+def maybe_checkpoint(par: Replicated, run: StageRun, accelerator, optimizer, scheduler, done: int, total: int,
                      row: dict, result: StepResult, tps: list[int], force: bool = False) -> Path | None:
-    """Save ``step-<done>`` at the stage's cadence (or when ``force``) from sound weights only; returns its path."""
+    """Save ``step-<done>`` at the stage's cadence (or when ``force``) from sound weights only; returns its path.
+
+    Every process takes part (the checks and, under FSDP, the gathering); the main process writes.
+    """
     cfg = run.cfg
     if not force and not (cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total):
         return None
-    check_sound(stage, run, accelerator, result, tps, done)
+    check_sound(par, run, accelerator, result, tps, done)
     folder = stage_dir(run.output_dir, run.stage_idx, cfg.name)
     dest = folder / f"step-{done}"
-    if accelerator.is_main_process:
-        _save(stage, dest, run, _training_state(run, stage.student, optimizer, scheduler, done), row)
-        prune(folder, cfg.keep_last)
-        drop_superseded(run.output_dir, run.stage_idx)
+    optimizer_state = par.optimizer_state(optimizer)  # a collective under FSDP, on the sharded parameters
+    with par.gathered():
+        state = _training_state(run, par, optimizer_state, scheduler, done)
+        if accelerator.is_main_process:
+            _save(par, dest, run, state, row)
+            prune(folder, cfg.keep_last)
+            drop_superseded(run.output_dir, run.stage_idx)
     accelerator.wait_for_everyone()
     return dest
 
 
-def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter,
-                resume_state: dict | None = None) -> dict:
-    """Train ``stage`` for its budget, save OUTPUT/<idx>-<stage>/final/, return the last step's metrics.
+@dataclass
+class _Trainer:
+    """One stage's training state between steps (what ``prepare_stage`` builds)."""
 
-    resume_state: the training_state.pt of a mid-stage checkpoint of this stage (continues exactly).
-    Raises TrainingStopped after a checkpoint when ``run.stop`` asks for a stop.
-    """
+    par: Replicated
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    start: int
+    total: int
+
+
+def prepare_stage(stage: Stage, run: StageRun, accelerator, resume_state: dict | None, distributed) -> _Trainer:
+    """Trainable set and dtypes, LoRA state of a resumed run, placement over the processes, optimizer."""
     cfg, student = run.cfg, stage.student
-    seq_len = int(run.train.shape[1])
-    total = cfg.total_steps(seq_len)
-    params = [p for _, p in stage.trainable_parameters()]
+    total = cfg.total_steps(int(run.train.shape[1]))
+    stage.trainable_parameters()  # sets requires_grad, which set_param_dtypes and sharding read
     set_param_dtypes(student, run.param_dtype)
     if resume_state is not None and resume_state.get("module_state"):
         student.load_state_dict(resume_state["module_state"], strict=False)
-    optimizer, scheduler, start = build_optimizer(cfg, params, total, resume_state)
+    par = parallel_for(stage, accelerator, distributed or DistributedConfig())
+    params = par.parameters()
+    optimizer, scheduler, start = build_optimizer(cfg, params, total)
     if resume_state is not None:
+        if resume_state.get("optimizer_keys", "ids") != ("names" if par.sharded else "ids"):
+            raise RecipeError("distributed.strategy", f"the checkpoint in {run.output_dir} holds optimizer state of "
+                                                      "another strategy: resume with the strategy that wrote it")
+        par.load_optimizer_state(optimizer, resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        restore_rng(resume_state["rng"])
+        start = int(resume_state["step"])
         apply_peak_lr(optimizer, scheduler, cfg.optimizer.lr)  # a resume may lower it (after a divergence)
         log.info("stage %d (%s): resuming at step %d of %d", run.stage_idx, cfg.name, start, total)
     student.train()
+    return _Trainer(par, params, optimizer, scheduler, start, total)
+
+
+def _step_row(run: StageRun, result: StepResult, lr: float, done: int, start: int, tokens_per_step: int,
+              elapsed: float, tps: list[int]) -> dict:
+    return {"stage": run.cfg.name, "stage_idx": run.stage_idx, "step": done, "loss": result.loss, "lr": lr,
+            "grad_norm": result.grad_norm, "tokens_per_s": (done - start) * tokens_per_step / max(elapsed, 1e-9),
+            "stage_tokens": done * tokens_per_step, "min_transpoint": min(tps), **result.metrics}
+
+
+def _batches(run: StageRun, per_step: int, start: int, total: int):
+    """(step, rows, doc_ids or None) for steps start..total-1; the order depends only on seed and stage."""
+    order_seed = run.seed + 1000 * run.stage_idx
+    batches = iterate_batches(run.train, per_step, seed=order_seed, start_step=start, num_steps=total)
+    docs = (iterate_batches(run.doc_ids, per_step, seed=order_seed, start_step=start, num_steps=total)
+            if run.doc_ids is not None else None)
+    for step, rows in batches:
+        yield step, rows, (next(docs)[1] if docs is not None else None)
+
+
+def train_stage(stage: Stage, run: StageRun, accelerator, metrics: MetricsWriter,
+                resume_state: dict | None = None, distributed=None) -> dict:
+    """Train ``stage`` for its budget, save OUTPUT/<idx>-<stage>/final/, return the last step's metrics.
+
+    resume_state: the training_state.pt of a mid-stage checkpoint of this stage (continues exactly).
+    distributed: the recipe's ``DistributedConfig`` (None: ddp). Afterwards ``stage.student`` is the trained,
+    plain (unsharded) student. Raises TrainingStopped after a checkpoint when ``run.stop`` asks for a stop.
+    """
+    cfg = run.cfg
+    seq_len = int(run.train.shape[1])
+    tr = prepare_stage(stage, run, accelerator, resume_state, distributed)
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = cfg.batch_size * cfg.grad_accum
-    order_seed = run.seed + 1000 * run.stage_idx
-    batches = iterate_batches(run.train, per_rank * world, seed=order_seed, start_step=start, num_steps=total)
-    doc_batches = (iterate_batches(run.doc_ids, per_rank * world, seed=order_seed, start_step=start, num_steps=total)
-                   if run.doc_ids is not None else None)
-    bar = tqdm(total=total, initial=start, desc=f"{run.stage_idx}-{cfg.name}", unit="step",
+    bar = tqdm(total=tr.total, initial=tr.start, desc=f"{run.stage_idx}-{cfg.name}", unit="step",
                disable=not accelerator.is_main_process, dynamic_ncols=True)
     row: dict = {}
     t_start = time.perf_counter()
-    for step, rows in batches:
-        docs = next(doc_batches)[1] if doc_batches is not None else None
+    for step, rows, docs in _batches(run, per_rank * world, tr.start, tr.total):
         mine = slice(rank * per_rank, (rank + 1) * per_rank)
         tps = step_transpoints(run, step, seq_len)
-        optimizer.zero_grad(set_to_none=True)
-        result = train_step(stage, run, rows[mine].to(accelerator.device), None if docs is None else docs[mine],
-                            tps, accelerator, params, step)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+        result = train_step(tr.par, run, rows[mine].to(accelerator.device), None if docs is None else docs[mine],
+                            tps, accelerator, tr.params, step)
+        lr = tr.optimizer.param_groups[0]["lr"]
+        tr.optimizer.step()
+        tr.scheduler.step()
         done = step + 1
-        elapsed = time.perf_counter() - t_start
-        tok_s = (done - start) * per_rank * world * seq_len / max(elapsed, 1e-9)
-        row = {"stage": cfg.name, "stage_idx": run.stage_idx, "step": done, "loss": result.loss, "lr": lr,
-               "grad_norm": result.grad_norm, "tokens_per_s": tok_s, "stage_tokens": done * per_rank * world * seq_len,
-               "min_transpoint": min(tps), **result.metrics}
-        evaluated = run.evaluate is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == total)
-        if evaluated:
-            row.update(run.evaluate())
-            student.train()
-        if evaluated or done % cfg.log_every == 0 or done == total:
-            metrics.write(row, global_step=done)
+        row = _step_row(run, result, lr, done, tr.start, per_rank * world * seq_len, time.perf_counter() - t_start, tps)
+        _log_step(tr, run, metrics, row, done)
         bar.update(1)
-        bar.set_postfix(loss=f"{result.loss:.4g}", tok_s=f"{tok_s:.0f}")
-        maybe_checkpoint(stage, run, accelerator, optimizer, scheduler, done, total, row, result, tps)
+        bar.set_postfix(loss=f"{result.loss:.4g}", tok_s=f"{row['tokens_per_s']:.0f}")
+        maybe_checkpoint(tr.par, run, accelerator, tr.optimizer, tr.scheduler, done, tr.total, row, result, tps)
         if run.on_step is not None:
             run.on_step(run.stage_idx, done, result.loss)
         reason = run.stop.reason() if run.stop is not None else None
-        if reason is not None and done < total:
+        if reason is not None and done < tr.total:
             bar.close()
-            path = maybe_checkpoint(stage, run, accelerator, optimizer, scheduler, done, total, row, result, tps,
-                                    force=True)
+            path = maybe_checkpoint(tr.par, run, accelerator, tr.optimizer, tr.scheduler, done, tr.total, row, result,
+                                    tps, force=True)
             raise TrainingStopped(reason, run.stage_idx, cfg.name, done, path)
     bar.close()
     if row:
-        check_sound(stage, run, accelerator, result, tps, total)
-    stage.finalize()
-    student.eval()
+        check_sound(tr.par, run, accelerator, result, tps, tr.total)
+    return _finish_stage(tr.par, run, accelerator, row, tr.total)
+
+
+def _log_step(tr: _Trainer, run: StageRun, metrics: MetricsWriter, row: dict, done: int) -> None:
+    """Write the step's metrics row at the stage's cadence, with the held-out numbers every ``eval_every``."""
+    cfg = run.cfg
+    evaluated = run.evaluate is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == tr.total)
+    if evaluated:
+        with tr.par.gathered():
+            row.update(run.evaluate())
+        tr.par.stage.student.train()
+    if evaluated or done % cfg.log_every == 0 or done == tr.total:
+        metrics.write(row, global_step=done)
+
+
+def _finish_stage(par: Replicated, run: StageRun, accelerator, row: dict, total: int) -> dict:
+    """Finalize (merge LoRA; under FSDP, rebuild the plain student) and save OUTPUT/<idx>-<stage>/final."""
+    par.finish()
+    stage = par.stage
+    stage.student.eval()
     if accelerator.is_main_process:
-        final_state = {"stage_idx": run.stage_idx, "stage": cfg.name, "step": total, "done": True}
-        _save(stage, stage_dir(run.output_dir, run.stage_idx, cfg.name) / "final", run, final_state, row)
+        final_state = {"stage_idx": run.stage_idx, "stage": run.cfg.name, "step": total, "done": True}
+        _save(par, stage_dir(run.output_dir, run.stage_idx, run.cfg.name) / "final", run, final_state, row)
         drop_superseded(run.output_dir, run.stage_idx)
     accelerator.wait_for_everyone()
     return row
 
 
-def _save(stage: Stage, dest, run: StageRun, state: dict, row: dict) -> None:
-    export = getattr(stage, "export_state_dict", None)
+def _save(par: Replicated, dest, run: StageRun, state: dict, row: dict) -> None:
     meta = {**run.metadata, "stage": run.cfg.name, "stage_idx": run.stage_idx, "step": state["step"],
             "metrics": row}
-    save_checkpoint(dest, stage.student, run.tokenizer, state, meta, state_dict=export() if export else None)
+    save_checkpoint(dest, par.stage.student, run.tokenizer, state, meta, state_dict=par.export_state())
 
 
 __all__ = ["StageRun", "StepResult", "TrainingDiverged", "TrainingStopped", "build_optimizer", "lr_factor",
-           "maybe_checkpoint", "sample_transpoints", "set_param_dtypes", "step_transpoints", "train_stage", "train_step"]
+           "maybe_checkpoint", "prepare_stage", "sample_transpoints", "set_param_dtypes", "step_transpoints",
+           "train_stage", "train_step"]

@@ -20,6 +20,7 @@ from ..atomic import atomic_folder, atomic_write_file, link_or_copy
 from ..recipe import Recipe, RecipeError, dump_recipe, parse_duration
 from .checkpoint import ResumePoint, clean_temp, find_resume_point, read_metadata, stage_dir
 from .data import check_batches, heldout_windows
+from .distributed import shard_teacher
 from .loop import StageRun, TrainingStopped, train_stage
 from .metrics import MetricsWriter
 from .resolve import resolve_plan
@@ -121,7 +122,7 @@ def _calibrate(recipe: Recipe, student, teacher, out: Path, write: bool) -> dict
     log.info("calibrated seeding:\n%s", calibration_table(record))
     if write:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_file(out / _CALIBRATION_FILE, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+        _write_json(out / _CALIBRATION_FILE, record)
     return record
 
 
@@ -141,31 +142,22 @@ def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, 
         return _run(recipe, resume=resume, on_step=on_step, teacher=teacher, stop=stop)
 
 
-def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
-    from accelerate import Accelerator  # noqa: PLC0415
+def _write_json(path: Path, data: dict) -> None:
+    atomic_write_file(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
 
-    from ..convert import load_teacher, seed_student  # noqa: PLC0415
-    from ..data.loading import load_texts  # noqa: PLC0415
-    from ..data.tokens import build_token_dataset  # noqa: PLC0415
-    from ..models import TransMambaForCausalLM  # noqa: PLC0415
-    from ..stages import get_stage_class  # noqa: PLC0415
 
-    device = _device(recipe)
-    out = Path(recipe.output_dir)
-    names = [s.name for s in recipe.stages]
+def _check_output_dir(recipe: Recipe, out: Path, names: list[str], resume: bool) -> None:
     if not resume and out.exists() and any(stage_dir(out, i, n).exists() for i, n in enumerate(names)):
         raise RecipeError("output_dir", f"{out} already holds checkpoints of a run: pass --resume to continue it, "
                                         "or give a new output_dir")
     if resume:
         check_resume(recipe, out)  # a changed recipe is refused naming the keys; safe changes are recorded
-    dtype = getattr(torch, recipe.run_dtype(device))
-    if teacher is None:
-        teacher = load_teacher(recipe.teacher, dtype=dtype, device=device)
-    teacher.model.eval().requires_grad_(False)
-    plan = resolve_plan(recipe, teacher.model.config)
-    accelerator = Accelerator(cpu=device == "cpu")
-    _seed_everything(recipe.seed)
-    texts = load_texts(recipe.data.source, text_field=recipe.data.text_field)
+
+
+def build_data(recipe: Recipe, teacher, texts: list[str], device: str, world: int) -> tuple[dict, torch.Tensor]:
+    """Token windows per sequence length (source + teacher samples) and the held-out windows."""
+    from ..data.tokens import build_token_dataset  # noqa: PLC0415
+
     sampled = _teacher_samples(recipe, teacher, device)
     data = {}
     for seq_len in sorted({recipe.data.seq_len, *(recipe.stage_seq_len(s) for s in recipe.stages)}):
@@ -179,8 +171,89 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
             if base.train_doc_ids is not None and extra.train_doc_ids is not None:
                 base.train_doc_ids = torch.cat([base.train_doc_ids, extra.train_doc_ids])
             base.meta["teacher_sample_windows"] = int(extra.train.shape[0])
-    check_batches(recipe, data, accelerator.num_processes)
-    heldout = heldout_windows(recipe, teacher.tokenizer, data)
+    check_batches(recipe, data, world)
+    return data, heldout_windows(recipe, teacher.tokenizer, data)
+
+
+def build_student(recipe: Recipe, teacher, point: ResumePoint, transpoints: list[int], out: Path, device: str,
+                  main_process: bool):
+    """The student to train: from the resume checkpoint, from ``recipe.student``, or seeded (and calibrated)."""
+    from ..convert import seed_student  # noqa: PLC0415
+    from ..models import TransMambaForCausalLM  # noqa: PLC0415
+
+    if point.path is not None:
+        log.info("resuming from %s (stage %d, step %d)", point.path, point.stage_idx, point.step)
+        student = TransMambaForCausalLM.from_pretrained(point.path)
+        student.config.transpoints = list(transpoints)
+    elif recipe.student:
+        student = TransMambaForCausalLM.from_pretrained(recipe.student)
+        student.config.transpoints = list(transpoints)
+    else:
+        student = seed_student(teacher.model, transpoints, recipe.transpoints, recipe.teacher, seed=recipe.seed,
+                               dtype=torch.float32, **recipe.ssm)
+        if recipe.calibrate is not None:
+            _calibrate(recipe, student, teacher, out, main_process)
+    return student.to(device)
+
+
+def _starting_kl(recipe: Recipe, student, teacher, heldout, transpoints, out: Path, resume: bool,
+                 main_process: bool) -> float:
+    """The held-out KL of the student before training (kept from the first call when resuming)."""
+    seeded_file = out / _SEEDED_FILE
+    if seeded_file.exists() and resume:
+        return json.loads(seeded_file.read_text())["heldout_kl"]
+    seeded_kl = heldout_kl(student, teacher.model, heldout, transpoints)
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(seeded_file, {"heldout_kl": seeded_kl})
+        atomic_write_file(out / "recipe.yaml", lambda tmp: Path(tmp).write_text(dump_recipe(recipe)))
+    return seeded_kl
+
+
+def run_stages(recipe: Recipe, student, teacher, data: dict, heldout, transpoints: list[int], point: ResumePoint,
+               accelerator, metrics, meta: dict, on_step, stop, dtype):
+    """Train the stages from ``point`` on; returns (student, TrainingStopped of the last stage or None)."""
+    from ..stages import get_stage_class  # noqa: PLC0415
+
+    out = Path(recipe.output_dir)
+    for idx in range(point.stage_idx, len(recipe.stages)):
+        cfg = recipe.stages[idx]
+        stage = get_stage_class(cfg.name)(cfg, student, teacher.model)
+        tokens = data[recipe.stage_seq_len(cfg)]
+        run = StageRun(idx, cfg, tokens.train, transpoints, recipe.seed, str(out), teacher.tokenizer, meta, on_step,
+                       doc_ids=tokens.train_doc_ids, stop=stop, param_dtype=dtype,
+                       evaluate=lambda s=stage: {"heldout_kl": heldout_kl(s.student, teacher.model, heldout,
+                                                                           transpoints)})
+        state = point.state if idx == point.stage_idx else None
+        try:
+            train_stage(stage, run, accelerator, metrics, resume_state=state, distributed=recipe.distributed)
+        except TrainingStopped as err:
+            if idx < len(recipe.stages) - 1:
+                raise
+            return stage.student, err  # the last stage: leave its checkpoint as OUTPUT/final and a summary
+        student = stage.student
+    return student, None
+
+
+def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
+    from accelerate import Accelerator  # noqa: PLC0415
+
+    from ..convert import load_teacher  # noqa: PLC0415
+    from ..data.loading import load_texts  # noqa: PLC0415
+
+    device = _device(recipe)
+    out = Path(recipe.output_dir)
+    names = [s.name for s in recipe.stages]
+    _check_output_dir(recipe, out, names, resume)
+    dtype = getattr(torch, recipe.run_dtype(device))
+    if teacher is None:
+        teacher = load_teacher(recipe.teacher, dtype=dtype, device=device)
+    teacher.model.eval().requires_grad_(False)
+    plan = resolve_plan(recipe, teacher.model.config)
+    accelerator = Accelerator(cpu=device == "cpu")
+    _seed_everything(recipe.seed)
+    texts = load_texts(recipe.data.source, text_field=recipe.data.text_field)
+    data, heldout = build_data(recipe, teacher, texts, device, accelerator.num_processes)
     if accelerator.is_main_process:
         clean_temp(out)
     point = find_resume_point(out, names) if resume else ResumePoint(0, None, 0, None)
@@ -190,30 +263,10 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
         transpoints, why = _resolve_transpoints(recipe, teacher, texts, recipe.data.seq_len, device)
     if why:
         log.info("auto TransPoints: %s", why)
-    if point.path is None:
-        if recipe.student:
-            student = TransMambaForCausalLM.from_pretrained(recipe.student).to(device)
-            student.config.transpoints = list(transpoints)
-        else:
-            student = seed_student(teacher.model, transpoints, recipe.transpoints, recipe.teacher, seed=recipe.seed,
-                                   dtype=torch.float32, **recipe.ssm)
-            if recipe.calibrate is not None:
-                _calibrate(recipe, student, teacher, out, accelerator.is_main_process)
-        student.to(device)
-    else:
-        log.info("resuming from %s (stage %d, step %d)", point.path, point.stage_idx, point.step)
-        student = TransMambaForCausalLM.from_pretrained(point.path).to(device)
-        student.config.transpoints = list(transpoints)
-
-    seeded_file = out / _SEEDED_FILE
-    if seeded_file.exists() and resume:
-        seeded_kl = json.loads(seeded_file.read_text())["heldout_kl"]
-    else:
-        seeded_kl = heldout_kl(student, teacher.model, heldout, transpoints)
-        if accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            seeded_file.write_text(json.dumps({"heldout_kl": seeded_kl}))
-            (out / "recipe.yaml").write_text(dump_recipe(recipe))
+    student = build_student(recipe, teacher, point, transpoints, out, device, accelerator.is_main_process)
+    if recipe.distributed.teacher == "shard" and accelerator.num_processes > 1:  # after seeding copied its weights
+        shard_teacher(teacher.model, accelerator)
+    seeded_kl = _starting_kl(recipe, student, teacher, heldout, transpoints, out, resume, accelerator.is_main_process)
     log.info("held-out KL of the starting student: %.5f", seeded_kl)
 
     def keep(row: dict) -> bool:
@@ -222,26 +275,23 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
     metrics = MetricsWriter(out, keep=keep if resume else None, enabled=accelerator.is_main_process)
     meta = {"recipe": recipe.name, "teacher": recipe.teacher, "transpoints": transpoints,
             "transpoint_spec": recipe.transpoints, "transpoint_explanation": why}
-    stopped = None
     try:
-        for idx in range(point.stage_idx, len(recipe.stages)):
-            cfg = recipe.stages[idx]
-            stage = get_stage_class(cfg.name)(cfg, student, teacher.model)
-            tokens = data[recipe.stage_seq_len(cfg)]
-            run = StageRun(idx, cfg, tokens.train, transpoints, recipe.seed, str(out), teacher.tokenizer, meta, on_step,
-                           doc_ids=tokens.train_doc_ids, stop=stop, param_dtype=dtype,
-                           evaluate=lambda s=student: {"heldout_kl": heldout_kl(s, teacher.model, heldout, transpoints)})
-            state = point.state if idx == point.stage_idx else None
-            try:
-                train_stage(stage, run, accelerator, metrics, resume_state=state)
-            except TrainingStopped as err:
-                if idx < len(recipe.stages) - 1:
-                    raise
-                stopped = err  # the last stage: leave its checkpoint as OUTPUT/final and a summary, then re-raise
-            student = stage.student
+        student, stopped = run_stages(recipe, student, teacher, data, heldout, transpoints, point, accelerator,
+                                      metrics, meta, on_step, stop, dtype)
     finally:
         metrics.close()
+    summary = _summary(recipe, plan, student, teacher, heldout, transpoints, seeded_kl, stopped)
+    if accelerator.is_main_process:
+        last = stopped.checkpoint if stopped is not None else stage_dir(out, len(names) - 1, names[-1]) / "final"
+        _copy_atomic(last, out / "final")
+        _write_json(out / SUMMARY_FILE, summary)
+    if stopped is not None:
+        raise stopped
+    return summary
 
+
+def _summary(recipe: Recipe, plan, student, teacher, heldout, transpoints, seeded_kl: float, stopped) -> dict:
+    out = Path(recipe.output_dir)
     final_kl = heldout_kl(student, teacher.model, heldout, transpoints)
     change = 100.0 * (final_kl - seeded_kl) / seeded_kl if seeded_kl > 0 else 0.0
     summary = {"recipe": recipe.name, "teacher": recipe.teacher, "transpoints": transpoints,
@@ -254,14 +304,7 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
     if stopped is not None:
         summary["stopped"] = {"reason": stopped.reason, "stage": stopped.stage, "step": stopped.step,
                               "checkpoint": str(stopped.checkpoint)}
-    if accelerator.is_main_process:
-        last = stopped.checkpoint if stopped is not None else stage_dir(out, len(names) - 1, names[-1]) / "final"
-        _copy_atomic(last, out / "final")
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    if stopped is not None:
-        raise stopped
     return summary
-
 
 
 def kl_line(summary: dict) -> str:
