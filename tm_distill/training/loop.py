@@ -177,6 +177,7 @@ def train_step(stage: Stage, run: StageRun, rows: torch.Tensor, doc_ids: torch.T
     loss_sum = torch.zeros((), device=device)
     extra: dict[str, float] = {}
     doc_parts = doc_ids.split(cfg.batch_size) if doc_ids is not None else [None] * math.ceil(len(rows) / cfg.batch_size)
+    stage.begin_step(run.seed, run.stage_idx, step)
     for micro, docs in zip(rows.split(cfg.batch_size), doc_parts):
         with use_transpoints(stage.student, tps), autocast:
             positions = _positions(docs, device)
