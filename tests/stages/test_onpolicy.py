@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from tests.conftest import tiny_llama
 from tm_distill.convert import seed_student
 from tm_distill.eval.generation import sample_generate
 from tm_distill.losses import distill_loss
@@ -16,8 +17,6 @@ from tm_distill.recipe import StageConfig, from_dict
 from tm_distill.stages import get_stage_class, use_transpoints
 from tm_distill.stages.logits import LogitsStage
 from tm_distill.stages.onpolicy import OnPolicyStage, generated_tokens, on_policy_micro, on_policy_micro_batches
-
-from tests.conftest import tiny_llama
 
 TPS = [0, 4, 8]  # tiny_llama has 3 layers; a prompt of 6 + 10 new tokens crosses P = 8 while decoding
 PROMPT, NEW = 6, 10
