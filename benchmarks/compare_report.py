@@ -14,10 +14,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOT_RUN = {
     "D": "not run yet: this session's device time (30 min) ran out; `python benchmarks/compare_row.py --row D`",
-    "G": "not run: the on-policy (GKD) stage is not implemented yet",
+    "G": "not run yet: `python benchmarks/compare_row.py --row G` (recipes/smollm2-135m/compare/G-onpolicy.yaml)",
 }
 LABELS = {"B": "B Mamba-in-the-Llama (seed: attention)", "C": "C matrix -> hidden -> logits (calibrated seed)",
-          "D": "D as C, sampled TransPoints", "E": "E logits only (calibrated seed)"}
+          "D": "D as C, sampled TransPoints", "E": "E logits only (calibrated seed)",
+          "G": "G as C, the logits tail on-policy (GKD)"}
 
 
 def collect(folder: Path) -> dict:
@@ -35,7 +36,7 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for name, style in (("B", "o-"), ("C", "s-"), ("D", "d-"), ("E", "^-")):
+    for name, style in (("B", "o-"), ("C", "s-"), ("D", "d-"), ("E", "^-"), ("G", "v-")):
         curve = results["rows"][name].get("kl_curve")
         if curve:
             ax.plot([p["tokens"] / 1e6 for p in curve], [p["heldout_kl"] for p in curve], style, label=LABELS[name])

@@ -9,6 +9,7 @@ Rows (recipes in recipes/smollm2-135m/compare/, one token budget for every train
     C   tm-distill: the cycle schedule; (calibrated seed) matrix -> hidden -> logits
     D   C with TransPoints sampled per batch
     E   C with logits only
+    G   C with the last 2M tokens of its logits budget on-policy (GKD: the student's own samples, teacher-scored)
 
 Each row is evaluated in bf16 on two held-out sets: the corpus's held-out documents (16 windows of 2048
 tokens, the recipes' document split) and teacher samples no student trained on (sampled here with another
@@ -39,7 +40,7 @@ from tm_distill.training.metrics import read_metrics  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "smollm2-135m" / "compare"
 ROWS = {"A": None, "A-cal": None, "B": "B-mil.yaml", "C": "C-full.yaml", "D": "D-sampled.yaml",
-        "E": "E-logits-only.yaml"}
+        "E": "E-logits-only.yaml", "G": "G-onpolicy.yaml"}
 SEEDED_SPEC = "cycle=0,32,64,128,256,512,1024,2048"
 ROBUSTNESS = ("attn", "all=512")
 HELDOUT_SAMPLES, HELDOUT_SAMPLE_SEED = 160, 12345  # teacher samples for the second held-out set

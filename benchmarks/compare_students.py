@@ -2,7 +2,8 @@
 
     A seeded only; B Mamba-in-the-Llama style (attn every 4th layer, rest P=0, logits only);
     C tm-distill full (paper's cycle scaled to 2048, matrix -> hidden -> logits); D = C with TransPoints sampled
-    per batch; E = C without the matrix and hidden stages. Recipes: recipes/smollm2-135m/compare/*.yaml.
+    per batch; E = C without the matrix and hidden stages; G = C with the logits stage's last part on-policy (GKD).
+    Recipes: recipes/smollm2-135m/compare/*.yaml.
 
 Full run (one GPU; 75M tokens per student):
     python benchmarks/compare_students.py --scale full --out runs/compare
@@ -32,7 +33,7 @@ from tm_distill.training.run import run_recipe
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "smollm2-135m" / "compare"
 TRAINED = {"B-mil": "B-mil.yaml", "C-full": "C-full.yaml", "D-sampled": "D-sampled.yaml",
-           "E-logits-only": "E-logits-only.yaml"}
+           "E-logits-only": "E-logits-only.yaml", "G-onpolicy": "G-onpolicy.yaml"}
 SEEDED_SPEC = "cycle=0,32,64,128,256,512,1024,2048"  # A: C's schedule, untrained
 ROBUSTNESS = ("attn", "all=512")
 
@@ -52,11 +53,19 @@ def _recipe(name: str, out: Path, scale: dict, teacher: str):
                                           teacher_sample_tokens=scale["teacher_sample_tokens"])
         recipe.stages = [dataclasses.replace(s, steps=scale["steps"], tokens=None, batch_size=1, grad_accum=1,
                                              precision="fp32", seq_len=None, checkpoint_every=0,
-                                             loss=dataclasses.replace(s.loss, chunk_size=64))
+                                             loss=dataclasses.replace(s.loss, chunk_size=64),
+                                             on_policy=_smoke_on_policy(s, scale["seq_len"]))
                          for s in recipe.stages]
         if recipe.calibrate is not None:  # two short windows instead of 4096 tokens' worth
             recipe.calibrate = dataclasses.replace(recipe.calibrate, windows=2)
     return recipe
+
+
+def _smoke_on_policy(stage, seq_len: int):
+    """The onpolicy stage's generation shrunk to the smoke windows (half prompt, a quarter new tokens)."""
+    if stage.name != "onpolicy":
+        return stage.on_policy
+    return dataclasses.replace(stage.on_policy, prompt_tokens=seq_len // 2, new_tokens=seq_len // 4, lmbda=1.0)
 
 
 def _row(model: dict) -> dict:

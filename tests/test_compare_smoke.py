@@ -1,4 +1,4 @@
-"""Issue 7 at CPU scale: the A-E comparison pipeline (distill four students, eval all, robustness) end to end."""
+"""Issue 7 at CPU scale: the A-G comparison pipeline (distill the trained students, eval all, robustness) end to end."""
 
 from __future__ import annotations
 
@@ -14,6 +14,18 @@ def test_compare_recipes_share_one_token_budget():
         recipe = load_recipe(RECIPES / file)
         budgets[name] = sum(s.tokens for s in recipe.stages)
     assert len(set(budgets.values())) == 1, budgets
+
+
+def test_row_g_is_c_with_the_tail_of_its_logits_budget_on_policy():
+    """G changes only C's logits stage: its last tokens become an onpolicy stage; the rest is C's."""
+    import dataclasses
+
+    c, g = load_recipe(RECIPES / TRAINED["C-full"]), load_recipe(RECIPES / TRAINED["G-onpolicy"])
+    assert (g.data, g.transpoints, g.calibrate, g.seed, g.ssm) == (c.data, c.transpoints, c.calibrate, c.seed, c.ssm)
+    assert g.stages[:3] == [c.stages[0], c.stages[1], dataclasses.replace(c.stages[2], tokens=g.stages[2].tokens)]
+    tail = g.stages[3]
+    assert tail.name == "onpolicy" and g.stages[2].tokens + tail.tokens == c.stages[2].tokens
+    assert 0 < tail.on_policy.lmbda <= 0.5 and tail.on_policy.prompt_tokens + tail.on_policy.new_tokens <= 2048
 
 
 def test_compare_smoke_runs_every_row(tmp_path):

@@ -89,12 +89,38 @@ def test_round_trip_through_yaml(tmp_path):
     (_raw(calibrate={}, student="runs/s"), "calibrate", "converted on the fly"),
     (_raw(calibrate={}, ssm={"use_z_gate": True}), "calibrate", "z gate"),
     ({"stages": [{"name": "logits", "steps": 3}]}, "teacher", "missing required key"),
+    (_raw(stages=[{"name": "logits", "steps": 3, "on_policy": {"lmbda": 0.2}}]), "stages[0].on_policy",
+     "only the onpolicy stage"),
+    (_raw(stages=[{"name": "onpolicy", "steps": 3, "on_policy": {"lmbda": 1.5}}]), "stages[0].on_policy.lmbda",
+     "must be in [0, 1]"),
+    (_raw(stages=[{"name": "onpolicy", "steps": 3, "on_policy": {"temperature": -1}}]),
+     "stages[0].on_policy.temperature", "0: greedy"),
+    (_raw(stages=[{"name": "onpolicy", "steps": 3, "loss": {"kind": "reverse_kl"}}]), "stages[0].loss.kind",
+     "set on_policy.beta"),
+    (_raw(stages=[{"name": "onpolicy", "steps": 3, "loss": {"ce_weight": 0.1}}]), "stages[0].loss.ce_weight",
+     "without CE"),
+    (_raw(stages=[{"name": "onpolicy", "steps": 3, "seq_len": 64, "on_policy": {"prompt_tokens": 48,
+                                                                                "new_tokens": 32}}]),
+     "stages[0].on_policy.new_tokens", "80 is longer than the stage's seq_len 64"),
 ])
 def test_bad_recipes_fail_naming_the_key(raw, key, words):
     with pytest.raises(RecipeError) as err:
         recipe_from_dict(raw)
     assert err.value.key == key
     assert str(err.value).startswith(f"{key}: ") and words in str(err.value)
+
+
+def test_onpolicy_stage_takes_gkd_options_and_lora():
+    raw = _raw(stages=[{"name": "logits", "steps": 2},
+                       {"name": "onpolicy", "steps": 4, "trainable": "lora", "on_policy": {"lmbda": 0.25}}])
+    recipe = recipe_from_dict(raw, ["stages.onpolicy.on_policy.new_tokens=64", "stages.onpolicy.on_policy.beta=0"])
+    op = recipe.stages[1].on_policy
+    assert (op.lmbda, op.beta, op.prompt_tokens, op.new_tokens, op.temperature) == (0.25, 0.0, 128, 64, 1.0)
+    assert recipe.stages[0].on_policy == type(op)()  # other stages keep the defaults, unused
+    lines = resolve_plan(recipe, None).lines()
+    assert any("onpolicy" in line and "4 steps" in line for line in lines)
+    assert "      on-policy: 128 tokens sampled by the student (0.25 of the micro-batches: 128 prompt + 64 new " \
+           "tokens each, temperature 1), generalized JSD beta 0; the budget counts data windows" in lines
 
 
 def test_overrides_by_index_by_stage_name_and_lr_shorthand():

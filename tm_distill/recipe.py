@@ -74,7 +74,8 @@ def parse_duration(text: str | float | int | None) -> float | None:
 class LossConfig:
     kind: Literal["forward_kl", "reverse_kl", "jsd"] = _help("logits stage divergence: KL(teacher||student), "
                                                              "KL(student||teacher) or generalized JSD", "forward_kl")
-    beta: float = _help("JSD interpolation in [0, 1] (0 -> forward KL, 1 -> reverse KL limits)", 0.5)
+    beta: float = _help("JSD interpolation in [0, 1] (0 -> forward KL, 1 -> reverse KL limits); the onpolicy stage "
+                        "takes on_policy.beta", 0.5)
     temperature: float = _help("softmax temperature for both models' logits", 1.0)
     ce_weight: float = _help("weight of the cross-entropy on the data, added to the distillation loss", 0.0)
     normalize: bool = _help("hidden stage: normalize the L2 by the teacher output's norm", True)
@@ -102,6 +103,28 @@ class LoraConfig:
         _check(self.r > 0, "r", f"must be > 0, got {self.r}")
         _check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
         _check(len(self.target_modules) > 0, "target_modules", "must name at least one module")
+
+
+@dataclass
+class OnPolicyConfig:
+    """GKD's on-policy distillation (trl ``GKDConfig`` names): the onpolicy stage's generation and divergence."""
+
+    lmbda: float = _help("fraction of the stage's micro-batches trained on the student's own samples (GKD's "
+                         "lambda), in [0, 1]; spread evenly: micro-batch k is on-policy when floor((k+1)*lmbda) > "
+                         "floor(k*lmbda)", 0.5)
+    beta: float = _help("generalized JSD interpolation for every micro-batch of the stage (GKD's beta), in [0, 1]: "
+                        "0 is KL(teacher||student), 1 KL(student||teacher)", 0.5)
+    prompt_tokens: int = _help("tokens of each window kept as the prompt the student continues", 128)
+    new_tokens: int = _help("tokens the student samples after the prompt (the positions the teacher scores); "
+                            "prompt_tokens + new_tokens <= the stage's seq_len", 128)
+    temperature: float = _help("the student's sampling temperature (0: greedy)", 1.0)
+
+    def __post_init__(self):
+        _check(0 <= self.lmbda <= 1, "lmbda", f"must be in [0, 1], got {self.lmbda}")
+        _check(0 <= self.beta <= 1, "beta", f"must be in [0, 1], got {self.beta}")
+        _check(self.prompt_tokens >= 1, "prompt_tokens", f"must be >= 1, got {self.prompt_tokens}")
+        _check(self.new_tokens >= 1, "new_tokens", f"must be >= 1, got {self.new_tokens}")
+        _check(self.temperature >= 0, "temperature", f"must be >= 0 (0: greedy), got {self.temperature}")
 
 
 @dataclass
@@ -133,7 +156,7 @@ class ScheduleConfig:
 
 @dataclass
 class StageConfig:
-    name: str = _help("stage kind: matrix, hidden or logits")
+    name: str = _help("stage kind: matrix, hidden, logits or onpolicy")
     trainable: Literal["ssm", "mixer", "all", "lora"] = _help(
         "what trains: SSM-only params, SSM + mixer projections, everything, or LoRA (+ SSM params)", "ssm")
     steps: int | None = _help("optimizer steps (give steps or tokens)", None)
@@ -148,6 +171,7 @@ class StageConfig:
     schedule: ScheduleConfig = _help("LR schedule", ScheduleConfig)
     loss: LossConfig = _help("loss options", LossConfig)
     lora: LoraConfig = _help("LoRA settings (trainable: lora)", LoraConfig)
+    on_policy: OnPolicyConfig = _help("onpolicy stage: generation and generalized JSD (GKD)", OnPolicyConfig)
     transpoint_schedule: Literal["fixed", "sampled"] = _help(
         "fixed: the recipe's TransPoints every batch; sampled: each layer's P times a random factor in "
         "[1-jitter, 1+jitter] per batch (seeded)", "fixed")
@@ -178,8 +202,15 @@ class StageConfig:
             close = difflib.get_close_matches(self.name, STAGES, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise RecipeError("name", f"unknown stage {self.name!r}{hint}; valid stages: {', '.join(STAGES)}")
-        _check(self.trainable != "lora" or self.name == "logits", "trainable",
-               "lora is only for the logits stage (matrix/hidden train the SSM per layer)")
+        _check(self.trainable != "lora" or self.name in ("logits", "onpolicy"), "trainable",
+               "lora is only for the logits and onpolicy stages (matrix/hidden train the SSM per layer)")
+        if self.name != "onpolicy":
+            _check(self.on_policy == OnPolicyConfig(), "on_policy", "only the onpolicy stage generates: drop it")
+        else:  # one divergence, set in one place: GKD's generalized JSD with on_policy.beta
+            for key, default in (("kind", "forward_kl"), ("beta", 0.5), ("ce_weight", 0.0)):
+                _check(getattr(self.loss, key) == default, f"loss.{key}",
+                       "the onpolicy stage's loss is the generalized JSD with on_policy.beta (0: forward KL, 1: "
+                       "reverse KL), without CE on the data: set on_policy.beta instead")
 
     def tokens_per_step(self, seq_len: int) -> int:
         return self.batch_size * self.grad_accum * seq_len
@@ -291,6 +322,11 @@ class Recipe:
         _check(bool(self.transpoints), "transpoints", "a recipe needs a TransPoint spec")
         _check(self.calibrate is None or not self.student, "calibrate",
                "calibration applies when the teacher is converted on the fly: drop `student` or set calibrate: null")
+        for i, stage in enumerate(self.stages):
+            op, seq_len = stage.on_policy, self.stage_seq_len(stage)
+            _check(stage.name != "onpolicy" or op.prompt_tokens + op.new_tokens <= seq_len,
+                   f"stages[{i}].on_policy.new_tokens", f"prompt_tokens + new_tokens = "
+                   f"{op.prompt_tokens + op.new_tokens} is longer than the stage's seq_len {seq_len}")
         _check(self.calibrate is None or not self.ssm.get("use_z_gate"), "calibrate",
                "calibration fits the SSM's output gain, which the z gate's RMSNorm removes: drop ssm.use_z_gate "
                "or set calibrate: null")
@@ -465,6 +501,6 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
 
 
-__all__ = ["CalibrateConfig", "DataConfig", "DistributedConfig", "LoraConfig", "LossConfig", "OptimizerConfig",
-           "Recipe", "RecipeError", "ScheduleConfig", "parse_duration",
+__all__ = ["CalibrateConfig", "DataConfig", "DistributedConfig", "LoraConfig", "LossConfig", "OnPolicyConfig",
+           "OptimizerConfig", "Recipe", "RecipeError", "ScheduleConfig", "parse_duration",
            "StageConfig", "apply_overrides", "dump_recipe", "from_dict", "load_recipe", "recipe_from_dict"]

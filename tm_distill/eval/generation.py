@@ -1,7 +1,9 @@
-"""Greedy decoding with the model's own cache, shared by retrieval and the speed section.
+"""Decoding with the model's own cache: greedy (retrieval, the speed section) and seeded sampling (onpolicy).
 
-A plain loop instead of ``model.generate`` so teacher and student decode the same way (no sampling
-defaults from a generation_config) and the prefill and decode phases can be timed apart.
+Plain loops instead of ``model.generate``, driving the same path (one prefill, then one-token steps through the
+model's cache: for the student the hybrid TransMambaCache and its fused decode step), so teacher and student
+decode the same way (no defaults from a generation_config, no EOS stop or padding), the prefill and decode
+phases can be timed apart, and sampling draws from a caller's ``torch.Generator`` (not the global RNG).
 """
 
 from __future__ import annotations
@@ -56,6 +58,39 @@ def greedy_generate(
     return GreedyResult(tokens=tokens, prefill_s=prefill, decode_s=time.perf_counter() - start, cache=cache)
 
 
+@torch.no_grad()
+def sample_generate(
+    model: torch.nn.Module, input_ids: torch.Tensor, new_tokens: int, temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Continue every row of ``input_ids`` (batch, prompt) by exactly ``new_tokens`` sampled tokens.
+
+    Ancestral sampling from softmax(logits / temperature), no top-k/top-p; temperature 0 is greedy (argmax).
+    EOS does not stop a row: every row gets ``new_tokens`` tokens. ``generator`` (on the model's device) makes
+    the draws reproducible without touching the global RNG. Returns (batch, prompt + new_tokens) token ids
+    whose first ``prompt`` columns are ``input_ids``.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[1] < 1:
+        raise ValueError(f"input_ids must be (batch, prompt) with prompt >= 1, got shape {tuple(input_ids.shape)}")
+    if new_tokens < 1 or temperature < 0:
+        raise ValueError(f"need new_tokens >= 1 and temperature >= 0 (0: greedy), got {new_tokens}, {temperature}")
+
+    def draw(logits: torch.Tensor) -> torch.Tensor:  # logits: (batch, V) -> (batch, 1)
+        if temperature == 0:
+            return logits.argmax(-1, keepdim=True)
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator)
+
+    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+    tokens = [draw(out.logits[:, -1])]
+    cache = out.past_key_values
+    for _ in range(new_tokens - 1):
+        out = model(input_ids=tokens[-1], past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        tokens.append(draw(out.logits[:, -1]))
+    return torch.cat([input_ids, *tokens], dim=1)
+
+
 def cache_bytes(cache) -> int:
     """Bytes a decoding cache holds: TransMambaCache.memory_bytes(), or the K/V tensors of an HF cache."""
     if cache is None:
@@ -71,4 +106,4 @@ def cache_bytes(cache) -> int:
     return total
 
 
-__all__ = ["GreedyResult", "cache_bytes", "greedy_generate"]
+__all__ = ["GreedyResult", "cache_bytes", "greedy_generate", "sample_generate"]

@@ -13,6 +13,7 @@ STAGES: dict[str, str] = {
     "matrix": "tm_distill.stages.matrix:MatrixStage",
     "hidden": "tm_distill.stages.hidden:HiddenStage",
     "logits": "tm_distill.stages.logits:LogitsStage",
+    "onpolicy": "tm_distill.stages.onpolicy:OnPolicyStage",
 }
 
 

@@ -7,7 +7,8 @@ optimizer, schedule, precision, checkpoints and the per-batch TransPoints. Per b
         loss, metrics = stage.loss(input_ids, position_ids)   # (batch, seqlen) each; position_ids may be None
     loss.backward()
 
-and calls ``stage.finalize()`` once at the end of the stage, before the final checkpoint is written.
+Before each step's micro-batches it calls ``stage.begin_step(seed, stage_idx, step)``, and
+``stage.finalize()`` once at the end of the stage, before the final checkpoint is written.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class Stage:
         """input_ids: (batch, seqlen); position_ids: (batch, seqlen) positions inside packed documents
         (restarting at 0 at each document start) or None. Returns a scalar loss to backprop and float metrics."""
         raise NotImplementedError(f"stage {self.name!r} must implement loss()")
+
+    def begin_step(self, seed: int, stage_idx: int, step: int) -> None:
+        """Called before each step's micro-batches (0-based ``step``, also the first step after a resume), so a
+        stage that draws randomness in ``loss`` can seed it from where training is. Default: nothing."""
 
     def finalize(self) -> None:
         """Called once at stage end, before the final save (e.g. to merge LoRA adapters). Default: nothing."""

@@ -28,6 +28,7 @@ class LogitsStage(Stage):
 
     def __init__(self, cfg, student, teacher):
         super().__init__(cfg, student, teacher)
+        self.loss_cfg = cfg.loss  # the divergence options ``distill`` uses (the onpolicy stage sets its own)
         self._peft = None
         if cfg.trainable == "lora":
             self._peft = _inject_lora(student, cfg.lora)
@@ -47,17 +48,29 @@ class LogitsStage(Stage):
         packed; the teacher then attends block-causally too). The logits are never materialized for the
         whole batch (``losses.fused_distill_loss``).
         """
-        loss_cfg = self.cfg.loss
+        return self.distill(input_ids, position_ids)
+
+    def distill(self, input_ids: torch.LongTensor, position_ids: torch.LongTensor | None = None, start: int = 0,
+                stop: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """``loss`` on the positions i with max(start, min P) <= i < stop (None: to the end) of unpacked rows.
+
+        start/stop narrow the rows (the onpolicy stage scores only the generated part); with position_ids
+        (packed documents) they must stay at their defaults.
+        """
+        loss_cfg = self.loss_cfg
         b, t = input_ids.shape
         min_p = min(self.student.config.transpoints)
+        if position_ids is not None and (start, stop) != (0, None):
+            raise ValueError("start/stop select positions of unpacked rows: give position_ids=None with them")
         with torch.no_grad():
             t_hidden = self.teacher.model(input_ids=input_ids, position_ids=position_ids,
                                           use_cache=False).last_hidden_state
         s_hidden = self.student.model(input_ids=input_ids, position_ids=position_ids).last_hidden_state
         if position_ids is None:
-            start = min(min_p, t)
+            first, last = min(max(start, min_p), t), t if stop is None else min(stop, t)
+            last = max(first, last)
             mask = None
-            s_rows, t_rows = s_hidden[:, start:].flatten(0, 1), t_hidden[:, start:].flatten(0, 1)
+            s_rows, t_rows = s_hidden[:, first:last].flatten(0, 1), t_hidden[:, first:last].flatten(0, 1)
         else:
             mask = position_ids.to(input_ids.device).expand(b, -1) >= min_p
             s_rows, t_rows = s_hidden[mask], t_hidden[mask]
@@ -69,7 +82,7 @@ class LogitsStage(Stage):
         if loss_cfg.ce_weight > 0:
             if mask is None:
                 mask = torch.zeros(b, t, dtype=torch.bool, device=input_ids.device)
-                mask[:, min(min_p, t):] = True
+                mask[:, first:last] = True
             ce = chunked_ce_loss(s_hidden, self.student.lm_head, input_ids, mask, chunk_size=loss_cfg.chunk_size)
             loss, parts = loss + loss_cfg.ce_weight * ce, parts + [ce.detach()]
         values = torch.stack(parts).tolist()  # one host transfer per micro-batch

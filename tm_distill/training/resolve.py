@@ -64,6 +64,7 @@ class StagePlan:
     lr: float
     precision: str
     transpoint_schedule: str
+    generated: int = 0  # onpolicy: tokens the student samples (per process); not part of ``tokens``
 
 
 @dataclass
@@ -99,6 +100,11 @@ class Plan:
             out.append(f"  [{s.index}] {s.name:<7} {s.steps:>7} steps x {s.tokens // s.steps:>8} tokens = "
                        f"{s.tokens:>13,} tokens  seq_len {s.seq_len}  trainable {s.trainable}  lr {s.lr:g}  "
                        f"{s.precision}  transpoints {s.transpoint_schedule}")
+            if s.name == "onpolicy":
+                op = r.stages[s.index].on_policy
+                out.append(f"      on-policy: {s.generated:,} tokens sampled by the student ({op.lmbda:g} of the "
+                           f"micro-batches: {op.prompt_tokens} prompt + {op.new_tokens} new tokens each, temperature "
+                           f"{op.temperature:g}), generalized JSD beta {op.beta:g}; the budget counts data windows")
         out.append(f"total: {total:,} tokens over {len(self.stages)} stage(s)")
         return out
 
@@ -161,8 +167,13 @@ def resolve_plan(recipe: Recipe, config: PretrainedConfig | None) -> Plan:
             raise RecipeError(f"stages[{i}].seq_len", f"{seq_len} is longer than the teacher supports "
                                                       f"(max_position_embeddings={max_pos})")
         steps = s.total_steps(seq_len)
+        generated = 0
+        if s.name == "onpolicy":
+            from ..stages.onpolicy import generated_tokens  # noqa: PLC0415  (imports torch)
+
+            generated = generated_tokens(s, steps)
         stages.append(StagePlan(i, s.name, steps, seq_len, steps * s.tokens_per_step(seq_len), s.trainable,
-                                s.optimizer.lr, s.precision, s.transpoint_schedule))
+                                s.optimizer.lr, s.precision, s.transpoint_schedule, generated))
         if s.loss.layers is not None and n_layers is not None and any(j >= n_layers for j in s.loss.layers):
             raise RecipeError(f"stages[{i}].loss.layers", f"layer indices must be < {n_layers}")
     tps = None
