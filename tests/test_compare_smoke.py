@@ -16,15 +16,14 @@ def test_compare_recipes_share_one_token_budget():
     assert len(set(budgets.values())) == 1, budgets
 
 
-def test_row_g_is_c_with_the_tail_of_its_logits_budget_on_policy():
-    """G changes only C's logits stage: its last tokens become an onpolicy stage; the rest is C's."""
-    import dataclasses
-
+def test_row_g_is_c_with_its_logits_stage_on_policy():
+    """G changes only C's logits stage, which runs as an onpolicy stage of the same budget; the rest is C's."""
     c, g = load_recipe(RECIPES / TRAINED["C-full"]), load_recipe(RECIPES / TRAINED["G-onpolicy"])
     assert (g.data, g.transpoints, g.calibrate, g.seed, g.ssm) == (c.data, c.transpoints, c.calibrate, c.seed, c.ssm)
-    assert g.stages[:3] == [c.stages[0], c.stages[1], dataclasses.replace(c.stages[2], tokens=g.stages[2].tokens)]
-    tail = g.stages[3]
-    assert tail.name == "onpolicy" and g.stages[2].tokens + tail.tokens == c.stages[2].tokens
+    assert g.stages[:2] == c.stages[:2] and len(g.stages) == len(c.stages) == 3
+    tail, logits = g.stages[2], c.stages[2]
+    assert tail.name == "onpolicy" and tail.tokens == logits.tokens
+    assert (tail.optimizer, tail.schedule, tail.trainable) == (logits.optimizer, logits.schedule, logits.trainable)
     assert 0 < tail.on_policy.lmbda <= 0.5 and tail.on_policy.prompt_tokens + tail.on_policy.new_tokens <= 2048
 
 
