@@ -32,7 +32,7 @@ def recipe(args, out: Path, processes: int, strategy: str) -> dict:
             "data": {"source": "shakespeare", "seq_len": args.seq_len, "heldout_fraction": 0.05, "heldout_windows": 4},
             "distributed": {"strategy": strategy},
             "stages": [{"name": "logits", "steps": args.steps, "batch_size": args.batch_size,
-                        "grad_accum": 2 // processes, "trainable": "all", "precision": "bf16", "lr": 3.0e-4,
+                        "grad_accum": 2 // processes, "trainable": "all", "precision": "bf16", "lr": args.lr,
                         "schedule": {"kind": "constant", "warmup_steps": 0},
                         "loss": {"kind": "forward_kl", "chunk_size": 1024}}]}
 
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=8, help="rows per GPU per step (global: 2x)")
     parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--lr", type=float, default=3.0e-4)
     parser.add_argument("--skip", type=int, default=5, help="warm-up steps left out of tokens/s")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"command": "python " + " ".join([Path(__file__).name, *(argv or sys.argv[1:])]),
               "date": date.today().isoformat(), "gpu": torch.cuda.get_device_name(),
               "gpus": torch.cuda.device_count(), "host": platform.node(), "torch": torch.__version__,
-              "global_batch_rows": 2 * args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "runs": results}
+              "global_batch_rows": 2 * args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "lr": args.lr, "runs": results}
     (args.out / "multigpu.json").write_text(json.dumps(report, indent=2))
     (args.out / "multigpu.md").write_text(markdown(report))
     print(markdown(report))
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
 def markdown(report: dict) -> str:
     lines = [f"`{report['command']}` on {report['gpus']}x {report['gpu']}, {report['date']}, torch {report['torch']}; "
              f"logits stage, bf16, {report['global_batch_rows']} x {report['seq_len']} tokens per step, "
-             f"{report['steps']} steps.", "",
+             f"{report['steps']} steps, lr {report['lr']:g}.", "",
              "| run | max abs loss difference vs 1 GPU | tokens/s (steady) | scaling efficiency | wall s |",
              "| --- | --- | --- | --- | --- |"]
     for r in report["runs"]:

@@ -246,11 +246,13 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
     names = [s.name for s in recipe.stages]
     _check_output_dir(recipe, out, names, resume)
     dtype = getattr(torch, recipe.run_dtype(device))
+    accelerator = Accelerator(cpu=device == "cpu")
+    if device == "cuda":  # this process's GPU (cuda:<local rank> under accelerate launch): "cuda" means it below
+        torch.cuda.set_device(accelerator.local_process_index)
     if teacher is None:
         teacher = load_teacher(recipe.teacher, dtype=dtype, device=device)
     teacher.model.eval().requires_grad_(False)
     plan = resolve_plan(recipe, teacher.model.config)
-    accelerator = Accelerator(cpu=device == "cpu")
     _seed_everything(recipe.seed)
     texts = load_texts(recipe.data.source, text_field=recipe.data.text_field)
     data, heldout = build_data(recipe, teacher, texts, device, accelerator.num_processes)
