@@ -20,12 +20,12 @@ import torch
 from transformers import PreTrainedModel
 
 from ..convert.seed import SSM_PARAM_PATTERN
+from ..stage_names import TRAINABLE_SETS
 
-if TYPE_CHECKING:  # the recipe imports the stage registry, not the other way round
+if TYPE_CHECKING:
     from ..models import TransMambaForCausalLM
     from ..recipe import StageConfig
 
-TRAINABLE_SETS = ("ssm", "mixer", "all")
 _MIXER_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
