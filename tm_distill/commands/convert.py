@@ -7,6 +7,7 @@ import click
 from ..convert.api import DTYPES, convert as convert_teacher
 from ..convert.calibrate import DEFAULT_CALIBRATION_DATA, calibration_table
 from ..convert.transpoints import describe_transpoints
+from ..ops import FEATURE_MAPS
 
 # Errors a user can cause; anything else is a bug and keeps its traceback.
 USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, PermissionError)
@@ -25,7 +26,7 @@ USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, PermissionError)
 @click.option("--device", default="cpu", show_default=True, help="Where to seed (cpu, cuda, cuda:1, ...).")
 @click.option("--z-gate/--no-z-gate", default=False, help="Gate + gated RMSNorm on SSM tokens (new z projection).")
 @click.option("--conv/--no-conv", default=False, help="Causal depthwise conv1d on x, B, C (identity init).")
-@click.option("--feature-map", type=click.Choice(["identity", "silu", "elu1", "relu"]), default="identity",
+@click.option("--feature-map", type=click.Choice(list(FEATURE_MAPS)), default="identity",
               show_default=True, help="Activation on B and C.")
 @click.option("--c-scale/--no-c-scale", default=False, help="Scale C by 1/sqrt(head_dim), the softmax scale.")
 @click.option("--ssm-rope/--no-ssm-rope", default=False, help="Use RoPE-rotated q, k as C, B.")

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from ..atomic import atomic_folder, remove_stale_temps
 from ..models.configuration import TransMambaConfig
+from ..ops import BACKENDS, FEATURE_MAPS
 from .calibrate import CalibrationError, calibrate_student, calibration_windows
 from .seed import seed_student
 from .teacher import (SHIPPED_TEACHER, TeacherNotFound, load_teacher, load_weights, parse_device, read_config,
@@ -46,7 +47,7 @@ _SSM_RANGES = {
     "dt_min": (lambda v: v > 0, "> 0"), "dt_max": (lambda v: v > 0, "> 0"), "dt_init_floor": (lambda v: v > 0, "> 0"),
     "a_init_min": (lambda v: v > 0, "> 0"), "a_init_max": (lambda v: v > 0, "> 0"),
 }
-_SSM_CHOICES = {"bc_feature_map": ("identity", "silu", "elu1", "relu"), "ssm_backend": ("auto", "torch", "mamba_ssm")}
+_SSM_CHOICES = {"bc_feature_map": tuple(FEATURE_MAPS), "ssm_backend": BACKENDS}
 
 
 class SSMOptionError(ValueError):
