@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..convert.api import DTYPES, convert as convert_teacher
+from ..convert.api import convert as convert_teacher
 from ..convert.calibrate import DEFAULT_CALIBRATION_DATA, calibration_table
+from ..convert.teacher import DTYPES
 from ..convert.transpoints import describe_transpoints
 from ..ops import FEATURE_MAPS
 
@@ -67,7 +68,7 @@ def convert(teacher, out, spec, dtype, force, seed, device, z_gate, conv, featur
                                calibrate_seq_len=calibrate_seq_len, calibrate_heldout=calibrate_heldout, **options)
     except USER_ERRORS as err:
         raise click.ClickException(str(err)) from err
-    from ..convert.api import read_metadata  # noqa: PLC0415
+    from ..checkpoint import read_metadata  # noqa: PLC0415
 
     meta = read_metadata(path)
     click.echo(f"student written to {path}")

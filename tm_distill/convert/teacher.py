@@ -37,6 +37,17 @@ class UnreadableModel(ValueError):
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt", "tiktoken.model")
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported: choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
 class DeviceError(ValueError):
     """A device string torch does not know, or a device this machine does not have."""
 
@@ -193,6 +204,7 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | 
     return Teacher(model=model, tokenizer=tokenizer, source=resolved)
 
 
-__all__ = ["DeviceError", "SHIPPED_TEACHER", "TOKENIZER_FILES", "Teacher", "TeacherNotFound", "UnreadableModel",
-           "cache_dir", "check_tokenizer_files", "load_teacher", "load_weights", "parse_device", "read_config",
+__all__ = ["DTYPES", "DeviceError", "SHIPPED_TEACHER", "TOKENIZER_FILES", "Teacher", "TeacherNotFound", "UnreadableModel",
+           "cache_dir", "check_tokenizer_files", "load_teacher", "load_weights", "parse_device", "parse_dtype",
+           "read_config",
            "resolve_source", "shipped_teacher_path"]

@@ -225,7 +225,7 @@ def run_eval(
 ) -> dict:
     """Load the teacher and student folders, evaluate, and write report.json / report.md / plots to out_dir."""
     from ..convert import load_teacher  # noqa: PLC0415
-    from ..convert.api import NotAStudent, StudentNotFound, load_student  # noqa: PLC0415
+    from ..checkpoint import NotAStudent, StudentNotFound, load_student  # noqa: PLC0415
     from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
     from ..convert.teacher import DeviceError, TeacherNotFound, UnreadableModel, parse_device  # noqa: PLC0415
 
