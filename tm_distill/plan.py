@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .convert.seed import seed_student
 from .convert.transpoints import TransPointSpecError, describe_transpoints
 from .models.configuration import ATTENTION_ONLY
-from .stages.base import use_transpoints
+from .models.modeling import use_transpoints
 from .stages.capture import record_activations
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,9 @@ past the sequence computes exactly what the teacher computes.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -214,4 +217,23 @@ class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["TransMambaDecoderLayer", "TransMambaForCausalLM", "TransMambaModel", "TransMambaPreTrainedModel"]
+@contextlib.contextmanager
+def use_transpoints(model: torch.nn.Module, transpoints: list[int]) -> Iterator[None]:
+    """Set ``model.config.transpoints`` for the block and restore the previous list afterwards.
+
+    The mixers read ``config.transpoints`` live, so this changes the schedule of the next forward passes.
+    """
+    config = model.config
+    n = config.num_hidden_layers
+    if len(transpoints) != n:
+        raise ValueError(f"got {len(transpoints)} TransPoints for a model with {n} layers")
+    previous = list(config.transpoints)
+    config.transpoints = [int(p) for p in transpoints]
+    try:
+        yield
+    finally:
+        config.transpoints = previous
+
+
+__all__ = ["TransMambaDecoderLayer", "TransMambaForCausalLM", "TransMambaModel", "TransMambaPreTrainedModel",
+           "use_transpoints"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.modeling import use_transpoints
 from .checkpoint import newest_checkpoint
 
 
@@ -24,8 +25,6 @@ def nonfinite(tensors) -> list[str]:
 def unsound(stage, micro: torch.Tensor | None, transpoints: list[int], autocast, accelerator) -> str | None:
     """Why the student must not be saved now, or None. micro: (batch, seqlen) tokens the loss is recomputed on
     (None: weights only). The RNG is left as it was, so checking does not change what training draws next."""
-    from ..stages.base import use_transpoints  # noqa: PLC0415
-
     problem = None
     bad = nonfinite(stage.student.named_parameters())
     if bad:
