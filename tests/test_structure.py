@@ -16,8 +16,6 @@ LONG_FUNCTIONS = {
     "convert/api.py:convert": "a long docstring; 37-line body",
     "data/selfgen.py:sample_from_teacher": "a long docstring; 47-line body",
     "plan.py:choose_transpoints": "one greedy pass; 54-line body",
-    "data/tokens.py:build_token_dataset": "not split yet",
-    "eval/api.py:evaluate": "not split yet",
 }
 
 
