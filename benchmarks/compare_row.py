@@ -61,7 +61,7 @@ class Row:
 def seeded_student(row: str, teacher_path: str, out: Path) -> tuple[Path, dict]:
     """A and A': the seeded (and, for A', calibrated) cycle student saved at ``out``."""
     from tm_distill.convert import load_teacher, parse_transpoints, seed_student  # noqa: PLC0415
-    from tm_distill.convert.api import save_student  # noqa: PLC0415
+    from tm_distill.checkpoint import save_student  # noqa: PLC0415
 
     t = load_teacher(teacher_path, device="cuda")
     student = seed_student(t.model, parse_transpoints(SEEDED_SPEC, t.model.config.num_hidden_layers), SEEDED_SPEC,

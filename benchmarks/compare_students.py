@@ -24,7 +24,7 @@ from pathlib import Path
 
 import tm_distill  # noqa: F401
 from tm_distill.convert import load_teacher, parse_transpoints, seed_student
-from tm_distill.convert.api import save_student
+from tm_distill.checkpoint import save_student
 from tm_distill.eval.api import EvalOptions, run_eval
 from tm_distill.models.memory import layer_memory
 from tm_distill.recipe import load_recipe

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the CPU test suite (GPU tests are marked `gpu` and skipped without CUDA).
+# Run the CPU test suite, every tier (GPU tests are marked `gpu` and skipped without CUDA).
+# The fast loop while working: scripts/test.sh -m "not slow" (skips the tests on the real teacher).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pytest -q tests "$@"

@@ -10,6 +10,12 @@ import tm_distill  # noqa: F401  (registers the Auto classes)
 
 
 def pytest_collection_modifyitems(config, items):
+    """A test that needs the real teacher (the ``smol`` fixture, directly or through another fixture) is
+    ``slow``, so ``pytest -m "not slow"`` is the fast loop on tiny random models; CI runs every test.
+    ``gpu`` tests are skipped without CUDA."""
+    for item in items:
+        if "smol" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

@@ -175,6 +175,7 @@ def test_small_budgets_are_shown_with_their_digits():
 
 
 # ---------------------------------------------------------------------------------------------------- real teacher
+@pytest.mark.slow  # loads the real teacher through the CLI, not through the smol fixture
 def test_plan_command_on_real_teacher(tmp_path, real_text):
     """SmolLM2-135M on Shakespeare through the CLI: switching earlier hurts more; a 25% KV budget is met."""
     calib = tmp_path / "calib.txt"

@@ -9,7 +9,7 @@ import pytest
 from tm_distill.recipe import Recipe, RecipeError, StageConfig, dump_recipe, load_recipe, recipe_from_dict
 from tm_distill.training.resolve import resolve_plan, teacher_config
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))  # compare/ included
 
 
 def _raw(**top):
@@ -21,7 +21,8 @@ def _raw(**top):
 def test_every_shipped_recipe_loads_and_validates():
     assert {p.parent.name + "/" + p.name for p in RECIPES} >= {
         "smollm2-135m/cpu-demo.yaml", "smollm2-135m/gpu-cycle.yaml", "llama-3.2-1b/attn25.yaml",
-        "llama-3-8b/cycle-multigpu.yaml"}
+        "llama-3-8b/cycle-multigpu.yaml", "compare/B-mil.yaml", "compare/C-full.yaml", "compare/D-sampled.yaml",
+        "compare/E-logits-only.yaml"}
     for path in RECIPES:
         recipe = load_recipe(path)
         plan = resolve_plan(recipe, teacher_config(recipe.teacher))  # uncached hub teachers: schema only

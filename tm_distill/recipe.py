@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import yaml
 
+from .stage_names import STAGES, TRAINABLE, unknown_stage
+
 log = logging.getLogger(__name__)
 
 
@@ -156,8 +158,8 @@ class ScheduleConfig:
 
 @dataclass
 class StageConfig:
-    name: str = _help("stage kind: matrix, hidden, logits or onpolicy")
-    trainable: Literal["ssm", "mixer", "all", "lora"] = _help(
+    name: str = _help(f"stage kind: {', '.join(STAGES)}")
+    trainable: Literal[TRAINABLE] = _help(
         "what trains: SSM-only params, SSM + mixer projections, everything, or LoRA (+ SSM params)", "ssm")
     steps: int | None = _help("optimizer steps (give steps or tokens)", None)
     tokens: int | None = _help("token budget; steps = ceil(tokens / (batch_size * grad_accum * seq_len))", None)
@@ -196,12 +198,7 @@ class StageConfig:
         _check(self.keep_last >= 1, "keep_last", f"must be >= 1, got {self.keep_last}")
         _check(self.log_every >= 1, "log_every", "must be >= 1")
         _check(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
-        from .stages import STAGES  # noqa: PLC0415  (names only; no stage module is imported)
-
-        if self.name not in STAGES:
-            close = difflib.get_close_matches(self.name, STAGES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise RecipeError("name", f"unknown stage {self.name!r}{hint}; valid stages: {', '.join(STAGES)}")
+        _check(self.name in STAGES, "name", unknown_stage(self.name))
         _check(self.trainable != "lora" or self.name in ("logits", "onpolicy"), "trainable",
                "lora is only for the logits and onpolicy stages (matrix/hidden train the SSM per layer)")
         if self.name != "onpolicy":

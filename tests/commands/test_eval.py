@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from tm_distill.cli import cli
 from tm_distill.convert import parse_transpoints, seed_student
-from tm_distill.convert.api import save_student
+from tm_distill.checkpoint import save_student
 
 FAST = ["--seq-len", "64", "--windows", "1", "--no-speed", "--passkey-lengths", "none", "--no-layer-error"]
 

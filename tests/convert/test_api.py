@@ -9,10 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from tm_distill.convert import TeacherNotFound, UnsupportedTeacher, TransPointSpecError, load_teacher, seed_student
-from tm_distill.convert.api import (
-    META_FILE, NotAStudent, OutputExists, PromptTooLong, StudentNotFound, convert, generate_text, load_student,
-    read_metadata, save_student,
-)
+from tm_distill.checkpoint import (META_FILE, NotAStudent, OutputExists, StudentNotFound, load_student, read_metadata,
+                                   save_student)
+from tm_distill.convert.api import convert
+from tm_distill.generation import PromptTooLong, generate_text
 from tm_distill.models import ATTENTION_ONLY, TransMambaForCausalLM
 
 

@@ -2,7 +2,7 @@ import torch
 
 from tests.conftest import tiny_llama
 from tm_distill.convert import parse_transpoints, seed_student
-from tm_distill.eval.generation import cache_bytes, greedy_generate
+from tm_distill.generation import cache_bytes, greedy_generate
 from tm_distill.eval.speed import measure_speed, parameter_bytes
 
 

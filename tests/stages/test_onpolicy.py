@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import tiny_llama
 from tm_distill.convert import seed_student
-from tm_distill.eval.generation import sample_generate
+from tm_distill.generation import sample_generate
 from tm_distill.losses import distill_loss
 from tm_distill.recipe import StageConfig, from_dict
 from tm_distill.stages import get_stage_class, use_transpoints

@@ -9,7 +9,8 @@ import tm_distill.stages.matrix as matrix_module
 from tm_distill.convert import seed_student
 from tm_distill.data.tokens import document_positions
 from tm_distill.recipe import LossConfig, StageConfig
-from tm_distill.stages import get_stage_class, use_transpoints
+from tm_distill.models import use_transpoints
+from tm_distill.stages import get_stage_class
 
 LENGTHS = (11, 17)  # two documents packed into one 28-token row
 TPS = [0, 5, 9]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ..convert.api import DTYPES, convert as convert_teacher
+from ..convert.api import convert as convert_teacher
 from ..convert.calibrate import DEFAULT_CALIBRATION_DATA, calibration_table
+from ..convert.teacher import DTYPES
 from ..convert.transpoints import describe_transpoints
+from ..ops import FEATURE_MAPS
 
 # Errors a user can cause; anything else is a bug and keeps its traceback.
 USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, PermissionError)
@@ -25,7 +27,7 @@ USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, PermissionError)
 @click.option("--device", default="cpu", show_default=True, help="Where to seed (cpu, cuda, cuda:1, ...).")
 @click.option("--z-gate/--no-z-gate", default=False, help="Gate + gated RMSNorm on SSM tokens (new z projection).")
 @click.option("--conv/--no-conv", default=False, help="Causal depthwise conv1d on x, B, C (identity init).")
-@click.option("--feature-map", type=click.Choice(["identity", "silu", "elu1", "relu"]), default="identity",
+@click.option("--feature-map", type=click.Choice(list(FEATURE_MAPS)), default="identity",
               show_default=True, help="Activation on B and C.")
 @click.option("--c-scale/--no-c-scale", default=False, help="Scale C by 1/sqrt(head_dim), the softmax scale.")
 @click.option("--ssm-rope/--no-ssm-rope", default=False, help="Use RoPE-rotated q, k as C, B.")
@@ -66,7 +68,7 @@ def convert(teacher, out, spec, dtype, force, seed, device, z_gate, conv, featur
                                calibrate_seq_len=calibrate_seq_len, calibrate_heldout=calibrate_heldout, **options)
     except USER_ERRORS as err:
         raise click.ClickException(str(err)) from err
-    from ..convert.api import read_metadata  # noqa: PLC0415
+    from ..checkpoint import read_metadata  # noqa: PLC0415
 
     meta = read_metadata(path)
     click.echo(f"student written to {path}")

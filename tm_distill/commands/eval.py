@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import click
 
+from ..convert.teacher import DTYPES
+from ..eval.api import EvalOptions
+
+DEFAULTS = EvalOptions()  # the option defaults are the library's
+
+
+def _csv(values) -> str:
+    return ",".join(str(v) for v in values)
+
 
 def _ints(ctx, param, value):
     if value is None or value.strip().lower() in ("", "none"):
@@ -36,31 +45,35 @@ def _names(ctx, param, value):
 @click.option("--teacher", required=True, help="Teacher: HF folder, .gguf file, hub id, or smollm2-135m.")
 @click.option("--data", default="shakespeare", show_default=True,
               help="Text: a corpus name, .txt/.jsonl/.json/.parquet file, folder, glob, or hub dataset.")
-@click.option("--text-field", default="text", show_default=True, help="Text column of JSON/parquet data.")
+@click.option("--text-field", default=DEFAULTS.text_field, show_default=True, help="Text column of JSON/parquet data.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder.")
-@click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True, help="Window length.")
-@click.option("--windows", type=click.IntRange(min=1), default=8, show_default=True, help="Held-out windows.")
-@click.option("--heldout-fraction", type=float, default=0.05, show_default=True,
+@click.option("--seq-len", type=click.IntRange(min=2), default=DEFAULTS.seq_len, show_default=True,
+              help="Window length.")
+@click.option("--windows", type=click.IntRange(min=1), default=DEFAULTS.windows, show_default=True,
+              help="Held-out windows.")
+@click.option("--heldout-fraction", type=float, default=DEFAULTS.heldout_fraction, show_default=True,
               help="Documents held out (use the distillation's value and seed).")
-@click.option("--data-seed", type=int, default=0, show_default=True, help="Seed of the held-out document split.")
+@click.option("--data-seed", type=int, default=DEFAULTS.data_seed, show_default=True, help="Seed of the held-out document split.")
 @click.option("--transpoints", default=None, help="Override every student's TransPoints (e.g. all=128).")
-@click.option("--passkey-lengths", callback=_ints, default="1024,2048", show_default=True,
+@click.option("--passkey-lengths", callback=_ints, default=_csv(DEFAULTS.retrieval_lengths), show_default=True,
               help="Retrieval context lengths (passkey and phonebook); 'none' skips retrieval.")
-@click.option("--depths", callback=_floats, default="0.1,0.5,0.9", show_default=True, help="Needle depths in [0,1].")
-@click.option("--trials", type=click.IntRange(min=1), default=2, show_default=True, help="Prompts per length/depth.")
-@click.option("--retrieval-tasks", callback=_names, default="passkey,phonebook", show_default=True)
+@click.option("--depths", callback=_floats, default=_csv(DEFAULTS.depths), show_default=True,
+              help="Needle depths in [0,1].")
+@click.option("--trials", type=click.IntRange(min=1), default=DEFAULTS.trials, show_default=True, help="Prompts per length/depth.")
+@click.option("--retrieval-tasks", callback=_names, default=_csv(DEFAULTS.retrieval_tasks), show_default=True)
 @click.option("--tasks", callback=_names, default=None, help="lm-eval tasks, e.g. arc_easy,hellaswag (needs lm-eval).")
 @click.option("--task-dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Folder of local lm-eval task YAMLs.")
 @click.option("--limit", "lm_eval_limit", type=float, default=None, help="lm-eval: examples per task (or fraction).")
 @click.option("--num-fewshot", type=int, default=None, help="lm-eval: few-shot examples.")
-@click.option("--speed-lengths", callback=_ints, default="256,1024", show_default=True, help="Prompt lengths to time.")
-@click.option("--decode-tokens", type=click.IntRange(min=2), default=16, show_default=True)
+@click.option("--speed-lengths", callback=_ints, default=_csv(DEFAULTS.speed_lengths), show_default=True,
+              help="Prompt lengths to time.")
+@click.option("--decode-tokens", type=click.IntRange(min=2), default=DEFAULTS.decode_tokens, show_default=True)
 @click.option("--no-speed", is_flag=True, help="Skip the speed and memory section.")
 @click.option("--no-layer-error", is_flag=True, help="Skip the per-layer hidden-state error.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the retrieval prompts.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed of the retrieval prompts.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
 def eval_cmd(students, teacher, data, text_field, out_dir, seq_len, windows, heldout_fraction, data_seed,
              transpoints, passkey_lengths, depths, trials, retrieval_tasks, tasks, task_dir, lm_eval_limit,
              num_fewshot, speed_lengths, decode_tokens, no_speed, no_layer_error, seed, device, dtype):
@@ -80,9 +93,9 @@ def eval_cmd(students, teacher, data, text_field, out_dir, seq_len, windows, hel
       tm-distill eval runs/demo/final --teacher smollm2-135m --tasks arc_easy --limit 100 --out runs/arc
       tm-distill eval runs/s --teacher smollm2-135m --tasks my_task --task-dir tasks/ --no-speed --out r
     """
-    from ..convert.api import parse_dtype  # noqa: PLC0415
+    from ..convert.teacher import parse_dtype  # noqa: PLC0415
     from ..convert.transpoints import TransPointSpecError  # noqa: PLC0415
-    from ..eval.api import EvalInputError, EvalOptions, run_eval  # noqa: PLC0415
+    from ..eval.api import EvalInputError, run_eval  # noqa: PLC0415
     from ..eval.lmeval import LMEvalUnavailable, lm_eval_available, INSTALL_HINT  # noqa: PLC0415
     from ..eval.retrieval import RetrievalError  # noqa: PLC0415
 

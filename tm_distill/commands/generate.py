@@ -11,7 +11,7 @@ from .convert import USER_ERRORS
 
 def load_any(model: str, device: str):
     """A student folder through ``load_student``; anything else (teacher folder, .gguf, alias) as a teacher."""
-    from ..convert.api import NotAStudent, load_student  # noqa: PLC0415
+    from ..checkpoint import NotAStudent, load_student  # noqa: PLC0415
     from ..convert.teacher import load_teacher  # noqa: PLC0415
 
     path = Path(model).expanduser()
@@ -46,7 +46,7 @@ def generate(model, prompt, max_new_tokens, chat, temperature, seed, device):
       tm-distill generate runs/student --prompt "To be, or not to be" --max-new-tokens 40
       tm-distill generate smollm2-135m --chat --prompt "Hi!" --temperature 0.7 --seed 1
     """
-    from ..convert.api import generate_text  # noqa: PLC0415
+    from ..generation import generate_text  # noqa: PLC0415
 
     if not prompt.strip():
         raise click.BadParameter("the prompt is empty: give the text to continue, e.g. --prompt \"Once upon a time\"",

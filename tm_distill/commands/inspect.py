@@ -13,7 +13,7 @@ def _mode(p: int, attention_only: int) -> str:
 
 def render(path: str, contexts: tuple[int, ...], batch_size: int = 1) -> str:
     """The inspect report for the student at ``path`` as text (one table)."""
-    from ..convert.api import read_metadata, student_config_from  # noqa: PLC0415
+    from ..checkpoint import read_metadata, student_config_from  # noqa: PLC0415
     from ..convert.calibrate import calibration_table  # noqa: PLC0415
     from ..convert.transpoints import describe_transpoints  # noqa: PLC0415
     from ..models.configuration import ATTENTION_ONLY  # noqa: PLC0415

@@ -1,15 +1,13 @@
-"""The user-facing conversion API: convert a teacher, save and load students, generate text.
+"""The user-facing conversion API: check the options, convert a teacher into a seeded student checkpoint.
 
-Checkpoints are written atomically: everything goes into a temporary sibling folder (``.tmp-<name>-*``) that
-is renamed into place with ``os.replace``, so an error leaves nothing at the output path. A checkpoint is a
-plain Hugging Face folder (safetensors, config.json with the TransPoints, tokenizer with its chat template,
-generation_config.json) plus ``tm_distill.json``, a small record of where it came from.
+The checkpoint is written by ``tm_distill.checkpoint`` (atomically: an error leaves nothing at the output
+path), which also reads it back; prompting and text generation live in ``tm_distill.generation``. Both are
+re-exported here for callers of the older paths.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from datetime import datetime, timezone
@@ -17,20 +15,21 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers import LlamaConfig
 
-from ..atomic import atomic_folder, remove_stale_temps
+from ..atomic import remove_stale_temps
+from ..checkpoint import (META_FILE, NotAStudent, OutputExists, StudentNotFound, check_output, load_student,
+                          read_metadata, save_student, student_config_from)
+from ..generation import PromptTooLong, PromptTooShort, encode_prompt, generate_text
 from ..models.configuration import TransMambaConfig
+from ..ops import BACKENDS, FEATURE_MAPS
 from .calibrate import CalibrationError, calibrate_student, calibration_windows
 from .seed import seed_student
-from .teacher import (SHIPPED_TEACHER, TeacherNotFound, load_teacher, load_weights, parse_device, read_config,
-                      resolve_source)
+from .teacher import DTYPES, SHIPPED_TEACHER, TeacherNotFound, load_teacher, parse_device, parse_dtype, resolve_source
 from .transpoints import parse_transpoints
 
 log = logging.getLogger(__name__)
 
-META_FILE = "tm_distill.json"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # The config fields a user may set at conversion (everything TransMambaConfig adds but the bookkeeping).
 SSM_OPTIONS = tuple(
     f.name for f in dataclasses.fields(TransMambaConfig)
@@ -46,7 +45,7 @@ _SSM_RANGES = {
     "dt_min": (lambda v: v > 0, "> 0"), "dt_max": (lambda v: v > 0, "> 0"), "dt_init_floor": (lambda v: v > 0, "> 0"),
     "a_init_min": (lambda v: v > 0, "> 0"), "a_init_max": (lambda v: v > 0, "> 0"),
 }
-_SSM_CHOICES = {"bc_feature_map": ("identity", "silu", "elu1", "relu"), "ssm_backend": ("auto", "torch", "mamba_ssm")}
+_SSM_CHOICES = {"bc_feature_map": tuple(FEATURE_MAPS), "ssm_backend": BACKENDS}
 
 
 class SSMOptionError(ValueError):
@@ -84,40 +83,6 @@ def check_ssm_options(options: dict) -> None:
             raise SSMOptionError(lo if lo in options else hi, f"{lo}={merged[lo]} is above {hi}={merged[hi]}")
 
 
-class OutputExists(FileExistsError):
-    pass
-
-
-class StudentNotFound(FileNotFoundError):
-    pass
-
-
-class NotAStudent(ValueError):
-    pass
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported: choose one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def check_output(out_dir: str | Path, force: bool) -> Path:
-    """Refuse an existing ``out_dir`` unless ``force``; with force, refuse a folder that is not a checkpoint."""
-    out = Path(out_dir).expanduser()
-    if not out.exists():
-        return out
-    if not force:
-        raise OutputExists(f"output {out} already exists: pass --force (force=True) to replace it")
-    if out.is_dir() and any(out.iterdir()) and not ((out / "config.json").exists() or (out / META_FILE).exists()):
-        raise OutputExists(f"output {out} is a non-empty folder that is not a checkpoint; refusing to replace it")
-    if not out.is_dir():
-        raise OutputExists(f"output {out} is a file, not a checkpoint folder; remove it or pick another path")
-    return out
-
-
 def check_apart(teacher_source: str, out: Path) -> None:
     """Refuse an output that is the teacher, lies inside the teacher's folder, or holds the teacher (symlinks
     resolved): writing or replacing it would destroy the teacher."""
@@ -137,22 +102,7 @@ def check_apart(teacher_source: str, out: Path) -> None:
                            "the teacher; give the student its own path, e.g. runs/student")
 
 
-def save_student(model, tokenizer, out_dir: str | Path, metadata: dict | None = None, force: bool = False) -> Path:
-    """Write model (+ generation config), tokenizer and ``tm_distill.json`` to ``out_dir`` atomically.
-
-    An existing ``out_dir`` is an error unless ``force``; then it is replaced only once the new checkpoint
-    is complete. Returns the output path.
-    """
-    out = check_output(out_dir, force)
-    with atomic_folder(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        (tmp / META_FILE).write_text(json.dumps(metadata or {}, indent=2, default=str) + "\n")
-    log.info("saved student to %s", out)
-    return out
-
-
+# Over 60 lines with its 11-line docstring of the options; the body is 37 lines.
 def convert(
     teacher_source: str,
     out_dir: str | Path,
@@ -211,116 +161,36 @@ def convert(
             record = calibrate_student(student, teacher.model, windows, heldout=held, data=calibrate)
             steps.update()
         steps.set_description(f"write {out}")
-        metadata = {
-            "tool": "tm-distill",
-            "version": _version(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "stage": "seeded",
-            "teacher": {"source": teacher_source, "resolved": teacher.source,
-                        "model_type": teacher.model.config.model_type},
-            "transpoint_spec": transpoints_spec,
-            "transpoints": transpoints,
-            "dtype": str(torch_dtype).removeprefix("torch."),
-            "seed": seed,
-            "ssm_options": ssm_options,
-            "calibration": None if record is None else record.to_dict(),
-        }
+        metadata = _metadata(teacher_source, teacher, transpoints_spec, transpoints, torch_dtype, seed, ssm_options,
+                             record)
         path = save_student(student, teacher.tokenizer, out, metadata, force=force)
         steps.update()
     return path
+
+
+def _metadata(teacher_source: str, teacher, transpoints_spec: str, transpoints: list[int], dtype: torch.dtype,
+              seed: int, ssm_options: dict, record) -> dict:
+    """What ``tm_distill.json`` records about a converted student: its teacher, schedule and calibration."""
+    return {
+        "tool": "tm-distill",
+        "version": _version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "stage": "seeded",
+        "teacher": {"source": teacher_source, "resolved": teacher.source,
+                    "model_type": teacher.model.config.model_type},
+        "transpoint_spec": transpoints_spec,
+        "transpoints": transpoints,
+        "dtype": str(dtype).removeprefix("torch."),
+        "seed": seed,
+        "ssm_options": ssm_options,
+        "calibration": None if record is None else record.to_dict(),
+    }
 
 
 def _version() -> str:
     from .. import __version__  # noqa: PLC0415
 
     return __version__
-
-
-def read_metadata(path: str | Path) -> dict:
-    meta = Path(path) / META_FILE
-    return json.loads(meta.read_text()) if meta.exists() else {}
-
-
-def student_config_from(path: str | Path) -> TransMambaConfig:
-    """The config of the student checkpoint at ``path``; clear errors for a missing folder or a non-student."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise StudentNotFound(
-            f"student {path} does not exist: create one with `tm-distill convert TEACHER {path} --transpoints SPEC`"
-        )
-    if not (path / "config.json").exists():
-        raise StudentNotFound(f"{path} has no config.json: it is not a model checkpoint folder")
-    config = read_config(path)
-    if not isinstance(config, TransMambaConfig):
-        raise NotAStudent(
-            f"{path} holds a {config.model_type!r} model, not a TransMamba student: "
-            f"convert it first with `tm-distill convert {path} OUT --transpoints SPEC`"
-        )
-    return config
-
-
-def load_student(path: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"):
-    """Load a student checkpoint: (model in eval mode, tokenizer). dtype None keeps the checkpoint's."""
-    device = parse_device(device)
-    student_config_from(path)
-    model = load_weights(AutoModelForCausalLM, path, dtype=parse_dtype(dtype) if dtype is not None else "auto")
-    model = model.to(device).eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as err:
-        raise StudentNotFound(f"{path} has no usable tokenizer ({err}); re-create it with `tm-distill convert`") from err
-    return model, tokenizer
-
-
-def encode_prompt(tokenizer, prompt: str, chat: bool = False) -> torch.Tensor:
-    """Token ids (1, t) of ``prompt``; with ``chat`` as a user turn in the tokenizer's chat template."""
-    if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("this model's tokenizer has no chat template: drop --chat")
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-    return tokenizer(prompt, return_tensors="pt").input_ids
-
-
-class PromptTooLong(ValueError):
-    pass
-
-
-class PromptTooShort(ValueError):
-    pass
-
-
-@torch.no_grad()
-def generate_text(
-    model, tokenizer, prompt: str, max_new_tokens: int = 64, chat: bool = False, temperature: float = 0.0,
-    seed: int = 0,
-) -> tuple[str, torch.Tensor]:
-    """Greedy (temperature 0) or sampled continuation of ``prompt``. Returns (text, new token ids (n,))."""
-    if not prompt.strip():
-        raise PromptTooShort("the prompt is empty: give the text to continue, e.g. --prompt \"Once upon a time\"")
-    ids = encode_prompt(tokenizer, prompt, chat).to(model.device)
-    if ids.shape[1] == 0:
-        raise PromptTooShort(f"the prompt {prompt!r} encodes to no tokens: give some text to continue")
-    limit = model.config.max_position_embeddings
-    if ids.shape[1] >= limit:
-        raise PromptTooLong(
-            f"the prompt is {ids.shape[1]} tokens but the model handles at most {limit} "
-            "(max_position_embeddings): shorten it"
-        )
-    if ids.shape[1] + max_new_tokens > limit:
-        log.warning("only %d new tokens fit in the model's %d positions", limit - ids.shape[1], limit)
-        max_new_tokens = limit - ids.shape[1]
-    torch.manual_seed(seed)
-    sample = temperature > 0
-    out = model.generate(
-        ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=sample,
-        temperature=temperature if sample else None, top_p=None, top_k=None,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-    )
-    new = out[0, ids.shape[1]:]
-    return tokenizer.decode(new, skip_special_tokens=True), new
 
 
 __all__ = ["DTYPES", "META_FILE", "NotAStudent", "OutputExists", "PromptTooLong", "PromptTooShort", "SSMOptionError",

@@ -62,7 +62,9 @@ def map_teacher_key(key: str) -> str:
     raise UnsupportedTeacher(f"teacher tensor {key!r} has no place in a TransMamba student")
 
 
-def _adapter(cfg: PretrainedConfig) -> Adapter:
+def teacher_adapter(cfg: PretrainedConfig) -> Adapter:
+    """The ``ADAPTERS`` entry for the teacher's ``model_type``; UnsupportedTeacher for another family or a
+    sliding-window model (checked before any weight is loaded)."""
     mt = getattr(cfg, "model_type", None)
     if mt not in ADAPTERS:
         raise UnsupportedTeacher(
@@ -89,7 +91,7 @@ def student_config(
     **ssm_options,
 ) -> TransMambaConfig:
     """The student config: the teacher's Llama fields, its TransPoints and SSM options."""
-    adapter = _adapter(teacher_config)
+    adapter = teacher_adapter(teacher_config)
     fields = {f: getattr(teacher_config, f) for f in (
         "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
@@ -156,4 +158,4 @@ def seed_student(
 
 
 __all__ = ["ADAPTERS", "UnsupportedTeacher", "map_teacher_key", "seed_student", "student_config",
-           "supported_model_types"]
+           "supported_model_types", "teacher_adapter"]

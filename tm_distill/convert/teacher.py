@@ -37,6 +37,17 @@ class UnreadableModel(ValueError):
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt", "tiktoken.model")
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported: choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
 class DeviceError(ValueError):
     """A device string torch does not know, or a device this machine does not have."""
 
@@ -130,7 +141,8 @@ def resolve_source(source: str) -> str:
     return source  # a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct
 
 
-def _gguf_cache_path(gguf: Path) -> Path:
+def gguf_cache_path(gguf: Path) -> Path:
+    """Where the de-quantized copy of ``gguf`` is cached (keyed on its path, size and mtime)."""
     st = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
     return cache_dir() / "teachers" / f"{gguf.stem}-{key}"
@@ -152,7 +164,7 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | 
     resolved = resolve_source(source)
     path = Path(resolved)
     if path.suffix == ".gguf":
-        cached = _gguf_cache_path(path)
+        cached = gguf_cache_path(path)
         if not (cached / "config.json").exists():
             log.info("de-quantizing %s (once; cached at %s)", path.name, cached)
             try:
@@ -177,9 +189,9 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | 
             config = AutoConfig.from_pretrained(folder)
         except OSError as err:
             raise TeacherNotFound(f"cannot load teacher {source!r}: {err}") from err
-    from .seed import _adapter  # noqa: PLC0415  (checks the model family before loading weights)
+    from .seed import teacher_adapter  # noqa: PLC0415  (checks the model family before loading weights)
 
-    _adapter(config)
+    teacher_adapter(config)
     if Path(folder).is_dir():
         check_tokenizer_files(folder, "teacher folder")
     try:
@@ -193,6 +205,6 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | 
     return Teacher(model=model, tokenizer=tokenizer, source=resolved)
 
 
-__all__ = ["DeviceError", "SHIPPED_TEACHER", "TOKENIZER_FILES", "Teacher", "TeacherNotFound", "UnreadableModel",
-           "cache_dir", "check_tokenizer_files", "load_teacher", "load_weights", "parse_device", "read_config",
-           "resolve_source", "shipped_teacher_path"]
+__all__ = ["DTYPES", "DeviceError", "SHIPPED_TEACHER", "TOKENIZER_FILES", "Teacher", "TeacherNotFound", "UnreadableModel",
+           "cache_dir", "check_tokenizer_files", "load_teacher", "load_weights", "parse_device", "parse_dtype",
+           "gguf_cache_path", "read_config", "resolve_source", "shipped_teacher_path"]

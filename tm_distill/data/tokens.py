@@ -96,20 +96,9 @@ def _save_atomic(obj: dict, path: Path) -> None:
     atomic_write_file(path, lambda tmp: torch.save(obj, tmp))
 
 
-def build_token_dataset(
-    texts: Sequence[str], tokenizer, seq_len: int, *, heldout_fraction: float = 0.05, seed: int = 0,
-    max_tokens: int | None = None, cache_dir: str | Path | None = None, pack: bool = True,
-) -> TokenData:
-    """Tokenize ``texts`` (EOS after each document), split by document, cut into ``seq_len`` windows.
-
-    texts: documents (e.g. from ``load_texts``); tokenizer: the teacher's (needs an EOS token);
-    heldout_fraction: share of documents held out, in [0, 1) (when > 0, at least one document and, packed,
-    enough documents for one full window while one document is left to train on);
-    seed: the split permutation; max_tokens: cap on training tokens (whole windows, held-out not capped);
-    cache_dir: where the tokenized result is cached as ``<key>.pt`` (default ~/.cache/tm-distill/tokens/),
-    keyed on the texts, tokenizer and these parameters; pack: see the module docstring.
-    Returns TokenData(train (n, seq_len), heldout (m, seq_len), meta).
-    """
+def _check_inputs(texts: Sequence[str], tokenizer, seq_len: int, heldout_fraction: float, max_tokens: int | None,
+                  ) -> tuple[list[str], int, int]:
+    """(the documents as a list, the EOS id, how many documents to hold out), or a clear error."""
     if seq_len < 2:
         raise ValueError(f"seq_len={seq_len} must be >= 2 tokens")
     if not 0.0 <= heldout_fraction < 1.0:
@@ -130,28 +119,61 @@ def build_token_dataset(
             f"heldout_fraction={heldout_fraction} of {len(texts)} document(s) leaves none for training: the split is "
             "by document, so give more documents (e.g. one per file) or set heldout_fraction=0"
         )
+    return texts, eos, n_held
+
+
+def _read_cache(path: Path) -> TokenData | None:
+    """The cached dataset at ``path``, or None when there is none or it cannot be read (then it is rebuilt)."""
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, weights_only=True)
+        log.info("token cache hit: %s", path)
+        return TokenData(blob["train"], blob["heldout"], {**blob["meta"], "from_cache": True},
+                         blob["train_doc_ids"], blob["heldout_doc_ids"])
+    except Exception as err:  # a corrupt or foreign file: rebuild it
+        log.warning("ignoring unreadable token cache %s (%s); rebuilding", path, err)
+        return None
+
+
+def _split_documents(docs: list[list[int]], n_held: int, seq_len: int, seed: int, pack: bool,
+                     ) -> tuple[list[int], list[int]]:
+    """(training, held-out) document indices, each sorted: a seeded permutation's first ``n_held`` are held out."""
+    perm = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
+    if pack and n_held:  # short documents (a split single file): hold out enough of them for one window
+        while sum(len(docs[i]) for i in perm[:n_held]) < seq_len and n_held < len(docs) - 1:
+            n_held += 1
+    return sorted(perm[n_held:]), sorted(perm[:n_held])
+
+
+def build_token_dataset(
+    texts: Sequence[str], tokenizer, seq_len: int, *, heldout_fraction: float = 0.05, seed: int = 0,
+    max_tokens: int | None = None, cache_dir: str | Path | None = None, pack: bool = True,
+) -> TokenData:
+    """Tokenize ``texts`` (EOS after each document), split by document, cut into ``seq_len`` windows.
+
+    texts: documents (e.g. from ``load_texts``); tokenizer: the teacher's (needs an EOS token);
+    heldout_fraction: share of documents held out, in [0, 1) (when > 0, at least one document and, packed,
+    enough documents for one full window while one document is left to train on);
+    seed: the split permutation; max_tokens: cap on training tokens (whole windows, held-out not capped);
+    cache_dir: where the tokenized result is cached as ``<key>.pt`` (default ~/.cache/tm-distill/tokens/),
+    keyed on the texts, tokenizer and these parameters; pack: see the module docstring.
+    Returns TokenData(train (n, seq_len), heldout (m, seq_len), meta).
+    """
+    texts, eos, n_held = _check_inputs(texts, tokenizer, seq_len, heldout_fraction, max_tokens)
     params = {"seq_len": seq_len, "heldout_fraction": heldout_fraction, "seed": seed, "max_tokens": max_tokens,
               "pack": pack}
     key = _cache_key(texts, tokenizer, params)
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = path / f"{key}.pt"
-    if path.exists():
-        try:
-            blob = torch.load(path, weights_only=True)
-            log.info("token cache hit: %s", path)
-            return TokenData(blob["train"], blob["heldout"], {**blob["meta"], "from_cache": True},
-                             blob["train_doc_ids"], blob["heldout_doc_ids"])
-        except Exception as err:  # a corrupt or foreign file: rebuild it
-            log.warning("ignoring unreadable token cache %s (%s); rebuilding", path, err)
+    cached = _read_cache(path)
+    if cached is not None:
+        return cached
 
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     docs = [list(d) + [eos] for d in ids]
-    perm = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
-    if pack and n_held:  # short documents (a split single file): hold out enough of them for one window
-        while sum(len(docs[i]) for i in perm[:n_held]) < seq_len and n_held < len(docs) - 1:
-            n_held += 1
-    held_idx = sorted(perm[:n_held])
-    train_idx = sorted(perm[n_held:])
+    train_idx, held_idx = _split_documents(docs, n_held, seq_len, seed, pack)
+    n_held = len(held_idx)
     train, train_doc, dropped = _windows([docs[i] for i in train_idx], seq_len, pack)
     heldout, held_doc, held_dropped = _windows([docs[i] for i in held_idx], seq_len, pack)
     if max_tokens is not None and train.shape[0] > max_tokens // seq_len:
@@ -173,9 +195,8 @@ def build_token_dataset(
         "seq_len": seq_len, "pack": pack, "seed": seed, "heldout_fraction": heldout_fraction,
         "max_tokens": max_tokens, "eos_token_id": int(eos), "vocab_size": len(tokenizer),
         "tokenizer": str(getattr(tokenizer, "name_or_path", "")), "num_documents": len(docs),
-        "train_documents": len(train_idx), "heldout_documents": n_held,
-        "train_tokens": int(train.numel()), "heldout_tokens": int(heldout.numel()),
-        "dropped_tokens": int(dropped + held_dropped), "cache_key": key,
+        "train_documents": len(train_idx), "heldout_documents": n_held, "train_tokens": int(train.numel()),
+        "heldout_tokens": int(heldout.numel()), "dropped_tokens": int(dropped + held_dropped), "cache_key": key,
     }
     try:
         _save_atomic({"train": train, "heldout": heldout, "train_doc_ids": train_doc, "heldout_doc_ids": held_doc,

@@ -102,6 +102,36 @@ def apply_transpoints(students: dict[str, torch.nn.Module], spec: str | None) ->
     return own
 
 
+def _model_metrics(teacher, students: dict, windows: torch.Tensor, options: EvalOptions, teacher_source: str,
+                   own: dict[str, list[int]], progress: bool) -> dict:
+    """The report's "models": held-out metrics of the teacher and of each student, with their TransPoints.
+    windows: (n, seq_len) held-out tokens; own: each student's schedule before any override."""
+    metrics = compare_models(teacher, students, windows, options.batch_size, options.layer_error, progress)
+    t = metrics.pop("teacher")
+    t.pop("by_token")
+    models = {"teacher": {"kind": "teacher", "path": teacher_source, "transpoints": None, "transpoint_spec": None,
+                          **t, "layer_error": None}}
+    for name, m in metrics.items():
+        cfg = students[name].config
+        models[name] = {
+            "kind": "student", "path": getattr(students[name], "name_or_path", ""),
+            "transpoints": list(cfg.transpoints),
+            "transpoint_spec": options.transpoints or getattr(cfg, "transpoint_spec", None),
+            "trained_transpoints": own[name], **m,
+        }
+    return models
+
+
+def _retrieval(everyone: dict, tokenizer, heldout: torch.Tensor, options: EvalOptions, progress: bool) -> dict:
+    """The report's "retrieval": passkey/phonebook prompts built on the held-out text as filler, run by every model."""
+    filler = filler_from_windows(heldout, tokenizer.eos_token_id)
+    samples, info = build_samples_with_fallback(tokenizer, filler, options.retrieval_tasks, options.retrieval_lengths,
+                                                options.depths, options.trials, options.seed)
+    return {"lengths": info["lengths"], "depths": options.depths, "trials": options.trials, "seed": options.seed,
+            "filler": info["filler"], "skipped": info["skipped"],
+            "tasks": run_retrieval(everyone, tokenizer, samples, progress)}
+
+
 def evaluate(
     teacher: torch.nn.Module, tokenizer, students: dict[str, torch.nn.Module], heldout: torch.Tensor,
     options: EvalOptions, teacher_source: str = "", data_source: str = "", data_split: str = "held-out",
@@ -144,28 +174,9 @@ def evaluate(
     for step in bar:
         bar.set_postfix_str(step)
         if step == "metrics":
-            metrics = compare_models(teacher, students, windows, options.batch_size, options.layer_error, progress)
-            t = metrics.pop("teacher")
-            t.pop("by_token")
-            report["models"]["teacher"] = {"kind": "teacher", "path": teacher_source, "transpoints": None,
-                                           "transpoint_spec": None, **t, "layer_error": None}
-            for name, m in metrics.items():
-                cfg = students[name].config
-                report["models"][name] = {
-                    "kind": "student", "path": getattr(students[name], "name_or_path", ""),
-                    "transpoints": list(cfg.transpoints),
-                    "transpoint_spec": options.transpoints or getattr(cfg, "transpoint_spec", None),
-                    "trained_transpoints": own[name], **m,
-                }
+            report["models"] = _model_metrics(teacher, students, windows, options, teacher_source, own, progress)
         elif step == "retrieval":
-            filler = filler_from_windows(heldout, tokenizer.eos_token_id)
-            samples, info = build_samples_with_fallback(tokenizer, filler, options.retrieval_tasks,
-                                                        options.retrieval_lengths, options.depths, options.trials,
-                                                        options.seed)
-            report["retrieval"] = {"lengths": info["lengths"], "depths": options.depths,
-                                   "trials": options.trials, "seed": options.seed, "filler": info["filler"],
-                                   "skipped": info["skipped"],
-                                   "tasks": run_retrieval(everyone, tokenizer, samples, progress)}
+            report["retrieval"] = _retrieval(everyone, tokenizer, heldout, options, progress)
         elif step == "lm_eval":
             from .lmeval import run_lm_eval  # noqa: PLC0415  (optional extra)
 
@@ -225,7 +236,7 @@ def run_eval(
 ) -> dict:
     """Load the teacher and student folders, evaluate, and write report.json / report.md / plots to out_dir."""
     from ..convert import load_teacher  # noqa: PLC0415
-    from ..convert.api import NotAStudent, StudentNotFound, load_student  # noqa: PLC0415
+    from ..checkpoint import NotAStudent, StudentNotFound, load_student  # noqa: PLC0415
     from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
     from ..convert.teacher import DeviceError, TeacherNotFound, UnreadableModel, parse_device  # noqa: PLC0415
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .generation import greedy_generate
+from ..generation import greedy_generate
 
 log = logging.getLogger(__name__)
 

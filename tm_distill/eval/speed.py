@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from .generation import cache_bytes, greedy_generate
+from ..generation import cache_bytes, greedy_generate
 
 
 def parameter_bytes(model: torch.nn.Module) -> int:

@@ -1,9 +1,9 @@
-"""Student model: config, mixer, hybrid causal LM and its cache."""
+"""Student model: config, mixer, hybrid causal LM and its cache, and ``use_transpoints`` to switch its schedule."""
 
 from .cache import LayerState, TransMambaCache
 from .configuration import ATTENTION_ONLY, TransMambaConfig
 from .mixer import TransMambaMixer
-from .modeling import TransMambaForCausalLM, TransMambaModel
+from .modeling import TransMambaForCausalLM, TransMambaModel, use_transpoints
 
 __all__ = [
     "ATTENTION_ONLY",
@@ -13,4 +13,5 @@ __all__ = [
     "TransMambaForCausalLM",
     "TransMambaMixer",
     "TransMambaModel",
+    "use_transpoints",
 ]

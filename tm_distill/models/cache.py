@@ -20,9 +20,6 @@ class LayerState:
     ssm_state: torch.Tensor | None = None  # (batch, n_q, head_dim, head_dim), fp32
     conv_state: torch.Tensor | None = None  # (batch, channels, conv_kernel - 1)
 
-    def tensors(self):
-        return [t for t in (self.keys, self.values, self.ssm_state, self.conv_state) if t is not None]
-
 
 class TransMambaCache(Cache):
     """Per-layer ``LayerState`` plus the number of tokens seen; works with ``model.generate``."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
+from ..ops import BACKENDS, FEATURE_MAPS
+
 # A TransPoint at or beyond this value means "attention for every position the model will ever see".
 ATTENTION_ONLY = 2**31 - 1
-
-FEATURE_MAPS = ("identity", "silu", "elu1", "relu")
 
 
 @strict
@@ -77,9 +77,9 @@ class TransMambaConfig(LlamaConfig):
         if any(p < 0 for p in self.transpoints):
             raise ValueError(f"transpoints must be >= 0, got {self.transpoints}")
         if self.bc_feature_map not in FEATURE_MAPS:
-            raise ValueError(f"bc_feature_map={self.bc_feature_map!r}: choose one of {FEATURE_MAPS}")
-        if self.ssm_backend not in ("auto", "torch", "mamba_ssm"):
-            raise ValueError(f"ssm_backend={self.ssm_backend!r}: choose auto, torch or mamba_ssm")
+            raise ValueError(f"bc_feature_map={self.bc_feature_map!r}: choose one of {', '.join(FEATURE_MAPS)}")
+        if self.ssm_backend not in BACKENDS:
+            raise ValueError(f"ssm_backend={self.ssm_backend!r}: choose one of {', '.join(BACKENDS)}")
 
     @property
     def min_transpoint(self) -> int:

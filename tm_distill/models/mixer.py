@@ -16,20 +16,13 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from ..ops import ssd_scan, ssd_update
+from ..ops import FEATURE_MAPS, ssd_scan, ssd_update
 from .cache import LayerState
 from .configuration import TransMambaConfig
 
 # The attention prefix changes length with every TransPoint (and every batch when TransPoints are sampled):
 # cuDNN's SDPA builds an execution plan per new shape, so the shape-agnostic kernels are preferred.
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-
-_FEATURE_MAPS = {
-    "identity": lambda t: t,
-    "silu": F.silu,
-    "elu1": lambda t: F.elu(t) + 1.0,
-    "relu": F.relu,
-}
 
 
 class GatedRMSNorm(nn.Module):
@@ -75,7 +68,7 @@ class TransMambaMixer(nn.Module):
         if config.use_conv:
             channels = (2 * nkv + nq) * d
             self.conv1d = nn.Conv1d(channels, channels, config.conv_kernel, groups=channels, bias=True)
-        self.feature_map = _FEATURE_MAPS[config.bc_feature_map]
+        self.feature_map = FEATURE_MAPS[config.bc_feature_map]
 
     @property
     def transpoint(self) -> int:

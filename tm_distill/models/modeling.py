@@ -6,6 +6,9 @@ past the sequence computes exactly what the teacher computes.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -95,6 +98,17 @@ class TransMambaModel(TransMambaPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    def _cache_for(self, past_key_values, use_cache: bool) -> TransMambaCache | None:
+        """The cache this call reads and extends: the caller's, a new one when use_cache asks, or None."""
+        if past_key_values is not None and not isinstance(past_key_values, TransMambaCache):
+            raise TypeError(
+                f"a TransMamba model needs a TransMambaCache, got {type(past_key_values).__name__}; "
+                "let generate() create it or pass TransMambaCache(config.num_hidden_layers)"
+            )
+        if use_cache and past_key_values is None:
+            past_key_values = TransMambaCache(self.config.num_hidden_layers)
+        return past_key_values
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -113,13 +127,7 @@ class TransMambaModel(TransMambaPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         use_cache = use_cache if use_cache is not None else False
-        if past_key_values is not None and not isinstance(past_key_values, TransMambaCache):
-            raise TypeError(
-                f"a TransMamba model needs a TransMambaCache, got {type(past_key_values).__name__}; "
-                "let generate() create it or pass TransMambaCache(config.num_hidden_layers)"
-            )
-        if use_cache and past_key_values is None:
-            past_key_values = TransMambaCache(self.config.num_hidden_layers)
+        past_key_values = self._cache_for(past_key_values, use_cache)
         offset = past_key_values.get_seq_length() if past_key_values is not None else 0
         t = inputs_embeds.shape[1]
         if position_ids is None:
@@ -214,4 +222,23 @@ class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["TransMambaDecoderLayer", "TransMambaForCausalLM", "TransMambaModel", "TransMambaPreTrainedModel"]
+@contextlib.contextmanager
+def use_transpoints(model: torch.nn.Module, transpoints: list[int]) -> Iterator[None]:
+    """Set ``model.config.transpoints`` for the block and restore the previous list afterwards.
+
+    The mixers read ``config.transpoints`` live, so this changes the schedule of the next forward passes.
+    """
+    config = model.config
+    n = config.num_hidden_layers
+    if len(transpoints) != n:
+        raise ValueError(f"got {len(transpoints)} TransPoints for a model with {n} layers")
+    previous = list(config.transpoints)
+    config.transpoints = [int(p) for p in transpoints]
+    try:
+        yield
+    finally:
+        config.transpoints = previous
+
+
+__all__ = ["TransMambaDecoderLayer", "TransMambaForCausalLM", "TransMambaModel", "TransMambaPreTrainedModel",
+           "use_transpoints"]

@@ -13,6 +13,7 @@ import importlib.util
 import torch
 
 from .decode import HAS_TRITON, fused_update_available, ssd_update, ssd_update_fused
+from .feature_maps import FEATURE_MAPS
 from .ssd_ref import ssd_naive, ssd_scan_ref, ssd_step
 
 HAS_MAMBA_SSM = importlib.util.find_spec("mamba_ssm") is not None
@@ -117,5 +118,5 @@ def ssd_scan(
     )
 
 
-__all__ = ["BACKENDS", "HAS_MAMBA_SSM", "HAS_TRITON", "BackendUnavailable", "fused_update_available",
+__all__ = ["BACKENDS", "FEATURE_MAPS", "HAS_MAMBA_SSM", "HAS_TRITON", "BackendUnavailable", "fused_update_available",
            "resolve_backend", "ssd_naive", "ssd_scan", "ssd_scan_ref", "ssd_step", "ssd_update", "ssd_update_fused"]

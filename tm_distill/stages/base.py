@@ -3,30 +3,30 @@
 A stage owns *what* is trained and *what* the loss is; the loop (``tm_distill.training.loop``) owns the
 optimizer, schedule, precision, checkpoints and the per-batch TransPoints. Per batch the loop does::
 
-    with use_transpoints(student, tps):
+    with use_transpoints(student, tps):                      # tm_distill.models
         loss, metrics = stage.loss(input_ids, position_ids)   # (batch, seqlen) each; position_ids may be None
     loss.backward()
 
-Before each step's micro-batches it calls ``stage.begin_step(seed, stage_idx, step)``, and
-``stage.finalize()`` once at the end of the stage, before the final checkpoint is written.
+Before each step's micro-batches it calls ``stage.begin_step(seed, stage_idx, step)``; it calls
+``stage.finalize()`` once at the end of the stage, before the final checkpoint is written, and saves
+``stage.export_state_dict()`` (None: the student's own weights) in every checkpoint.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from transformers import PreTrainedModel
 
 from ..convert.seed import SSM_PARAM_PATTERN
+from ..models.modeling import use_transpoints  # re-exported: the loop imports it from here
+from ..stage_names import TRAINABLE_SETS
 
-if TYPE_CHECKING:  # the recipe imports the stage registry, not the other way round
+if TYPE_CHECKING:
     from ..models import TransMambaForCausalLM
     from ..recipe import StageConfig
 
-TRAINABLE_SETS = ("ssm", "mixer", "all")
 _MIXER_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -68,6 +68,11 @@ class Stage:
     def finalize(self) -> None:
         """Called once at stage end, before the final save (e.g. to merge LoRA adapters). Default: nothing."""
 
+    def export_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The weights a checkpoint saves instead of the student's own (e.g. with LoRA deltas folded in), or
+        None for the student's own. Default: None."""
+        return None
+
 
 def _is_ssm(name: str) -> bool:
     return SSM_PARAM_PATTERN.search(name) is not None
@@ -101,24 +106,6 @@ def freeze_except(model: torch.nn.Module, params: list[tuple[str, torch.nn.Param
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
     return params
-
-
-@contextlib.contextmanager
-def use_transpoints(model: torch.nn.Module, transpoints: list[int]) -> Iterator[None]:
-    """Set ``model.config.transpoints`` for the block and restore the previous list afterwards.
-
-    The mixers read ``config.transpoints`` live, so this changes the schedule of the next forward passes.
-    """
-    config = model.config
-    n = config.num_hidden_layers
-    if len(transpoints) != n:
-        raise ValueError(f"got {len(transpoints)} TransPoints for a model with {n} layers")
-    previous = list(config.transpoints)
-    config.transpoints = [int(p) for p in transpoints]
-    try:
-        yield
-    finally:
-        config.transpoints = previous
 
 
 __all__ = ["Stage", "TRAINABLE_SETS", "freeze_except", "select_parameters", "use_transpoints"]

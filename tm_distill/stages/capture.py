@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from ..stage_names import TRAINABLE_SETS
 from .base import Stage, freeze_except, select_parameters
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,7 @@ class LayerParallelStage(Stage):
         if len(decoder_layers(teacher)) != num_layers:
             raise ValueError(f"teacher has {len(decoder_layers(teacher))} layers but the student {num_layers}: "
                              "the student must be seeded from this teacher")
-        if cfg.trainable not in ("ssm", "mixer", "all"):
+        if cfg.trainable not in TRAINABLE_SETS:
             raise ValueError(f"stage {self.name!r}: trainable={cfg.trainable!r} is not supported; use ssm "
                              "(default), mixer (also trains q/k/v/o) or all")
         layers = getattr(cfg.loss, "layers", None)

@@ -9,7 +9,7 @@ Per micro-batch ``x: (b, t)`` (token windows of the stage's seq_len), with ``op 
 - **on-policy** (micro-batch k of the stage, k = step * grad_accum + micro, when ``on_policy_micro(k, lmbda)``):
   prompt ``x[:, :P]`` (P = ``op.prompt_tokens``) is continued by N = ``op.new_tokens`` tokens sampled from the
   student at ``op.temperature`` under ``torch.no_grad``, with its hybrid cache (one prefill, then one-token
-  steps: KV for the layers still before their TransPoint, SSM state for the rest; ``eval.generation
+  steps: KV for the layers still before their TransPoint, SSM state for the rest; ``generation
   .sample_generate``). On the sequence ``y: (b, P + N)`` both models run a full forward and the loss is
 
       L = mean over rows and positions i in [max(P - 1, min_l P_l), P + N - 1) of JSD_beta(p_T(.|y_<=i) || p_S(.|y_<=i))
@@ -49,7 +49,7 @@ import math
 
 import torch
 
-from ..eval.generation import sample_generate
+from ..generation import sample_generate
 from .logits import LogitsStage
 
 

@@ -1,4 +1,4 @@
-"""Atomic, self-describing checkpoints and finding where to resume.
+"""Where a run's checkpoints go, which ones are kept, and finding where to resume.
 
 Layout under a run's output folder::
 
@@ -15,11 +15,12 @@ Each checkpoint is a loadable HF student (config.json with its TransPoints, safe
 ``tm_distill.json`` (recipe name, stage, step, metrics). A checkpoint is written into a temporary sibling
 folder and renamed into place with ``os.replace``, so a crash mid-write never leaves a half-written
 checkpoint under a real name; leftover ``.tmp-*`` folders are ignored and removed on the next start.
+Writing and reading one checkpoint folder is ``tm_distill.checkpoint``'s (``save_checkpoint`` is re-exported
+here for the loop).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -30,12 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_folder
-from ..convert.api import META_FILE, read_metadata  # one metadata file for converted and trained students
+from ..checkpoint import META_FILE, STATE_FILE, read_metadata, read_training_state, save_checkpoint
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "training_state.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _STAGE_DIR = re.compile(r"^(\d+)-[A-Za-z_]\w*$")
 
@@ -57,27 +56,6 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(
-    dest: str | Path, model, tokenizer=None, training_state: dict | None = None, metadata: dict | None = None,
-    state_dict: dict[str, torch.Tensor] | None = None,
-) -> Path:
-    """Write a checkpoint to ``dest`` atomically (temp folder + os.replace); an existing ``dest`` is replaced.
-
-    model: the student (``save_pretrained``); state_dict: weights to save instead of the model's own (e.g.
-    with LoRA merged); training_state: what ``--resume`` needs; metadata: small JSON-able facts.
-    """
-    dest = Path(dest)
-    with atomic_folder(dest) as tmp:
-        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if training_state is not None:
-            torch.save(training_state, tmp / STATE_FILE)
-        (tmp / META_FILE).write_text(json.dumps(metadata or {}, indent=2, default=str))
-    log.info("saved checkpoint %s", dest)
-    return dest
 
 
 def step_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
@@ -171,7 +149,7 @@ def locate_resume_point(output_dir: str | Path, stage_names: list[str]) -> tuple
 def find_resume_point(output_dir: str | Path, stage_names: list[str]) -> ResumePoint:
     """The newest complete checkpoint of a run: finished stages are skipped, a mid-stage one continues."""
     idx, path, step = locate_resume_point(output_dir, stage_names)
-    state = torch.load(path / STATE_FILE, weights_only=False) if path is not None and step else None
+    state = read_training_state(path) if path is not None and step else None
     return ResumePoint(idx, path, step, state)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.modeling import use_transpoints
 from .checkpoint import newest_checkpoint
 
 
@@ -27,8 +28,6 @@ def unsound(par, micro: torch.Tensor | None, transpoints: list[int], autocast, a
     par: the stage's placement (``distributed.Replicated`` or ``FullyShardedStage``); micro: (batch, seqlen)
     tokens the loss is recomputed on (None: weights only). The RNG is left as it was, so checking does not
     change what training draws next."""
-    from ..stages.base import use_transpoints  # noqa: PLC0415
-
     problem = None
     bad = nonfinite(par.local_parameters())
     if bad:

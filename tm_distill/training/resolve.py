@@ -31,9 +31,9 @@ def teacher_config(source: str, *, allow_download: bool = False) -> PretrainedCo
         raise RecipeError("teacher", str(err)) from None
     path = Path(resolved)
     if path.suffix == ".gguf":
-        from ..convert.teacher import _gguf_cache_path, load_teacher  # noqa: PLC0415
+        from ..convert.teacher import gguf_cache_path, load_teacher  # noqa: PLC0415
 
-        cached = _gguf_cache_path(path)
+        cached = gguf_cache_path(path)
         if (cached / "config.json").exists():
             return AutoConfig.from_pretrained(str(cached))
         return load_teacher(source).model.config  # de-quantizes once and caches
@@ -125,11 +125,11 @@ def _check_ssm(options: dict) -> None:
 
 
 def _check_teacher_family(config: PretrainedConfig | None) -> None:
-    from ..convert.seed import UnsupportedTeacher, _adapter  # noqa: PLC0415
+    from ..convert.seed import UnsupportedTeacher, teacher_adapter  # noqa: PLC0415
 
     if config is not None:
         try:
-            _adapter(config)
+            teacher_adapter(config)
         except UnsupportedTeacher as err:
             raise RecipeError("teacher", str(err)) from None
 

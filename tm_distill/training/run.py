@@ -41,7 +41,7 @@ def heldout_kl(student, teacher, windows: torch.Tensor, transpoints: list[int], 
     Under bf16 autocast when either model holds bf16 weights (a bf16 run), in full precision otherwise.
     """
     from ..losses import chunked_distill_loss  # noqa: PLC0415
-    from ..stages.base import use_transpoints  # noqa: PLC0415
+    from ..models.modeling import use_transpoints  # noqa: PLC0415
 
     device = next(student.parameters()).device
     total, count = 0.0, 0

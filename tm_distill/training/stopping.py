@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 
+
 class StopFlag:
     """Raised by a signal or by the clock; ``reason()`` is None until then ("SIGTERM", "SIGINT", "max_time")."""
 

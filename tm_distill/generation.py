@@ -1,17 +1,22 @@
-"""Decoding with the model's own cache: greedy (retrieval, the speed section) and seeded sampling (onpolicy).
+"""Generating text: prompts (plain or as a chat turn), ``generate_text`` behind `tm-distill generate`, and
+``greedy_generate``, the decoding loop the eval's retrieval and speed sections share, and ``sample_generate``,
+the onpolicy stage's seeded sampling.
 
 Plain loops instead of ``model.generate``, driving the same path (one prefill, then one-token steps through the
-model's cache: for the student the hybrid TransMambaCache and its fused decode step), so teacher and student
-decode the same way (no defaults from a generation_config, no EOS stop or padding), the prefill and decode
-phases can be timed apart, and sampling draws from a caller's ``torch.Generator`` (not the global RNG).
+model's cache: for the student the hybrid TransMambaCache), so teacher and student decode the same way (no
+defaults from a generation_config, no EOS stop or padding), the prefill and decode phases can be timed apart,
+and sampling draws from a caller's ``torch.Generator`` (not the global RNG).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,4 +111,56 @@ def cache_bytes(cache) -> int:
     return total
 
 
-__all__ = ["GreedyResult", "cache_bytes", "greedy_generate", "sample_generate"]
+def encode_prompt(tokenizer, prompt: str, chat: bool = False) -> torch.Tensor:
+    """Token ids (1, t) of ``prompt``; with ``chat`` as a user turn in the tokenizer's chat template."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("this model's tokenizer has no chat template: drop --chat")
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+    return tokenizer(prompt, return_tensors="pt").input_ids
+
+
+class PromptTooLong(ValueError):
+    pass
+
+
+class PromptTooShort(ValueError):
+    pass
+
+
+@torch.no_grad()
+def generate_text(
+    model, tokenizer, prompt: str, max_new_tokens: int = 64, chat: bool = False, temperature: float = 0.0,
+    seed: int = 0,
+) -> tuple[str, torch.Tensor]:
+    """Greedy (temperature 0) or sampled continuation of ``prompt``. Returns (text, new token ids (n,))."""
+    if not prompt.strip():
+        raise PromptTooShort("the prompt is empty: give the text to continue, e.g. --prompt \"Once upon a time\"")
+    ids = encode_prompt(tokenizer, prompt, chat).to(model.device)
+    if ids.shape[1] == 0:
+        raise PromptTooShort(f"the prompt {prompt!r} encodes to no tokens: give some text to continue")
+    limit = model.config.max_position_embeddings
+    if ids.shape[1] >= limit:
+        raise PromptTooLong(
+            f"the prompt is {ids.shape[1]} tokens but the model handles at most {limit} "
+            "(max_position_embeddings): shorten it"
+        )
+    if ids.shape[1] + max_new_tokens > limit:
+        log.warning("only %d new tokens fit in the model's %d positions", limit - ids.shape[1], limit)
+        max_new_tokens = limit - ids.shape[1]
+    torch.manual_seed(seed)
+    sample = temperature > 0
+    out = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=sample,
+        temperature=temperature if sample else None, top_p=None, top_k=None,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    new = out[0, ids.shape[1]:]
+    return tokenizer.decode(new, skip_special_tokens=True), new
+
+
+__all__ = ["GreedyResult", "PromptTooLong", "PromptTooShort", "cache_bytes", "encode_prompt", "generate_text",
+           "greedy_generate", "sample_generate"]
