@@ -93,7 +93,7 @@ class DecodeGraph:
         self.cache.seen_tokens = offset
         self.cache.capturing = True
         try:
-            out = self.model(input_ids=self.ids, past_key_values=self.cache, use_cache=True,
+            out = self.model(input_ids=self.ids, cache=self.cache, use_cache=True,
                              cache_position=self.position)
         finally:
             self.cache.capturing = False
