@@ -1,4 +1,4 @@
-"""Student vs teacher in one run: prefill latency, decode tokens/s, the weight-read bound, memory (bf16, random weights).
+"""Student vs teacher in one run: prefill latency, decode tokens/s, the weight-read bound, memory (bf16).
 
     python benchmarks/bench_speed.py --shapes 1b --out $OUT/speed_1b.json     # < 9 min on one H100/H200
     python benchmarks/bench_speed.py --shapes 8b --out $OUT/speed_8b.json
@@ -222,7 +222,6 @@ def teacher_decode(teacher, T, batch, steps, graph: bool):
                 mode = f"eager (graph capture failed: {type(err).__name__})"
                 torch.cuda.synchronize()
         ms = timed(lambda: [fn() for _ in range(steps)], 1, 3, device) / steps
-    del cache
     return ms, cache_bytes, mode
 
 
@@ -319,8 +318,9 @@ def markdown(data: dict) -> str:
     out = [f"Device: {data['meta']['device']}; command: `{data['meta']['command']}`", ""]
     for shape in dict.fromkeys(r["shape"] for r in rows):
         scheds = list(dict.fromkeys(r["schedule"] for r in rows if r["shape"] == shape and r["model"] != "teacher"))
-        for kind, key, unit, better in (("prefill", "ms", "ms", min), ("decode", "tokens_per_s", "tok/s", max)):
-            sel = {(r["context"], r["batch"], r["schedule"]): r for r in rows if r["shape"] == shape and r["kind"] == kind}
+        for kind, key, unit in (("prefill", "ms", "ms"), ("decode", "tokens_per_s", "tok/s")):
+            sel = {(r["context"], r["batch"], r["schedule"]): r
+                   for r in rows if r["shape"] == shape and r["kind"] == kind}
             if not sel:
                 continue
             out += [f"### {kind}, {shape} shape", "",

@@ -88,11 +88,6 @@ class TransMambaCache(Cache):
         if self.max_pad == 0:
             self.pad = None
 
-    def row_positions(self, offset: int, length: int, device) -> torch.Tensor:
-        """(batch or 1, length) positions of tokens [offset, offset + length) counted from each row's first real token."""
-        pos = torch.arange(offset, offset + length, device=device)[None, :]
-        return pos if self.pad is None else pos - self.pad[:, None]
-
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
 

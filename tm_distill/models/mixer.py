@@ -261,7 +261,8 @@ class TransMambaMixer(nn.Module):
         keep = state is not None and where.next_first < self.transpoint
         q_pos = where.query_positions(n_attn, q.device)
         if state is not None and state.static:
-            k_all, v_all = self._write_static(state, k_rot, v_new, where, q_pos)
+            if keep or offset > 0:  # a prefill already past the TransPoint never fills a buffer
+                k_all, v_all = self._write_static(state, k_rot, v_new, where, q_pos)
             if offset == 0:  # a prefill attends to its own keys, not to the (longer) buffer
                 k_all, v_all = k_rot, v_new
             if not keep:

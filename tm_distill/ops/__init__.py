@@ -3,13 +3,14 @@
 ``ssd_scan`` takes the arguments of ``mamba_chunk_scan_combined`` (see ``ssd_ref`` for shapes) and a
 ``backend`` ("auto", "torch" or "mamba_ssm"). The reference is the spec; the fast path is tested against it.
 ``ssd_state`` is the final-state-only scan (the Memory Converter when no output row is needed: it skips
-the output kernels). ``ssd_update`` is the one-token decode step (a fused Triton kernel on CUDA, ``ssd_step`` elsewhere);
-``ops.graphs.DecodeGraph`` captures a whole decode step in a CUDA graph.
+the output kernels). ``ssd_update`` is the one-token decode step (a fused Triton kernel on CUDA,
+``ssd_step`` elsewhere); ``ops.graphs.DecodeGraph`` captures whole decode steps in CUDA graphs.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import torch
 
@@ -118,6 +119,10 @@ def ssd_scan(
     )
 
 
+log = logging.getLogger(__name__)
+_FINAL_STATE_KERNELS = True  # False once mamba-ssm's private kernels turned out not to match this code
+
+
 def _mamba_final_state(x, dt, A, B, chunk_size, initial_states, seq_idx):
     """mamba-ssm's forward without its output kernels: chunk cumsum, chunk states, state passing."""
     from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
@@ -144,9 +149,15 @@ def ssd_state(x, dt, A, B, chunk_size: int = 64, initial_states=None, seq_idx=No
     On mamba-ssm it runs the chunk-state and state-passing kernels and skips the output ones (the combined
     scan's chunk_scan and bmm kernels), which is what a Memory Converter with no SSM row to emit needs.
     """
+    global _FINAL_STATE_KERNELS
     which = resolve_backend(backend, x.device)
-    if which == "mamba_ssm" and x.shape[1] <= _MAX_SEGMENT and not torch.is_grad_enabled():
-        return _mamba_final_state(x, dt, A, B, chunk_size, initial_states, seq_idx)
+    if which == "mamba_ssm" and _FINAL_STATE_KERNELS and x.shape[1] <= _MAX_SEGMENT and not torch.is_grad_enabled():
+        try:
+            return _mamba_final_state(x, dt, A, B, chunk_size, initial_states, seq_idx)
+        except (ImportError, TypeError) as err:  # mamba-ssm's private kernels moved: use the combined scan
+            log.warning("mamba-ssm's chunk-state kernels are unusable here (%s); the converter runs the full scan",
+                        err)
+            _FINAL_STATE_KERNELS = False
     if which == "mamba_ssm":  # long or differentiated: the full scan's state (segmented, autograd-aware)
         _, state = _mamba_chunk_scan(x, dt, A, B, B, chunk_size, None, None, initial_states, seq_idx, True)
         return state
