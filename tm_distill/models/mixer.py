@@ -19,6 +19,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from ..ops import ssd_scan, ssd_state, ssd_update
 from .cache import LayerState
 from .configuration import TransMambaConfig
+from .kv import decode_attention, write_static
 from .placement import Placement
 
 # The attention prefix changes length with every TransPoint (and every batch when TransPoints are sampled):
@@ -262,13 +263,13 @@ class TransMambaMixer(nn.Module):
         q_pos = where.query_positions(n_attn, q.device)
         if state is not None and state.static:
             if keep or offset > 0:  # a prefill already past the TransPoint never fills a buffer
-                k_all, v_all = self._write_static(state, k_rot, v_new, where, q_pos)
+                k_all, v_all = write_static(state, k_rot, v_new, where, q_pos, self.transpoint)
             if offset == 0:  # a prefill attends to its own keys, not to the (longer) buffer
                 k_all, v_all = k_rot, v_new
             if not keep:
                 state.keys = state.values = None
             if n_attn == 1 and offset > 0:
-                return self._decode_attention(q_rot, k_all, v_all, q_pos, where)
+                return decode_attention(q_rot, k_all, v_all, q_pos, where, self.scaling)
         else:
             if state is not None and state.keys is not None:
                 k_all = torch.cat([state.keys, k_rot], dim=2)
@@ -293,50 +294,6 @@ class TransMambaMixer(nn.Module):
                 enable_gqa=self.num_heads != self.num_kv_heads,
             )
         return out.transpose(1, 2)
-
-    def _write_static(self, state, k_rot, v_new, where, q_pos):
-        """Write this call's K/V into the layer's preallocated buffer (allocated at the prefill).
-
-        Capacity: the TransPoint plus the batch's largest left padding, at most the cache's max_length: no
-        token past that is ever attended. Returns the buffers (b, n_kv, capacity, d).
-        """
-        offset, n = where.offset, k_rot.shape[2]
-        if state.keys is None:
-            if offset > 0:
-                raise RuntimeError(f"layer {self.layer_idx}: a static KV buffer is allocated by the prefill")
-            cap = min(self.transpoint + where.max_pad, where.max_length)
-            b, nkv, _, d = k_rot.shape
-            state.keys = k_rot.new_zeros(b, nkv, cap, d)
-            state.values = v_new.new_zeros(b, nkv, cap, d)
-        cap = state.keys.shape[2]
-        fit = max(0, min(offset + n, cap) - offset)
-        if fit == n and offset > 0:  # decode: the index comes from a device tensor (graph-capturable)
-            state.keys.index_copy_(2, q_pos, k_rot)
-            state.values.index_copy_(2, q_pos, v_new)
-        elif fit > 0:
-            state.keys[:, :, offset : offset + fit] = k_rot[:, :, :fit]
-            state.values[:, :, offset : offset + fit] = v_new[:, :, :fit]
-        return state.keys, state.values
-
-    def _decode_attention(self, q_rot, keys, values, q_pos, where):
-        """One query per row over a static buffer, GQA without repeating K/V. q_rot (b, nq, 1, d) -> (b, 1, nq, d).
-
-        Keys after the query (not yet written) and padding keys are masked; everything is a device op, so
-        the step is graph-capturable whatever the position.
-        """
-        b, nkv, cap, d = keys.shape
-        g = self.num_heads // nkv
-        qg = q_rot.reshape(b, nkv, g, d)
-        scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * self.scaling  # (b, nkv, g, cap)
-        k_pos = torch.arange(cap, device=keys.device)
-        ok = (k_pos <= q_pos[-1])[None, :]
-        keys_ok = where.keys_ok(cap)
-        if keys_ok is not None:
-            ok = ok & keys_ok
-        scores = scores.masked_fill(~ok[:, None, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1).to(values.dtype)
-        out = torch.matmul(probs, values)  # (b, nkv, g, d)
-        return out.reshape(b, 1, self.num_heads, d)
 
     def ssm_inputs(
         self, hidden_states, q, k, v, position_embeddings, state=None, attention_mask=None, offset=0, seq_idx=None,

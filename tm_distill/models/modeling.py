@@ -6,6 +6,8 @@ past the sequence computes exactly what the teacher computes.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -17,6 +19,8 @@ from .cache import TransMambaCache
 from .configuration import TransMambaConfig
 from .mixer import GatedRMSNorm, TransMambaMixer
 from .placement import Placement
+
+log = logging.getLogger(__name__)
 
 
 class TransMambaDecoderLayer(nn.Module):
@@ -224,12 +228,18 @@ class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         past_key_values = _one_cache(past_key_values, cache)
         if _graph_step(past_key_values, input_ids, inputs_embeds, labels, output_hidden_states):
-            from ..ops.graphs import DecodeGraph  # noqa: PLC0415  (ops.graphs imports the models package)
+            from ..ops.graphs import DecodeGraph, capturable_reason  # noqa: PLC0415  (ops.graphs imports models)
 
             if past_key_values.decode_graph is None:
-                past_key_values.decode_graph = DecodeGraph(self, past_key_values)
-            logits = past_key_values.decode_graph(input_ids).clone()  # the graph's buffer is reused next step
-            return CausalLMOutputWithPast(logits=logits, past_key_values=past_key_values)
+                reason = capturable_reason(self, past_key_values)
+                if reason is None:
+                    past_key_values.decode_graph = DecodeGraph(self, past_key_values)
+                else:  # e.g. no Triton for the fused update: decode eagerly, once said
+                    log.warning("decoding without CUDA graphs: %s", reason)
+                    past_key_values.graphs = False
+            if past_key_values.decode_graph is not None:
+                logits = past_key_values.decode_graph(input_ids).clone()  # the graph's buffer is reused next step
+                return CausalLMOutputWithPast(logits=logits, past_key_values=past_key_values)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
