@@ -35,6 +35,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tm_distill.convert import map_teacher_key, parse_transpoints, seed_student  # noqa: E402
 from tm_distill.models import TransMambaCache  # noqa: E402
+from tm_distill.models.cache import CACHE_KWARG  # noqa: E402
 from tm_distill.ops.graphs import DecodeGraph, capturable_reason  # noqa: E402
 
 SHAPES = {
@@ -156,7 +157,7 @@ def prefill(rec, shape, teacher, students, T, args):
         def run():
             cache = TransMambaCache(L, max_length=T + 1) if who == "student" else None
             with torch.no_grad():
-                o = model(ids, cache=cache, use_cache=True, logits_to_keep=1)
+                o = model(ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
             out["cache"] = o.past_key_values
 
         try:
@@ -201,7 +202,7 @@ def teacher_decode(teacher, T, batch, steps, graph: bool):
     def step():
         for c in counters:
             c.fill_(T)
-        return teacher(input_ids=ids, cache=cache, cache_position=cp, position_ids=pos,
+        return teacher(input_ids=ids, **{CACHE_KWARG: cache}, cache_position=cp, position_ids=pos,
                        use_cache=True, logits_to_keep=1).logits
 
     with torch.no_grad():

@@ -11,6 +11,7 @@ import torch
 from tests.conftest import tiny_llama
 from tm_distill.convert import seed_student
 from tm_distill.models import ATTENTION_ONLY, TransMambaCache
+from tm_distill.models.cache import CACHE_KWARG
 
 TPS = [0, 3, 6, 11, ATTENTION_ONLY]  # prompts (4-7 tokens) cross some; decoding crosses the rest
 
@@ -47,8 +48,8 @@ def test_left_padded_generate_equals_each_prompt_alone(student, max_length):
     new = 12
     cache = TransMambaCache(len(TPS), max_length=max_length)
     with torch.no_grad():
-        out = student.generate(ids, attention_mask=mask, cache=cache, max_new_tokens=new, do_sample=False,
-                               output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+        out = student.generate(ids, attention_mask=mask, **{CACHE_KWARG: cache}, max_new_tokens=new,
+                               do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0,
                                eos_token_id=None)
     steps = torch.stack(out.logits, dim=1)  # (batch, new, vocab)
     for r, p in enumerate(prompts):

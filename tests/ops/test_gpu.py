@@ -12,6 +12,7 @@ import torch
 from tm_distill.convert import seed_student
 from tm_distill.models import TransMambaCache
 from tm_distill.models import ATTENTION_ONLY
+from tm_distill.models.cache import CACHE_KWARG
 from tm_distill.ops import (HAS_MAMBA_SSM, ssd_scan, ssd_scan_ref, ssd_state, ssd_step, ssd_update,
                             ssd_update_fused)
 
@@ -228,8 +229,9 @@ def test_padded_generate_through_graphs_equals_each_prompt_alone():
         ids[r, width - len(p):], mask[r, width - len(p):] = p, 1
     cache = TransMambaCache(len(INFER_TPS), max_length=width + new, graphs=True)
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=mask, cache=cache, max_new_tokens=new, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True, pad_token_id=0, eos_token_id=None)
+        out = model.generate(ids, attention_mask=mask, **{CACHE_KWARG: cache}, max_new_tokens=new,
+                             do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+                             eos_token_id=None)
         assert cache.decode_graph is not None and cache.decode_graph.captures >= 1
         for r, p in enumerate(prompts):
             tokens = out.sequences[r, width:]

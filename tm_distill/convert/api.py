@@ -340,7 +340,9 @@ def generate_texts(
     extra = {}
     cache = decode_cache(model, len(encoded), width + max_new_tokens)
     if cache is not None:
-        extra["cache"] = cache
+        from ..models.cache import CACHE_KWARG  # noqa: PLC0415
+
+        extra[CACHE_KWARG] = cache
     out = model.generate(
         batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=sample,
         temperature=temperature if sample else None, top_p=None, top_k=None, pad_token_id=pad_id, **extra,

@@ -21,8 +21,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import inspect
+
 import torch
+from transformers import GenerationMixin
 from transformers.cache_utils import Cache
+
+# transformers 5.24 renamed generate()'s and the models' `past_key_values` to `cache` (the old name warns);
+# earlier 5.x releases know only `past_key_values`. Pass a cache as **{CACHE_KWARG: cache}.
+CACHE_KWARG = (
+    "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    else "past_key_values"
+)
 
 
 @dataclass
@@ -140,4 +150,4 @@ class TransMambaCache(Cache):
         raise NotImplementedError("a TransMamba cache holds SSM state and cannot be cropped (assisted decoding)")
 
 
-__all__ = ["LayerState", "TransMambaCache"]
+__all__ = ["CACHE_KWARG", "LayerState", "TransMambaCache"]

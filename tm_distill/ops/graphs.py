@@ -18,7 +18,7 @@ Usage::
         logits = step(next_ids)                  # next_ids: (batch, 1) -> logits (batch, 1, vocab)
 
 ``TransMambaCache(..., graphs=True)`` makes the model do this itself for every one-token forward, so
-``model.generate(..., cache=cache)`` decodes through graphs.
+``model.generate(..., cache=cache)`` (``past_key_values=`` before transformers 5.24) decodes through graphs.
 """
 
 from __future__ import annotations
