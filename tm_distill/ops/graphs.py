@@ -84,7 +84,7 @@ class DecodeGraph:
         self.device = device
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)
-        self.pool = None
+        self.pool = torch.cuda.graph_pool_handle()  # every phase's graph allocates from one pool
         self.phase = None
         self.graph = self.logits = None
         self.captures = 0
@@ -126,7 +126,6 @@ class DecodeGraph:
         with torch.no_grad(), torch.cuda.graph(graph, pool=self.pool):
             logits = self._step_eager(offset)
         restore()
-        self.pool = graph.pool()
         self.graph, self.logits = graph, logits
         self.captures += 1
 
