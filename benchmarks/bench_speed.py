@@ -1,22 +1,28 @@
-"""Student vs teacher in one run: prefill latency, decode tokens/s, peak memory (bf16, random weights, CUDA).
+"""Student vs teacher in one run: prefill latency, decode tokens/s, the weight-read bound, memory (bf16).
 
-    python benchmarks/bench_speed.py --shapes 1b,8b --out results/speed.json
+    python benchmarks/bench_speed.py --shapes 1b --out $OUT/speed_1b.json     # < 9 min on one H100/H200
+    python benchmarks/bench_speed.py --shapes 8b --out $OUT/speed_8b.json
+    python benchmarks/bench_speed.py --smoke --out /tmp/speed_smoke.json      # tiny, CPU, seconds (CI)
 
-Teacher = transformers' LlamaForCausalLM (SDPA); student = tm_distill.convert.seed_student(teacher, ...).
-Prefill: one sequence of `context` tokens with the cache kept (use_cache, logits_to_keep=1).
-Decode: one token per step on a cache that already holds `context` tokens. The cache is filled with random
-values instead of a prefill (decode cost does not depend on cache values; this lets batch 16 at long
-contexts be measured without a batch-16 prefill). Teacher: transformers' StaticCache, CUDA-graph captured
-when capture works (else eager; the mode is recorded). Student: ops.graphs.DecodeGraph when every layer is
-past its TransPoint, else eager. Timing: CUDA events, warm-up, median of repeats. Results are written to the
-JSON file after every measurement, so a run cut short keeps what it measured.
+What issue 14's targets need, by default: prefill at 512, 2k, 8k and 128k tokens (batch 1); decode at 2k, 8k and
+32k tokens of context, batch 1 and 16; the teacher and the attn25, cycle and all=2048 students, each shape in
+one process. Teacher = transformers' LlamaForCausalLM (SDPA); student = tm_distill.convert.seed_student(teacher).
+Prefill: one sequence of `context` tokens into the cache generation uses (static for the student), logits of the
+last token only. Decode: one token per step on a cache that already holds `context` tokens, filled with random
+values (decode cost does not depend on cache values; batch 16 at long contexts needs no batch-16 prefill).
+Teacher: transformers' StaticCache, CUDA-graph captured (mode recorded). Student: the static TransMambaCache and
+ops.graphs.DecodeGraph at every context (a fallback to eager would be recorded as the mode). Each timed repeat
+decodes `--decode-steps` tokens from the same starting position. The weight-read bound of a batch-1 step is the
+bytes of weights one step must read (every parameter once, except an untied input embedding, of which a step
+reads one row) over the device-to-device copy bandwidth measured in the same run. Timing: CUDA events,
+warm-up, median of repeats. Results are written to the JSON file after every measurement (a run cut short by
+--budget-s keeps what it measured), and a markdown table is printed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import sys
@@ -29,6 +35,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tm_distill.convert import map_teacher_key, parse_transpoints, seed_student  # noqa: E402
 from tm_distill.models import TransMambaCache  # noqa: E402
+from tm_distill.models.cache import CACHE_KWARG  # noqa: E402
 from tm_distill.ops.graphs import DecodeGraph, capturable_reason  # noqa: E402
 
 SHAPES = {
@@ -46,18 +53,28 @@ SCHEDULES = {
 }
 
 
-def timed(fn, warmup: int, reps: int) -> float:
-    """Median milliseconds of fn() over reps, after warmup calls (CUDA events)."""
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, warmup: int, reps: int, device=torch.device("cuda")) -> float:
+    """Median milliseconds of fn() over reps, after warmup calls (CUDA events; wall clock on CPU)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 
@@ -67,6 +84,15 @@ def param_bytes(model) -> int:
         if p.data_ptr() not in seen:
             seen.add(p.data_ptr())
             total += p.numel() * p.element_size()
+    return total
+
+
+def read_bytes_per_step(model) -> int:
+    """Weight bytes one batch-1 decode step must read: all of them but an untied input embedding (one row)."""
+    total = param_bytes(model)
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    if emb.data_ptr() != head.data_ptr():
+        total -= emb.numel() * emb.element_size()
     return total
 
 
@@ -81,12 +107,12 @@ class Recorder:
         print(json.dumps(row), flush=True)
 
 
-def build(shape: str, device):
+def build(shape: str, device, dtype):
     cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=262144, rope_theta=500000.0)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
             teacher = LlamaForCausalLM(cfg).eval()
@@ -104,57 +130,79 @@ def share_weights(student, teacher):
         target = student.get_parameter(map_teacher_key(key))
         assert torch.equal(target, tensor), key
         target.data = tensor
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
-def prefill(rec, shape, teacher, students, contexts, args):
+def models_of(teacher, students):
+    return [("teacher", "-", teacher)] + [("student", s, m) for s, m in students.items()]
+
+
+def prefill(rec, shape, teacher, students, T, args):
+    device = teacher.device
+    on_cuda = device.type == "cuda"
     L = teacher.config.num_hidden_layers
-    kv_per_tok = 2 * L * teacher.config.num_key_value_heads * teacher.config.head_dim * 2
-    for T in contexts:
-        ids = torch.randint(0, teacher.config.vocab_size, (1, T), device="cuda")
-        warm, reps = (1, 2) if T >= 16384 else (1, 3) if T >= 8192 else (2, 5)
-        models = [("teacher", "-", teacher)] + [("student", s, m) for s, m in students.items()]
-        for who, sched, model in models:
-            if time.time() > args.deadline:
-                return
+    kv_per_tok = 2 * L * teacher.config.num_key_value_heads * teacher.config.head_dim * teacher.dtype.itemsize
+    ids = torch.randint(0, teacher.config.vocab_size, (1, T), device=device)
+    warm, reps = args.reps_for(T)
+    for who, sched, model in models_of(teacher, students):
+        if time.time() > args.deadline:
+            return
+        if on_cuda:
             torch.cuda.empty_cache()
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-            out = {}
+        out = {}
 
-            def run():
-                cache = TransMambaCache(L) if who == "student" else None
-                with torch.no_grad():
-                    o = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                out["cache"] = o.past_key_values
+        def run():
+            cache = TransMambaCache(L, max_length=T + 1) if who == "student" else None
+            with torch.no_grad():
+                o = model(ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
+            out["cache"] = o.past_key_values
 
-            try:
-                ms = timed(run, warm, reps)
-            except torch.cuda.OutOfMemoryError:
-                out.clear()
-                torch.cuda.empty_cache()
-                rec.add(kind="prefill", shape=shape, model=who, schedule=sched, context=T, batch=1, status="oom")
-                continue
-            peak = torch.cuda.max_memory_allocated() - base
-            cache_bytes = (out["cache"].memory_bytes()["kv"] + out["cache"].memory_bytes()["state"]
-                           if who == "student" else kv_per_tok * T)
+        try:
+            ms = timed(run, warm, reps, device)
+        except torch.cuda.OutOfMemoryError:
             out.clear()
-            rec.add(kind="prefill", shape=shape, model=who, schedule=sched, context=T, batch=1, ms=ms,
-                    tokens_per_s=T / ms * 1e3, weights_bytes=param_bytes(model), cache_bytes=cache_bytes,
-                    peak_extra_bytes=peak, status="ok")
-        del ids
+            torch.cuda.empty_cache()
+            rec.add(kind="prefill", shape=shape, model=who, schedule=sched, context=T, batch=1, status="oom")
+            continue
+        peak = torch.cuda.max_memory_allocated() - base if on_cuda else None
+        mem = out["cache"].memory_bytes() if who == "student" else None
+        cache_bytes = mem["kv"] + mem["state"] if mem else kv_per_tok * T
+        out.clear()
+        rec.add(kind="prefill", shape=shape, model=who, schedule=sched, context=T, batch=1, ms=ms,
+                tokens_per_s=T / ms * 1e3, weights_bytes=param_bytes(model), cache_bytes=cache_bytes,
+                peak_extra_bytes=peak, status="ok")
+
+
+def capture(step, device):
+    """A CUDA graph replaying step() (the teacher's decode step), or None if capture fails."""
+    s = torch.cuda.Stream(device)
+    s.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(s):
+        step(), step()
+    torch.cuda.current_stream(device).wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        step()
+    return g
 
 
 def teacher_decode(teacher, T, batch, steps, graph: bool):
     """Milliseconds per decode step of the teacher with a StaticCache holding T tokens."""
-    cfg = teacher.config
+    cfg, device = teacher.config, teacher.device
     cache = StaticCache(config=cfg, max_cache_len=T + 1)
-    ids = torch.randint(0, cfg.vocab_size, (batch, 1), device="cuda")
-    cp = torch.tensor([T - 1], device="cuda")
-    pos = torch.full((batch, 1), T - 1, device="cuda")
+    ids = torch.randint(0, cfg.vocab_size, (batch, 1), device=device)
+    cp = torch.tensor([T - 1], device=device)
+    pos = torch.full((batch, 1), T - 1, device=device)
+
+    counters = []  # transformers >= 5 writes a StaticCache at a device-side counter: reset it every step
 
     def step():
-        return teacher(input_ids=ids, past_key_values=cache, cache_position=cp, position_ids=pos,
+        for c in counters:
+            c.fill_(T)
+        return teacher(input_ids=ids, **{CACHE_KWARG: cache}, cache_position=cp, position_ids=pos,
                        use_cache=True, logits_to_keep=1).logits
 
     with torch.no_grad():
@@ -162,110 +210,94 @@ def teacher_decode(teacher, T, batch, steps, graph: bool):
         for layer in cache.layers:
             layer.keys.normal_()
             layer.values.normal_()
+            if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor):
+                counters.append(layer.cumulative_length)
         cp.fill_(T)
         pos.fill_(T)
         cache_bytes = sum(t.numel() * t.element_size() for l in cache.layers for t in (l.keys, l.values))
         fn, mode = step, "eager"
-        if graph:
+        if graph and device.type == "cuda":
             try:
-                s = torch.cuda.Stream()
-                s.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(s):
-                    step(), step()
-                torch.cuda.current_stream().wait_stream(s)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    step()
-                fn, mode = g.replay, "cuda_graph"
+                fn, mode = capture(step, device).replay, "cuda_graph"
             except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager, recorded
                 mode = f"eager (graph capture failed: {type(err).__name__})"
                 torch.cuda.synchronize()
-        ms = timed(lambda: [fn() for _ in range(steps)], 1, 3) / steps
-    del cache
+        ms = timed(lambda: [fn() for _ in range(steps)], 1, 3, device) / steps
     return ms, cache_bytes, mode
 
 
-def student_cache(model, T, batch):
-    """A TransMambaCache that has seen T tokens, with random contents of the right sizes."""
-    cfg = model.config
-    cache = TransMambaCache(cfg.num_hidden_layers)
+def student_cache(model, T, batch, steps):
+    """A static TransMambaCache that has seen T tokens, random contents of the sizes decoding would have:
+    K/V buffers for layers still before their TransPoint, SSM states for every switching layer."""
+    cfg, device = model.config, model.device
+    cache = TransMambaCache(cfg.num_hidden_layers, max_length=T + steps + 1)
     h, d, kv = cfg.num_attention_heads, cfg.head_dim, cfg.num_key_value_heads
     for i, p in enumerate(cfg.transpoints):
         st = cache.states[i]
-        if p > T:  # still in its attention phase: KV of all T tokens
-            st.keys = torch.randn(batch, kv, T, d, device="cuda", dtype=torch.bfloat16)
+        if p > T:  # still in its attention phase: a buffer of its capacity
+            cap = min(p, cache.max_length)
+            st.keys = torch.randn(batch, kv, cap, d, device=device, dtype=model.dtype)
             st.values = torch.randn_like(st.keys)
         if cfg.switches(i):
-            st.ssm_state = torch.randn(batch, h, d, d, device="cuda") * 0.1
+            st.ssm_state = torch.randn(batch, h, d, d, device=device) * 0.1
     cache.seen_tokens = T
     return cache
 
 
 def student_decode(model, T, batch, steps, graph: bool):
-    cache = student_cache(model, T, batch)
-    ids = torch.randint(0, model.config.vocab_size, (batch, 1), device="cuda")
+    cache = student_cache(model, T, batch, steps)
+    ids = torch.randint(0, model.config.vocab_size, (batch, 1), device=model.device)
     mem = cache.memory_bytes()
+    reason = capturable_reason(model, cache) if graph else "eager asked"
     with torch.no_grad():
-        if graph and capturable_reason(model, cache) is None:
+        if reason is None:
             dg = DecodeGraph(model, cache)
-            fn, mode = (lambda: dg(ids)), "cuda_graph"
+
+            def fn():
+                cache.seen_tokens = T  # every repeat decodes from T: the same phase, no re-capture
+                for _ in range(steps):
+                    dg(ids)
+
+            mode = "cuda_graph"
         else:
-            fn, mode = (lambda: model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)), "eager"
-        ms = timed(lambda: [fn() for _ in range(steps)], 1, 3) / steps
+            def fn():
+                cache.seen_tokens = T
+                for _ in range(steps):
+                    model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
+
+            mode = "eager" if not graph or model.device.type != "cuda" else f"eager ({reason})"
+        ms = timed(fn, 1, 3, model.device) / steps
     return ms, mem["kv"] + mem["state"], mode
 
 
-def decode(rec, shape, teacher, students, contexts, batches, args):
-    cfg = teacher.config
-    kv_per_tok = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2
-    for T in contexts:
-        for b in batches:
-            steps = args.decode_steps
-            fits = kv_per_tok * (T + 1) * b < 0.85 * torch.cuda.mem_get_info()[0]
-            runs = [("teacher", "-", teacher)] + [("student", s, m) for s, m in students.items()]
-            for who, sched, model in runs:
-                if time.time() > args.deadline:
-                    return
-                if who == "teacher" and not fits:
-                    rec.add(kind="decode", shape=shape, model=who, schedule=sched, context=T, batch=b,
-                            status="does not fit")
-                    continue
+def decode(rec, shape, teacher, students, T, batches, args):
+    cfg, device = teacher.config, teacher.device
+    kv_per_tok = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * teacher.dtype.itemsize
+    for b in batches:
+        free = torch.cuda.mem_get_info()[0] if device.type == "cuda" else float("inf")
+        fits = kv_per_tok * (T + 1) * b < 0.85 * free
+        for who, sched, model in models_of(teacher, students):
+            if time.time() > args.deadline:
+                return
+            if who == "teacher" and not fits:
+                rec.add(kind="decode", shape=shape, model=who, schedule=sched, context=T, batch=b,
+                        status="does not fit")
+                continue
+            if device.type == "cuda":
                 torch.cuda.empty_cache()
-                try:
-                    modes = [True, False] if (args.eager_too and b == 1) else [True]
-                    for g in modes:
-                        fn = teacher_decode if who == "teacher" else student_decode
-                        ms, cache_bytes, mode = fn(model, T, b, steps, graph=g)
-                        rec.add(kind="decode", shape=shape, model=who, schedule=sched, context=T, batch=b,
-                                ms_per_step=ms, tokens_per_s=b / ms * 1e3, weights_bytes=param_bytes(model),
-                                cache_bytes=cache_bytes, mode=mode, status="ok")
-                except torch.cuda.OutOfMemoryError:
-                    torch.cuda.empty_cache()
-                    rec.add(kind="decode", shape=shape, model=who, schedule=sched, context=T, batch=b, status="oom")
-
-
-def max_batch_decode(rec, shape, teacher, students, T, student_batch, args):
-    """Throughput at the largest batch each model fits at context T (teacher: from free memory)."""
-    cfg = teacher.config
-    kv_seq = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2 * (T + 1)
-    torch.cuda.empty_cache()
-    tb = int(0.8 * torch.cuda.mem_get_info()[0] // kv_seq)
-    tb = 2 ** int(math.log2(tb)) if tb >= 1 else 0
-    if tb and time.time() < args.deadline:
-        try:
-            ms, cb, mode = teacher_decode(teacher, T, tb, 5, graph=True)
-            rec.add(kind="decode_maxbatch", shape=shape, model="teacher", schedule="-", context=T, batch=tb,
-                    ms_per_step=ms, tokens_per_s=tb / ms * 1e3, cache_bytes=cb, mode=mode, status="ok")
-        except torch.cuda.OutOfMemoryError:
-            rec.add(kind="decode_maxbatch", shape=shape, model="teacher", context=T, batch=tb, status="oom")
-    for sched, model in students.items():
-        if sched == "attn25" or time.time() > args.deadline:
-            continue
-        torch.cuda.empty_cache()
-        ms, cb, mode = student_decode(model, T, student_batch, 10, graph=True)
-        rec.add(kind="decode_maxbatch", shape=shape, model="student", schedule=sched, context=T,
-                batch=student_batch, ms_per_step=ms, tokens_per_s=student_batch / ms * 1e3, cache_bytes=cb,
-                mode=mode, status="ok")
+            try:
+                fn = teacher_decode if who == "teacher" else student_decode
+                ms, cache_bytes, mode = fn(model, T, b, args.decode_steps, graph=not args.eager)
+                row = dict(kind="decode", shape=shape, model=who, schedule=sched, context=T, batch=b,
+                           ms_per_step=ms, tokens_per_s=b / ms * 1e3, weights_bytes=param_bytes(model),
+                           cache_bytes=cache_bytes, mode=mode, status="ok")
+                if b == 1 and args.bandwidth:
+                    bound = read_bytes_per_step(model) / args.bandwidth * 1e3
+                    row.update(weight_read_bytes=read_bytes_per_step(model), bound_ms=bound, x_bound=ms / bound)
+                rec.add(**row)
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                rec.add(kind="decode", shape=shape, model=who, schedule=sched, context=T, batch=b, status="oom")
 
 
 def ceilings() -> dict:
@@ -281,49 +313,102 @@ def ceilings() -> dict:
     return {"copy_bytes_per_s": bw, "bf16_matmul_flops": 2 * 8192**3 / ms * 1e3}
 
 
+def markdown(data: dict) -> str:
+    """Tables of a result file: prefill ms and decode tok/s per schedule against the teacher, the bound."""
+    rows = [r for r in data["results"] if r.get("status") == "ok"]
+    out = [f"Device: {data['meta']['device']}; command: `{data['meta']['command']}`", ""]
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        scheds = list(dict.fromkeys(r["schedule"] for r in rows if r["shape"] == shape and r["model"] != "teacher"))
+        for kind, key, unit in (("prefill", "ms", "ms"), ("decode", "tokens_per_s", "tok/s")):
+            sel = {(r["context"], r["batch"], r["schedule"]): r
+                   for r in rows if r["shape"] == shape and r["kind"] == kind}
+            if not sel:
+                continue
+            out += [f"### {kind}, {shape} shape", "",
+                    f"| context | batch | teacher {unit} | " + " | ".join(f"{s} {unit} (× teacher)" for s in scheds)
+                    + " |", "| --- | --- | --- | " + " | ".join("---" for _ in scheds) + " |"]
+            for T, b in sorted({(k[0], k[1]) for k in sel}):
+                t = sel.get((T, b, "-"))
+                cells = []
+                for s in scheds:
+                    r = sel.get((T, b, s))
+                    if r is None:
+                        cells.append("–")
+                        continue
+                    speed = (t[key] / r[key] if key == "ms" else r[key] / t[key]) if t else None
+                    mode = "" if kind == "prefill" or r["mode"] == "cuda_graph" else f" [{r['mode']}]"
+                    cells.append(f"{r[key]:.1f}{mode}" + (f" ({speed:.2f}×)" if speed else ""))
+                tcell = f"{t[key]:.1f}" if t else "–"
+                out.append(f"| {T} | {b} | {tcell} | " + " | ".join(cells) + " |")
+            out.append("")
+        bound = [r for r in rows if r["shape"] == shape and "x_bound" in r]
+        if bound:
+            out += [f"### batch-1 decode vs the weight-read bound, {shape} shape", "",
+                    "| model | context | ms/step | bound ms | × bound |", "| --- | --- | --- | --- | --- |"]
+            out += [f"| {r['model'] if r['model'] == 'teacher' else r['schedule']} | {r['context']} | "
+                    f"{r['ms_per_step']:.3f} | {r['bound_ms']:.3f} | {r['x_bound']:.2f} |" for r in bound]
+            out.append("")
+    return "\n".join(out)
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", default="1b,8b")
+    ap.add_argument("--shapes", default="1b,8b", help="comma list of " + ", ".join(SHAPES))
     ap.add_argument("--schedules", default="attn25,cycle,all2048")
-    ap.add_argument("--contexts", default="2048,8192,32768,131072")
+    ap.add_argument("--prefill-contexts", default="512,2048,8192,131072")
+    ap.add_argument("--decode-contexts", default="2048,8192,32768")
     ap.add_argument("--batches", default="1,16")
-    ap.add_argument("--parts", default="prefill,decode,maxbatch")
-    ap.add_argument("--decode-steps", type=int, default=10)
-    ap.add_argument("--maxbatch-context", type=int, default=131072)
-    ap.add_argument("--student-maxbatch", type=int, default=256)
-    ap.add_argument("--eager-too", action="store_true", help="also time eager decode at batch 1")
-    ap.add_argument("--budget-s", type=float, default=540, help="start no measurement after this many seconds")
+    ap.add_argument("--parts", default="prefill,decode")
+    ap.add_argument("--decode-steps", type=int, default=8)
+    ap.add_argument("--eager", action="store_true", help="time decode without CUDA graphs")
+    ap.add_argument("--budget-s", type=float, default=500, help="start no measurement after this many seconds")
+    ap.add_argument("--smoke", action="store_true", help="the tiny shape on the CPU in fp32, a few seconds (CI)")
     ap.add_argument("--out", default="speed.json")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("bench_speed.py needs a CUDA device")
+    if args.smoke:
+        args.shapes, args.prefill_contexts, args.decode_contexts, args.batches = "tiny", "64,160", "96,160", "1,2"
+        args.decode_steps = 2
+        device, dtype = torch.device("cpu"), torch.float32
+    elif not torch.cuda.is_available():
+        raise SystemExit("bench_speed.py needs a CUDA device (or --smoke for the CPU check)")
+    else:
+        device, dtype = torch.device("cuda"), torch.bfloat16
     args.deadline = time.time() + args.budget_s
-    meta = {"command": "python " + " ".join(sys.argv), "device": torch.cuda.get_device_name(),
+    args.reps_for = (lambda T: (1, 1)) if args.smoke else (
+        lambda T: (1, 2) if T >= 16384 else (1, 3) if T >= 8192 else (3, 10))
+    meta = {"command": "python benchmarks/bench_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "host": platform.node(), **ceilings()}
+            "host": platform.node(), **(ceilings() if device.type == "cuda" else {})}
+    args.bandwidth = meta.get("copy_bytes_per_s")
     rec = Recorder(Path(args.out), meta)
     print(json.dumps(meta), flush=True)
-    contexts = [int(c) for c in args.contexts.split(",")]
     parts = args.parts.split(",")
     for shape in args.shapes.split(","):
-        teacher = build(shape, "cuda")
+        teacher = build(shape, device, dtype)
         L = teacher.config.num_hidden_layers
         students = {}
         for s in args.schedules.split(","):
             spec = SCHEDULES[s](L)
-            student = seed_student(teacher, parse_transpoints(spec, L), spec, shape, seed=0,
-                                   dtype=torch.bfloat16, ssm_backend="auto")
+            student = seed_student(teacher, parse_transpoints(spec, L), spec, shape, seed=0, dtype=dtype,
+                                   ssm_backend="auto")
             share_weights(student, teacher)
-            students[s] = student
-        for T in contexts:  # context by context, so a run cut short by its budget still covers the first ones
-            if "prefill" in parts:
-                prefill(rec, shape, teacher, students, [T], args)
-            if "decode" in parts:
-                decode(rec, shape, teacher, students, [T], [int(b) for b in args.batches.split(",")], args)
-        if "maxbatch" in parts and shape == "1b":
-            max_batch_decode(rec, shape, teacher, students, args.maxbatch_context, args.student_maxbatch, args)
+            students[s] = student.eval()
+        # short contexts first, so a run cut short by its budget keeps them
+        for T in sorted(set(ints(args.prefill_contexts)) | set(ints(args.decode_contexts))):
+            if "prefill" in parts and T in ints(args.prefill_contexts):
+                prefill(rec, shape, teacher, students, T, args)
+            if "decode" in parts and T in ints(args.decode_contexts):
+                decode(rec, shape, teacher, students, T, ints(args.batches), args)
         del teacher, students
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    print(markdown(rec.data), flush=True)
+    return rec.data
 
 
 if __name__ == "__main__":

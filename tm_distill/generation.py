@@ -132,35 +132,71 @@ class PromptTooShort(ValueError):
 
 
 @torch.no_grad()
+def decode_cache(model, batch_size: int, max_length: int):
+    """The cache generation should decode with: for a student, a static KV cache (fixed-shape steps) whose
+    one-token steps replay CUDA graphs on a GPU; None for any other model (it makes its own)."""
+    from ..models import TransMambaCache, TransMambaForCausalLM  # noqa: PLC0415
+
+    if not isinstance(model, TransMambaForCausalLM):
+        return None
+    graphs = model.device.type == "cuda" and not model.config.use_conv
+    return TransMambaCache(model.config.num_hidden_layers, max_length=max_length, graphs=graphs)
+
+
+@torch.no_grad()
+def generate_texts(
+    model, tokenizer, prompts: list[str], max_new_tokens: int = 64, chat: bool = False, temperature: float = 0.0,
+    seed: int = 0,
+) -> list[tuple[str, torch.Tensor]]:
+    """Continue several prompts in one left-padded batch: [(text, new token ids (n,))] in prompt order.
+
+    Each row's TransPoints count from its own first token, so a row continues exactly as its prompt alone.
+    """
+    if not prompts or any(not p.strip() for p in prompts):
+        raise PromptTooShort("the prompt is empty: give the text to continue, e.g. --prompt \"Once upon a time\"")
+    encoded = [encode_prompt(tokenizer, p, chat)[0] for p in prompts]
+    for p, ids in zip(prompts, encoded):
+        if ids.numel() == 0:
+            raise PromptTooShort(f"the prompt {p!r} encodes to no tokens: give some text to continue")
+    width = max(ids.numel() for ids in encoded)
+    limit = model.config.max_position_embeddings
+    if width >= limit:
+        raise PromptTooLong(
+            f"the prompt is {width} tokens but the model handles at most {limit} "
+            "(max_position_embeddings): shorten it"
+        )
+    if width + max_new_tokens > limit:
+        log.warning("only %d new tokens fit in the model's %d positions", limit - width, limit)
+        max_new_tokens = limit - width
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = torch.full((len(encoded), width), pad_id if pad_id is not None else 0, dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    for r, ids in enumerate(encoded):  # left padding: every row ends at the same column
+        batch[r, width - ids.numel():] = ids
+        mask[r, width - ids.numel():] = 1
+    batch, mask = batch.to(model.device), mask.to(model.device)
+    torch.manual_seed(seed)
+    sample = temperature > 0
+    extra = {}
+    cache = decode_cache(model, len(encoded), width + max_new_tokens)
+    if cache is not None:
+        from ..models.cache import CACHE_KWARG  # noqa: PLC0415
+
+        extra[CACHE_KWARG] = cache
+    out = model.generate(
+        batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=sample,
+        temperature=temperature if sample else None, top_p=None, top_k=None, pad_token_id=pad_id, **extra,
+    )
+    return [(tokenizer.decode(row[width:], skip_special_tokens=True), row[width:]) for row in out]
+
+
 def generate_text(
     model, tokenizer, prompt: str, max_new_tokens: int = 64, chat: bool = False, temperature: float = 0.0,
     seed: int = 0,
 ) -> tuple[str, torch.Tensor]:
     """Greedy (temperature 0) or sampled continuation of ``prompt``. Returns (text, new token ids (n,))."""
-    if not prompt.strip():
-        raise PromptTooShort("the prompt is empty: give the text to continue, e.g. --prompt \"Once upon a time\"")
-    ids = encode_prompt(tokenizer, prompt, chat).to(model.device)
-    if ids.shape[1] == 0:
-        raise PromptTooShort(f"the prompt {prompt!r} encodes to no tokens: give some text to continue")
-    limit = model.config.max_position_embeddings
-    if ids.shape[1] >= limit:
-        raise PromptTooLong(
-            f"the prompt is {ids.shape[1]} tokens but the model handles at most {limit} "
-            "(max_position_embeddings): shorten it"
-        )
-    if ids.shape[1] + max_new_tokens > limit:
-        log.warning("only %d new tokens fit in the model's %d positions", limit - ids.shape[1], limit)
-        max_new_tokens = limit - ids.shape[1]
-    torch.manual_seed(seed)
-    sample = temperature > 0
-    out = model.generate(
-        ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=sample,
-        temperature=temperature if sample else None, top_p=None, top_k=None,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-    )
-    new = out[0, ids.shape[1]:]
-    return tokenizer.decode(new, skip_special_tokens=True), new
+    return generate_texts(model, tokenizer, [prompt], max_new_tokens, chat, temperature, seed)[0]
 
 
 __all__ = ["GreedyResult", "PromptTooLong", "PromptTooShort", "cache_bytes", "encode_prompt", "generate_text",
-           "greedy_generate", "sample_generate"]
+           "greedy_generate", "sample_generate", "decode_cache", "generate_texts"]

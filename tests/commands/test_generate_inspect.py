@@ -59,6 +59,16 @@ def test_mixed_schedule_student_prints_text(students):
     assert sampled[0] == sampled[1] and sampled[0].strip()  # seeded sampling is reproducible
 
 
+def test_several_prompts_decode_in_one_padded_batch_as_each_alone(students):
+    """Left padding: each row's TransPoints (0, 4, 8, 16) count from its own first token."""
+    prompts = ["To be, or not to be, that is the question", "Once upon"]
+    alone = [run("generate", students["mixed"], "--prompt", p, "--max-new-tokens", 12) for p in prompts]
+    batched = run("generate", students["mixed"], "--prompt", prompts[0], "--prompt", prompts[1],
+                  "--max-new-tokens", 12)
+    assert batched.exit_code == 0, batched.output
+    assert batched.stdout == "".join(f"--- {i}\n{r.stdout}" for i, r in enumerate(alone))
+
+
 def test_generate_with_the_teacher_alias():
     result = run("generate", "smollm2-135m", "--chat", "--prompt", CHAT_PROMPT, "--max-new-tokens", 3)
     assert result.exit_code == 0 and result.stdout.strip(), result.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tm_distill.ops import ssd_naive, ssd_scan, ssd_scan_ref, ssd_step
+from tm_distill.ops import ssd_naive, ssd_scan, ssd_scan_ref, ssd_state, ssd_state_ref, ssd_step
 
 
 def _inputs(b=2, l=37, h=4, p=8, n=6, g=2, dtype=torch.float64, seed=0, grad=False):
@@ -116,3 +116,15 @@ def test_dispatch_torch_backend_is_the_reference():
     torch.testing.assert_close(ssd_scan(x, dt, A, B, C, 4, D=D, backend="torch"), ssd_scan_ref(x, dt, A, B, C, 4, D=D))
     with pytest.raises(ValueError, match="unknown SSM backend"):
         ssd_scan(x, dt, A, B, C, 4, backend="cuda-magic")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
+def test_final_state_only_scan_is_the_full_scans_state(dtype, packed):
+    """The Memory Converter's final-state-only scan: bitwise the full scan's final state, no outputs computed."""
+    x, dt, A, B, C, _ = _inputs(l=45, dtype=dtype)
+    h0 = torch.randn(2, 4, 8, 6, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    seq_idx = (torch.arange(45) >= 20).int().expand(2, 45).contiguous() if packed else None
+    _, h = ssd_scan_ref(x, dt, A, B, C, 16, initial_states=h0, seq_idx=seq_idx, return_final_states=True)
+    assert torch.equal(ssd_state_ref(x, dt, A, B, 16, initial_states=h0, seq_idx=seq_idx), h)
+    assert torch.equal(ssd_state(x, dt, A, B, 16, initial_states=h0, seq_idx=seq_idx, backend="torch"), h)

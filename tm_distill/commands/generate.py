@@ -26,35 +26,41 @@ def load_any(model: str, device: str):
 
 @click.command("generate")
 @click.argument("model")
-@click.option("--prompt", required=True, help="The prompt text.")
+@click.option("--prompt", "prompts", required=True, multiple=True,
+              help="The prompt text; repeat it to continue several prompts in one left-padded batch.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--chat", is_flag=True, help="Wrap the prompt as a user turn in the tokenizer's chat template.")
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               help="0 decodes greedily; > 0 samples.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
-def generate(model, prompt, max_new_tokens, chat, temperature, seed, device):
+def generate(model, prompts, max_new_tokens, chat, temperature, seed, device):
     """Generate text with MODEL and print the continuation.
 
     MODEL is a student folder (from `tm-distill convert` or `distill`) or, to compare, a teacher source
     (HF folder, .gguf, `smollm2-135m`). Decoding uses the hybrid cache: KV only before each layer's
-    TransPoint, SSM state after it.
+    TransPoint, SSM state after it; on a GPU every decode step of a student replays a CUDA graph. Several
+    --prompt options decode together (left-padded); each continuation is printed after a `--- i` line.
 
     \b
     Examples:
       tm-distill generate runs/student --chat --prompt "What is the capital of France?"
       tm-distill generate runs/student --prompt "To be, or not to be" --max-new-tokens 40
       tm-distill generate smollm2-135m --chat --prompt "Hi!" --temperature 0.7 --seed 1
+      tm-distill generate runs/student --prompt "Once upon a time" --prompt "The capital of France"
     """
-    from ..generation import generate_text  # noqa: PLC0415
+    from ..generation import generate_texts  # noqa: PLC0415
 
-    if not prompt.strip():
+    if any(not prompt.strip() for prompt in prompts):
         raise click.BadParameter("the prompt is empty: give the text to continue, e.g. --prompt \"Once upon a time\"",
                                  param_hint="--prompt")
     try:
         lm, tokenizer = load_any(model, device)
-        text, _ = generate_text(lm, tokenizer, prompt, max_new_tokens, chat=chat, temperature=temperature,
-                                seed=seed)
+        outputs = generate_texts(lm, tokenizer, list(prompts), max_new_tokens, chat=chat, temperature=temperature,
+                                 seed=seed)
     except USER_ERRORS as err:
         raise click.ClickException(str(err)) from err
-    click.echo(text)
+    for i, (text, _) in enumerate(outputs):
+        if len(outputs) > 1:
+            click.echo(f"--- {i}")
+        click.echo(text)

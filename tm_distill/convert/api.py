@@ -18,9 +18,18 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig
 
 from ..atomic import remove_stale_temps
-from ..checkpoint import (META_FILE, NotAStudent, OutputExists, StudentNotFound, check_output, load_student,
-                          read_metadata, save_student, student_config_from)
-from ..generation import PromptTooLong, PromptTooShort, encode_prompt, generate_text
+from ..checkpoint import (
+    META_FILE,
+    NotAStudent,
+    OutputExists,
+    StudentNotFound,
+    check_output,
+    load_student,
+    read_metadata,
+    save_student,
+    student_config_from,
+)
+from ..generation import PromptTooLong, PromptTooShort, decode_cache, encode_prompt, generate_text, generate_texts
 from ..models.configuration import TransMambaConfig
 from ..ops import BACKENDS, FEATURE_MAPS
 from .calibrate import CalibrationError, calibrate_student, calibration_windows
@@ -195,5 +204,5 @@ def _version() -> str:
 
 __all__ = ["DTYPES", "META_FILE", "NotAStudent", "OutputExists", "PromptTooLong", "PromptTooShort", "SSMOptionError",
            "SSM_OPTIONS", "StudentNotFound", "check_apart", "check_output", "check_ssm_options", "convert",
-           "encode_prompt", "generate_text", "load_student", "parse_dtype", "read_metadata", "save_student",
-           "student_config_from"]
+           "decode_cache", "encode_prompt", "generate_text", "generate_texts", "load_student", "parse_dtype",
+           "read_metadata", "save_student", "student_config_from"]

@@ -10,6 +10,8 @@ The formula follows the hybrid cache (``cache.py``) exactly:
 - the teacher holds KV for all N tokens in every layer.
 
 ``check_cache_memory`` compares the formula with ``TransMambaCache.memory_bytes()`` after a real forward.
+The formula is the dynamic cache's (the default); a static cache (``max_length=N``) holds each attention-phase
+layer's buffer at its capacity, min(P + left padding, N) tokens, from the prefill on.
 """
 
 from __future__ import annotations

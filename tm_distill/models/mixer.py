@@ -16,9 +16,11 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from ..ops import FEATURE_MAPS, ssd_scan, ssd_update
+from ..ops import FEATURE_MAPS, ssd_scan, ssd_state, ssd_update
 from .cache import LayerState
 from .configuration import TransMambaConfig
+from .kv import decode_attention, write_static
+from .placement import Placement
 
 # The attention prefix changes length with every TransPoint (and every batch when TransPoints are sampled):
 # cuDNN's SDPA builds an execution plan per new shape, so the shape-agnostic kernels are preferred.
@@ -106,6 +108,7 @@ class TransMambaMixer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         seq_idx: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        placement: Placement | None = None,
     ) -> torch.Tensor:
         """hidden_states: (batch, seqlen, hidden); tokens are at indices [offset, offset + seqlen).
 
@@ -113,6 +116,8 @@ class TransMambaMixer(nn.Module):
         state: this layer's cache entry (updated in place) or None for a cache-free forward.
         seq_idx, position_ids: (batch, seqlen) for packed documents (no cache): the document index of each
             token and its position inside its document; see ``_forward_packed``.
+        placement: the model's per-call ``Placement`` (row positions, padding); built from attention_mask
+            and offset when not given.
         """
         b, t, _ = hidden_states.shape
         q, k, v = self.project(hidden_states)
@@ -121,19 +126,48 @@ class TransMambaMixer(nn.Module):
                 raise ValueError("packed documents (seq_idx) take neither a cache nor a padding mask")
             y = self._forward_packed(hidden_states, q, k, v, position_embeddings, seq_idx, position_ids)
             return self.o_proj(y.reshape(b, t, -1))
-        if state is None and attention_mask is None and offset == 0:
-            return self.o_proj(self._forward_full(hidden_states, q, k, v, position_embeddings).reshape(b, t, -1))
-        n_attn = min(max(self.transpoint - offset, 0), t)
+        if placement is None:
+            if state is None and attention_mask is None and offset == 0:
+                y = self._forward_full(hidden_states, q, k, v, position_embeddings)
+                return self.o_proj(y.reshape(b, t, -1))
+            placement = Placement.for_mask(attention_mask, offset, t, hidden_states.device)
+        if placement.padded:
+            y = self._forward_rows(hidden_states, q, k, v, position_embeddings, state, placement)
+        else:
+            y = self._forward_split(hidden_states, q, k, v, position_embeddings, state, placement)
+        return self.o_proj(y.reshape(b, t, -1))
+
+    def _forward_split(self, hidden_states, q, k, v, position_embeddings, state, where):
+        """No padding: this call's tokens [0, n_attn) use attention, [n_attn, t) the SSM. (b, t, nq, d)."""
+        t = q.shape[1]
+        n_attn = min(max(self.transpoint - where.offset, 0), t)
         parts = []
         if n_attn > 0:
-            parts.append(self._attend(q, k, v, position_embeddings, n_attn, state, offset, attention_mask))
-        runs_ssm = n_attn < t or (state is not None and self.config.switches(self.layer_idx))
-        if runs_ssm:
-            y = self._ssm(hidden_states, q, k, v, position_embeddings, n_attn, state, offset, attention_mask)
+            parts.append(self._attend(q, k, v, position_embeddings, n_attn, state, where))
+        if n_attn < t or (state is not None and self.config.switches(self.layer_idx)):
+            y = self._ssm(hidden_states, q, k, v, position_embeddings, state, where, n_attn, need_y=n_attn < t)
             if n_attn < t:
                 parts.append(y)
-        y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return self.o_proj(y.reshape(b, t, -1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _forward_rows(self, hidden_states, q, k, v, position_embeddings, state, where):
+        """Padded rows: each token picks attention or SSM by its row position (b, t, nq, d).
+
+        Both are computed for every token of the call when the rows disagree (only around a TransPoint, or
+        in a padded prefill); the SSM scans the whole call, padding included with Δ = 0 (a no-op on the
+        state), so its state at a row's P is that row's Memory Converter state.
+        """
+        P = self.transpoint
+        need_attn, need_ssm = where.first < P, where.last >= P
+        y_attn = self._attend(q, k, v, position_embeddings, q.shape[1], state, where) if need_attn else None
+        y_ssm = None
+        if need_ssm or (state is not None and self.config.switches(self.layer_idx)):
+            y_ssm = self._ssm(hidden_states, q, k, v, position_embeddings, state, where, 0, need_y=need_ssm)
+        if not need_ssm:
+            return y_attn
+        if not need_attn:
+            return y_ssm
+        return torch.where((where.rows < P)[..., None, None], y_attn, y_ssm)
 
     def project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The shared projections: q (b, t, nq, d), k and v (b, t, nkv, d), before RoPE."""
@@ -154,11 +188,12 @@ class TransMambaMixer(nn.Module):
         t = q.shape[1]
         n_attn = min(self.transpoint, t)
         if n_attn == t:
-            return self._attend(q, k, v, position_embeddings, t, None, 0, None)
+            return self._attend(q, k, v, position_embeddings, t, None, Placement.for_mask(None, 0, t, q.device))
         y = self.ssm_full(hidden_states, q, k, v, position_embeddings, start=n_attn)
         if n_attn == 0:
             return y
-        return torch.cat([self._attend(q, k, v, position_embeddings, n_attn, None, 0, None), y], dim=1)
+        where = Placement.for_mask(None, 0, t, q.device)
+        return torch.cat([self._attend(q, k, v, position_embeddings, n_attn, None, where), y], dim=1)
 
     def ssm_full(self, hidden_states, q, k, v, position_embeddings, start: int = 0) -> torch.Tensor:
         """The SSM's outputs for rows [start, t) of a whole-sequence scan from token 0 (no cache).
@@ -205,32 +240,46 @@ class TransMambaMixer(nn.Module):
             y = y_ssm if y is None else torch.where(use_attn[..., None, None], y, y_ssm)
         return y
 
-    def _attend(self, q, k, v, position_embeddings, n_attn, state, offset, attention_mask):
-        """Causal softmax attention for the first n_attn tokens of this call. Returns (batch, n_attn, nq, d)."""
+    def _attend(self, q, k, v, position_embeddings, n_attn, state, where):
+        """Causal softmax attention for the first n_attn tokens of this call. Returns (batch, n_attn, nq, d).
+
+        With a cache, K/V are kept while a later token of some row is still before the TransPoint
+        (``where.next_first < P``), in a growing tensor or, for a static cache, in a buffer allocated once.
+        """
+        offset = where.offset
         cos, sin = (e[:, :n_attn] for e in position_embeddings)
         q_rot, k_rot = apply_rotary_pos_emb(
             q[:, :n_attn].transpose(1, 2), k[:, :n_attn].transpose(1, 2), cos, sin
         )  # (b, heads, n, d)
         v_new = v[:, :n_attn].transpose(1, 2)
-        if state is not None and state.keys is not None:
-            k_all = torch.cat([state.keys, k_rot], dim=2)
-            v_all = torch.cat([state.values, v_new], dim=2)
+        keep = state is not None and where.next_first < self.transpoint
+        q_pos = where.query_positions(n_attn, q.device)
+        if state is not None and state.static:
+            if keep or offset > 0:  # a prefill already past the TransPoint never fills a buffer
+                k_all, v_all = write_static(state, k_rot, v_new, where, q_pos, self.transpoint)
+            if offset == 0:  # a prefill attends to its own keys, not to the (longer) buffer
+                k_all, v_all = k_rot, v_new
+            if not keep:
+                state.keys = state.values = None
+            if n_attn == 1 and offset > 0:
+                return decode_attention(q_rot, k_all, v_all, q_pos, where, self.scaling)
         else:
-            k_all, v_all = k_rot, v_new
-        if state is not None:
-            q_total = offset + q.shape[1]
-            keep = q_total < self.transpoint  # more attention tokens may follow
-            state.keys, state.values = (k_all, v_all) if keep else (None, None)
+            if state is not None and state.keys is not None:
+                k_all = torch.cat([state.keys, k_rot], dim=2)
+                v_all = torch.cat([state.values, v_new], dim=2)
+            else:
+                k_all, v_all = k_rot, v_new
+            if state is not None:
+                state.keys, state.values = (k_all, v_all) if keep else (None, None)
         kv_len = k_all.shape[2]
+        keys_ok = where.keys_ok(kv_len)
         mask = None
         is_causal = offset == 0 and n_attn > 1
-        if attention_mask is not None or (offset > 0 and n_attn > 1):
-            q_pos = torch.arange(offset, offset + n_attn, device=q.device)
+        if keys_ok is not None or (offset > 0 and n_attn > 1):
             k_pos = torch.arange(kv_len, device=q.device)
             mask = (k_pos[None, :] <= q_pos[:, None])[None, None]  # (1, 1, n, kv)
-            if attention_mask is not None:
-                keys_ok = attention_mask[:, None, None, :kv_len].bool()
-                mask = (mask & keys_ok) | (k_pos[None, :] == q_pos[:, None])[None, None]
+            if keys_ok is not None:  # padding keys are never attended; a padding query attends to itself
+                mask = (mask & keys_ok[:, None, None, :]) | (k_pos[None, :] == q_pos[:, None])[None, None]
             is_causal = False
         with sdpa_kernel(_SDPA_BACKENDS):
             out = F.scaled_dot_product_attention(
@@ -240,9 +289,12 @@ class TransMambaMixer(nn.Module):
         return out.transpose(1, 2)
 
     def ssm_inputs(
-        self, hidden_states, q, k, v, position_embeddings, state=None, attention_mask=None, offset=0, seq_idx=None
+        self, hidden_states, q, k, v, position_embeddings, state=None, attention_mask=None, offset=0, seq_idx=None,
+        real=None,
     ):
         """The SSM's x, dt, A, B, C for every token of this call.
+
+        real: (b, t) bool of this call's real tokens (else taken from attention_mask); padding gets Δ = 0.
 
         Returns x (b, t, nq, d), dt (b, t, nq) fp32, A (nq,) fp32, B (b, t, nkv, d), C (b, t, nq, d).
         """
@@ -250,9 +302,10 @@ class TransMambaMixer(nn.Module):
         if self.config.ssm_rope:
             cos, sin = position_embeddings
             q, k = (r.transpose(1, 2) for r in apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin))
-        real = None
-        if attention_mask is not None:
-            real = attention_mask[:, offset : offset + t].to(q.dtype)  # (b, t)
+        if real is None and attention_mask is not None:
+            real = attention_mask[:, offset : offset + t]
+        if real is not None:
+            real = real.to(q.dtype)  # (b, t)
         if self.config.use_conv:
             xbc = torch.cat([v.flatten(2), k.flatten(2), q.flatten(2)], dim=-1)  # (b, t, ch)
             if real is not None:
@@ -295,36 +348,37 @@ class TransMambaMixer(nn.Module):
         out = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=full.shape[1])
         return out.transpose(1, 2)
 
-    def _ssm(self, hidden_states, q, k, v, position_embeddings, n_attn, state, offset, attention_mask):
-        """SSM outputs for tokens [n_attn, t) of this call, (batch, t - n_attn, nq, d); updates state."""
-        x, dt, A, B, C = self.ssm_inputs(hidden_states, q, k, v, position_embeddings, state, attention_mask, offset)
-        t = x.shape[1]
+    def _ssm(self, hidden_states, q, k, v, position_embeddings, state, where, start, need_y):
+        """SSM outputs for tokens [start, t) of this call, (batch, t - start, nq, d), or None if not need_y.
+
+        Advances the cached state over all t tokens: tokens before ``start`` are attention tokens whose
+        (B = K, x = V) the Memory Converter folds in. One token: one fused state update. No output needed:
+        the final-state-only scan. Otherwise one scan over the call (its state at ``start`` is the
+        converter's), as the cache-free forward does.
+        """
+        x, dt, A, B, C = self.ssm_inputs(hidden_states, q, k, v, position_embeddings, state, real=where.real)
         h0 = state.ssm_state if state is not None else None
         chunk, backend = self.config.ssm_chunk_size, self.config.ssm_backend
-        if n_attn > 0:  # Memory Converter: fold this call's attention tokens into the state
-            _, h0 = ssd_scan(
-                x[:, :n_attn], dt[:, :n_attn], A, B[:, :n_attn], C[:, :n_attn], chunk,
-                initial_states=h0, return_final_states=True, backend=backend,
-            )
         y = None
-        if n_attn < t:
-            xs, dts, Bs, Cs = x[:, n_attn:], dt[:, n_attn:], B[:, n_attn:], C[:, n_attn:]
-            if state is not None and xs.shape[1] == 1:  # decode: one recurrent step
-                h_prev = h0 if h0 is not None else xs.new_zeros(
-                    xs.shape[0], self.num_heads, self.head_dim, Bs.shape[-1], dtype=torch.float32
-                )
-                h0, y1 = ssd_update(h_prev, xs[:, 0], dts[:, 0], A, Bs[:, 0], Cs[:, 0], self.D)  # fused on CUDA
-                y = y1.to(xs.dtype).unsqueeze(1)
-            else:
-                y, h0 = ssd_scan(
-                    xs, dts, A, Bs, Cs, chunk, D=self.D, initial_states=h0, return_final_states=True,
-                    backend=backend,
-                )
-            if self.config.use_z_gate:
-                z = self.z_proj(hidden_states[:, n_attn:]).view_as(y)
-                y = self.ssm_norm(y, z)
+        if state is not None and x.shape[1] == 1:  # decode: one recurrent step
+            if h0 is None:
+                h0 = x.new_zeros(x.shape[0], self.num_heads, self.head_dim, B.shape[-1], dtype=torch.float32)
+            h0, y1 = ssd_update(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D)  # fused on CUDA
+            y = y1.to(x.dtype).unsqueeze(1)
+        elif not need_y:
+            h0 = ssd_state(x, dt, A, B, chunk, initial_states=h0, backend=backend)
+        elif state is not None:
+            y, h0 = ssd_scan(x, dt, A, B, C, chunk, D=self.D, initial_states=h0, return_final_states=True,
+                             backend=backend)
+        else:
+            y = ssd_scan(x, dt, A, B, C, chunk, D=self.D, backend=backend)
         if state is not None:
             state.ssm_state = h0
+        if not need_y:
+            return None
+        y = y[:, start:]
+        if self.config.use_z_gate:
+            y = self.ssm_norm(y, self.z_proj(hidden_states[:, start:]).view_as(y))
         return y
 
 

@@ -7,6 +7,7 @@ past the sequence computes exactly what the teacher computes.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import torch
@@ -19,6 +20,9 @@ from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, Lla
 from .cache import TransMambaCache
 from .configuration import TransMambaConfig
 from .mixer import GatedRMSNorm, TransMambaMixer
+from .placement import Placement
+
+log = logging.getLogger(__name__)
 
 
 class TransMambaDecoderLayer(nn.Module):
@@ -32,13 +36,13 @@ class TransMambaDecoderLayer(nn.Module):
 
     def forward(
         self, hidden_states, position_embeddings, cache=None, offset=0, attention_mask=None, seq_idx=None,
-        position_ids=None,
+        position_ids=None, placement=None,
     ):
         residual = hidden_states
         hidden_states = self.input_layernorm(hidden_states)
         state = cache.states[self.layer_idx] if cache is not None else None
         hidden_states = self.mixer(
-            hidden_states, position_embeddings, state, offset, attention_mask, seq_idx, position_ids
+            hidden_states, position_embeddings, state, offset, attention_mask, seq_idx, position_ids, placement
         )
         hidden_states = residual + hidden_states
         residual = hidden_states
@@ -119,8 +123,11 @@ class TransMambaModel(TransMambaPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         cache: TransMambaCache | None = None,
+        cache_position: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """cache_position: (seqlen,) absolute token indices on the device, for a captured decode step
+        (``ops.graphs.DecodeGraph`` passes a static buffer); made from the cache's length otherwise."""
         past_key_values = _one_cache(past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
@@ -130,12 +137,31 @@ class TransMambaModel(TransMambaPreTrainedModel):
         past_key_values = self._cache_for(past_key_values, use_cache)
         offset = past_key_values.get_seq_length() if past_key_values is not None else 0
         t = inputs_embeds.shape[1]
-        if position_ids is None:
-            position_ids = torch.arange(offset, offset + t, device=inputs_embeds.device).unsqueeze(0)
-        if attention_mask is not None:
-            if attention_mask.dim() != 2:
-                raise ValueError("attention_mask must be a 2D (batch, seqlen) padding mask")
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError("attention_mask must be a 2D (batch, seqlen) padding mask")
+        placement = None
+        if past_key_values is not None:
+            # The prefill records each row's left padding; later calls add real tokens only, so their mask
+            # (generate() passes one every step) adds nothing and is not read (no host sync per step).
+            if offset == 0:
+                past_key_values.set_padding(attention_mask)
+            limit = past_key_values.max_length
+            if limit is not None and offset + t > limit:
+                raise ValueError(f"the static cache holds {limit} tokens (max_length); this call reaches "
+                                 f"{offset + t}: make the cache with a larger max_length")
+            placement = Placement.for_cache(past_key_values, offset, t, inputs_embeds.device, cache_position)
+            attention_mask = None
+        elif attention_mask is not None:
             attention_mask = None if bool(attention_mask.all()) else attention_mask
+            if attention_mask is not None:
+                placement = Placement.for_mask(attention_mask, offset, t, inputs_embeds.device)
+        if position_ids is None:
+            if placement is not None and placement.rows is not None:  # count from each row's first real token
+                position_ids = placement.rows.clamp(min=0)
+            elif placement is not None and placement.cache_position is not None:
+                position_ids = placement.cache_position.unsqueeze(0)
+            else:
+                position_ids = torch.arange(offset, offset + t, device=inputs_embeds.device).unsqueeze(0)
         # Restarting position_ids mean packed documents, unless they come from a padding mask (generate()
         # derives position_ids from it) or a cache is in use: those are ordinary rows.
         seq_idx = packed_seq_idx(position_ids) if attention_mask is None and past_key_values is None else None
@@ -151,12 +177,12 @@ class TransMambaModel(TransMambaPreTrainedModel):
             if self.gradient_checkpointing and self.training and past_key_values is None:
                 hidden_states = self._gradient_checkpointing_func(
                     layer.__call__, hidden_states, position_embeddings, None, offset, attention_mask, seq_idx,
-                    position_ids,
+                    position_ids, placement,
                 )
             else:
                 hidden_states = layer(
                     hidden_states, position_embeddings, past_key_values, offset, attention_mask, seq_idx,
-                    position_ids,
+                    position_ids, placement,
                 )
         hidden_states = self.norm(hidden_states)
         if all_hidden is not None:
@@ -168,6 +194,15 @@ class TransMambaModel(TransMambaPreTrainedModel):
             past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
         )
+
+
+def _graph_step(cache, input_ids, inputs_embeds, labels, output_hidden_states) -> bool:
+    """Whether this forward is a one-token decode step to replay as a CUDA graph (``TransMambaCache(graphs=True)``)."""
+    return (
+        cache is not None and cache.graphs and not cache.capturing and cache.seen_tokens > 0
+        and input_ids is not None and inputs_embeds is None and input_ids.shape[1] == 1 and input_ids.is_cuda
+        and labels is None and not output_hidden_states and not torch.is_grad_enabled()
+    )
 
 
 class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
@@ -199,6 +234,19 @@ class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         past_key_values = _one_cache(past_key_values, cache)
+        if _graph_step(past_key_values, input_ids, inputs_embeds, labels, output_hidden_states):
+            from ..ops.graphs import DecodeGraph, capturable_reason  # noqa: PLC0415  (ops.graphs imports models)
+
+            if past_key_values.decode_graph is None:
+                reason = capturable_reason(self, past_key_values)
+                if reason is None:
+                    past_key_values.decode_graph = DecodeGraph(self, past_key_values)
+                else:  # e.g. no Triton for the fused update: decode eagerly, once said
+                    log.warning("decoding without CUDA graphs: %s", reason)
+                    past_key_values.graphs = False
+            if past_key_values.decode_graph is not None:
+                logits = past_key_values.decode_graph(input_ids).clone()  # the graph's buffer is reused next step
+                return CausalLMOutputWithPast(logits=logits, past_key_values=past_key_values)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -207,6 +255,7 @@ class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            cache_position=kwargs.get("cache_position"),
         )
         hidden_states = outputs.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:

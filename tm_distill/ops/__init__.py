@@ -2,19 +2,21 @@
 
 ``ssd_scan`` takes the arguments of ``mamba_chunk_scan_combined`` (see ``ssd_ref`` for shapes) and a
 ``backend`` ("auto", "torch" or "mamba_ssm"). The reference is the spec; the fast path is tested against it.
-``ssd_update`` is the one-token decode step (a fused Triton kernel on CUDA, ``ssd_step`` elsewhere);
-``ops.graphs.DecodeGraph`` captures a whole decode step in a CUDA graph.
+``ssd_state`` is the final-state-only scan (the Memory Converter when no output row is needed: it skips
+the output kernels). ``ssd_update`` is the one-token decode step (a fused Triton kernel on CUDA,
+``ssd_step`` elsewhere); ``ops.graphs.DecodeGraph`` captures whole decode steps in CUDA graphs.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import torch
 
 from .decode import HAS_TRITON, fused_update_available, ssd_update, ssd_update_fused
 from .feature_maps import FEATURE_MAPS
-from .ssd_ref import ssd_naive, ssd_scan_ref, ssd_step
+from .ssd_ref import ssd_naive, ssd_scan_ref, ssd_state_ref, ssd_step
 
 HAS_MAMBA_SSM = importlib.util.find_spec("mamba_ssm") is not None
 
@@ -118,5 +120,51 @@ def ssd_scan(
     )
 
 
+log = logging.getLogger(__name__)
+_FINAL_STATE_KERNELS = True  # False once mamba-ssm's private kernels turned out not to match this code
+
+
+def _mamba_final_state(x, dt, A, B, chunk_size, initial_states, seq_idx):
+    """mamba-ssm's forward without its output kernels: chunk cumsum, chunk states, state passing."""
+    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
+    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
+
+    b, l, h, p = x.shape
+    n = B.shape[-1]
+    if seq_idx is not None:
+        seq_idx = (seq_idx - seq_idx[:, :1]).to(torch.int32).contiguous()
+    B = B.contiguous()
+    dA_cumsum, dt_c = _chunk_cumsum_fwd(dt.contiguous(), A.float(), chunk_size)
+    states = _chunk_state_fwd(B, x.contiguous(), dt_c, dA_cumsum, seq_idx=seq_idx, states_in_fp32=True)
+    init = initial_states.reshape(b, h, p * n) if initial_states is not None else None
+    _, final = _state_passing_fwd(
+        states.reshape(*states.shape[:3], p * n), dA_cumsum[:, :, :, -1], initial_states=init, seq_idx=seq_idx,
+        chunk_size=chunk_size, out_dtype=torch.float32,
+    )
+    return final.reshape(b, h, p, n).float()
+
+
+def ssd_state(x, dt, A, B, chunk_size: int = 64, initial_states=None, seq_idx=None, backend: str = "auto"):
+    """The scan's final state only (b, h, p, n) fp32; same contract as :func:`ssd_state_ref`.
+
+    On mamba-ssm it runs the chunk-state and state-passing kernels and skips the output ones (the combined
+    scan's chunk_scan and bmm kernels), which is what a Memory Converter with no SSM row to emit needs.
+    """
+    global _FINAL_STATE_KERNELS
+    which = resolve_backend(backend, x.device)
+    if which == "mamba_ssm" and _FINAL_STATE_KERNELS and x.shape[1] <= _MAX_SEGMENT and not torch.is_grad_enabled():
+        try:
+            return _mamba_final_state(x, dt, A, B, chunk_size, initial_states, seq_idx)
+        except (ImportError, TypeError) as err:  # mamba-ssm's private kernels moved: use the combined scan
+            log.warning("mamba-ssm's chunk-state kernels are unusable here (%s); the converter runs the full scan",
+                        err)
+            _FINAL_STATE_KERNELS = False
+    if which == "mamba_ssm":  # long or differentiated: the full scan's state (segmented, autograd-aware)
+        _, state = _mamba_chunk_scan(x, dt, A, B, B, chunk_size, None, None, initial_states, seq_idx, True)
+        return state
+    return ssd_state_ref(x, dt, A, B, chunk_size=chunk_size, initial_states=initial_states, seq_idx=seq_idx)
+
+
 __all__ = ["BACKENDS", "FEATURE_MAPS", "HAS_MAMBA_SSM", "HAS_TRITON", "BackendUnavailable", "fused_update_available",
-           "resolve_backend", "ssd_naive", "ssd_scan", "ssd_scan_ref", "ssd_step", "ssd_update", "ssd_update_fused"]
+           "resolve_backend", "ssd_naive", "ssd_scan", "ssd_scan_ref", "ssd_state", "ssd_state_ref", "ssd_step",
+           "ssd_update", "ssd_update_fused"]

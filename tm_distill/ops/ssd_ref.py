@@ -92,11 +92,7 @@ def ssd_scan_ref(
         decay_in = torch.exp(torch.cumsum(ah, dim=-1))  # (b, h, q)
         y = y + torch.einsum("bhpn,bthn,bht->bthp", state, Cc, decay_in)
         ys.append(y)
-        # Carry: h = exp(sum a) h_prev + sum_s exp(sum_{s<r<=end} a_r) dt_s x_s B_sᵀ
-        decay_out = _decay_after(ah)
-        state = state * decay_in[..., -1, None, None] + torch.einsum(
-            "bhs,bsh,bshp,bshn->bhpn", decay_out, dtc, xc, Bc
-        )
+        state = _carry(state, ah, decay_in, dtc, xc, Bc)
     y = torch.cat(ys, dim=1)
     if D is not None:
         Df = D.to(cd)
@@ -105,6 +101,39 @@ def ssd_scan_ref(
         y = y * F.silu(z.to(cd))
     y = y.to(out_dtype)
     return (y, state) if return_final_states else y
+
+
+def _carry(state, ah, decay_in, dtc, xc, Bc):
+    """The state after a chunk: h = exp(sum a) h_prev + sum_s exp(sum_{s<r<=end} a_r) dt_s x_s B_sᵀ."""
+    return state * decay_in[..., -1, None, None] + torch.einsum(
+        "bhs,bsh,bshp,bshn->bhpn", _decay_after(ah), dtc, xc, Bc
+    )
+
+
+def ssd_state_ref(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    chunk_size: int = 64,
+    initial_states: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Only the final state of :func:`ssd_scan_ref` (the Memory Converter's state), no outputs: (b, h, p, n).
+
+    The same chunk loop and carry as the full scan, so the state is bitwise the one ``ssd_scan_ref`` returns.
+    """
+    cd = torch.promote_types(x.dtype, torch.float32)
+    b, l, h, p = x.shape
+    xf, dtf = x.to(cd), dt.to(cd)
+    Bf = _expand_groups(B.to(cd), h)
+    a = _log_decay(dtf, A.to(cd), seq_idx)
+    state = initial_states.to(cd) if initial_states is not None else x.new_zeros(b, h, p, Bf.shape[-1], dtype=cd)
+    for start in range(0, l, chunk_size):
+        sl = slice(start, min(start + chunk_size, l))
+        ah = a[:, sl].transpose(1, 2)
+        state = _carry(state, ah, torch.exp(torch.cumsum(ah, dim=-1)), dtf[:, sl], xf[:, sl], Bf[:, sl])
+    return state
 
 
 def _decay_after(ah: torch.Tensor) -> torch.Tensor:

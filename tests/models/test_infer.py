@@ -1,0 +1,109 @@
+"""Inference paths: left-padded batches, the static KV cache and decode steps that cross TransPoints.
+
+Every check is against the cache-free full forward of each prompt alone (tiny random Llama, fp32, 1e-5).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import tiny_llama
+from tm_distill.convert import seed_student
+from tm_distill.models import ATTENTION_ONLY, TransMambaCache
+from tm_distill.models.cache import CACHE_KWARG
+
+TPS = [0, 3, 6, 11, ATTENTION_ONLY]  # prompts (4-7 tokens) cross some; decoding crosses the rest
+
+
+@pytest.fixture(scope="module")
+def student():
+    teacher = tiny_llama(num_kv_heads=2, num_layers=len(TPS), seed=3)
+    return seed_student(teacher, TPS, seed=4).eval()
+
+
+def _prompts(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, 97, (n,), generator=g) for n in lengths]
+
+
+def _left_pad(prompts):
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p):], mask[r, width - len(p):] = p, 1
+    return ids, mask
+
+
+def _full_logits(model, seq):
+    with torch.no_grad():
+        return model(seq[None]).logits[0]
+
+
+@pytest.mark.parametrize("max_length", [None, 40], ids=["dynamic", "static"])
+def test_left_padded_generate_equals_each_prompt_alone(student, max_length):
+    prompts = _prompts([7, 4, 5])
+    ids, mask = _left_pad(prompts)
+    new = 12
+    cache = TransMambaCache(len(TPS), max_length=max_length)
+    with torch.no_grad():
+        out = student.generate(ids, attention_mask=mask, **{CACHE_KWARG: cache}, max_new_tokens=new,
+                               do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+                               eos_token_id=None)
+    steps = torch.stack(out.logits, dim=1)  # (batch, new, vocab)
+    for r, p in enumerate(prompts):
+        tokens = out.sequences[r, ids.shape[1]:]
+        with torch.no_grad():
+            alone = student.generate(p[None], max_new_tokens=new, do_sample=False, pad_token_id=0,
+                                     eos_token_id=None)
+        assert torch.equal(tokens, alone[0, len(p):]), f"row {r} differs from its prompt alone"
+        full = _full_logits(student, torch.cat([p, tokens]))[len(p) - 1 : -1]
+        torch.testing.assert_close(steps[r], full, rtol=1e-5, atol=1e-5)
+    for i, P in enumerate(TPS):  # KV is gone once every row is past the layer's TransPoint
+        past = cache.seen_tokens - cache.max_pad >= P
+        assert (cache.states[i].keys is None) == past, f"layer {i} (P={P})"
+
+
+def test_padded_cache_free_forward_equals_each_prompt_alone(student):
+    prompts = _prompts([9, 5, 2], seed=1)
+    ids, mask = _left_pad(prompts)
+    with torch.no_grad():
+        got = student(ids, attention_mask=mask).logits
+    for r, p in enumerate(prompts):
+        torch.testing.assert_close(got[r, ids.shape[1] - len(p):], _full_logits(student, p), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_static_cache_decode_across_transpoints_equals_full_forward(student, batch):
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 97, (batch, 16), generator=g)
+    cache = TransMambaCache(len(TPS), max_length=20)
+    with torch.no_grad():
+        full = student(ids).logits
+        steps = [student(ids[:, :2], cache=cache, use_cache=True).logits]
+        caps = [None if s.keys is None else s.keys.shape[2] for s in cache.states]
+        buffers = [s.keys for s in cache.states]
+        for t in range(2, 16):
+            steps.append(student(ids[:, t : t + 1], cache=cache, use_cache=True).logits)
+            for i, s in enumerate(cache.states):  # written in place, never re-allocated
+                assert s.keys is None or s.keys is buffers[i]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+    assert caps == [None, 3, 6, 11, 20]  # capacity: the TransPoint, or max_length for attention-only layers
+    assert [cache.kv_length(i) for i in range(len(TPS))] == [0, 0, 0, 0, 16]
+    with pytest.raises(ValueError, match="max_length"):
+        student(ids[:, :5], cache=cache, use_cache=True)
+
+
+def test_graphs_need_a_static_cache():
+    with pytest.raises(ValueError, match="max_length"):
+        TransMambaCache(2, graphs=True)
+
+
+def test_cached_prefill_equals_cache_free_forward_exactly(student):
+    """The prefill scans each switching layer once, as the cache-free forward does: bitwise the same."""
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        full = student(ids).logits
+        cached = student(ids, cache=TransMambaCache(len(TPS)), use_cache=True).logits
+    assert torch.equal(full, cached)

@@ -1,0 +1,30 @@
+"""benchmarks/bench_speed.py --smoke: teacher and every schedule, prefill and decode, on a tiny CPU model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speed.py"
+
+
+def test_bench_speed_smoke(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_speed", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "smoke.json"
+    data = bench.main(["--smoke", "--out", str(out)])
+    rows = data["results"]
+    assert all(r["status"] == "ok" for r in rows)
+    models = {"teacher", "attn25", "cycle", "all2048"}
+    for kind, contexts, batches in (("prefill", {64, 160}, {1}), ("decode", {96, 160}, {1, 2})):
+        got = {(r["model"] if r["model"] == "teacher" else r["schedule"], r["context"], r["batch"])
+               for r in rows if r["kind"] == kind}
+        assert got == {(m, t, b) for m in models for t in contexts for b in batches}, kind
+    decode = [r for r in rows if r["kind"] == "decode"]
+    assert all(r["tokens_per_s"] > 0 and r["mode"] == "eager" for r in decode)
+    assert all(r["cache_bytes"] > 0 for r in decode)
+    assert json.loads(out.read_text())["results"] == rows
+    text = bench.markdown(data)
+    assert "### prefill, tiny shape" in text and "### decode, tiny shape" in text and "| 160 | 2 |" in text
