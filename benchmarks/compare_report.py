@@ -12,13 +12,10 @@ import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_RUN = {
-    "D": "not run yet: this session's device time (30 min) ran out; `python benchmarks/compare_row.py --row D`",
-    "G": "not run yet: `python benchmarks/compare_row.py --row G` (recipes/smollm2-135m/compare/G-onpolicy.yaml)",
-}
+NOT_RUN: dict[str, str] = {}  # row -> why it has no file; every row of 2026-11-26 has one
 LABELS = {"B": "B Mamba-in-the-Llama (seed: attention)", "C": "C matrix -> hidden -> logits (calibrated seed)",
           "D": "D as C, sampled TransPoints", "E": "E logits only (calibrated seed)",
-          "G": "G as C, the logits tail on-policy (GKD)"}
+          "G": "G as C, its logits stage on-policy (GKD, lmbda 1/8)"}
 
 
 def collect(folder: Path) -> dict:
