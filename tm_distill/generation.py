@@ -135,7 +135,7 @@ class PromptTooShort(ValueError):
 def decode_cache(model, batch_size: int, max_length: int):
     """The cache generation should decode with: for a student, a static KV cache (fixed-shape steps) whose
     one-token steps replay CUDA graphs on a GPU; None for any other model (it makes its own)."""
-    from ..models import TransMambaCache, TransMambaForCausalLM  # noqa: PLC0415
+    from .models import TransMambaCache, TransMambaForCausalLM  # noqa: PLC0415
 
     if not isinstance(model, TransMambaForCausalLM):
         return None
@@ -180,7 +180,7 @@ def generate_texts(
     extra = {}
     cache = decode_cache(model, len(encoded), width + max_new_tokens)
     if cache is not None:
-        from ..models.cache import CACHE_KWARG  # noqa: PLC0415
+        from .models.cache import CACHE_KWARG  # noqa: PLC0415
 
         extra[CACHE_KWARG] = cache
     out = model.generate(

@@ -42,6 +42,10 @@ class LayerState:
     conv_state: torch.Tensor | None = None  # (batch, channels, conv_kernel - 1)
     static: bool = False  # keys/values are a preallocated buffer written in place
 
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors the layer holds (a decode graph takes its device and dtype from them)."""
+        return [t for t in (self.keys, self.values, self.ssm_state, self.conv_state) if t is not None]
+
 
 class TransMambaCache(Cache):
     """Per-layer ``LayerState`` plus the number of tokens seen; works with ``model.generate``.
