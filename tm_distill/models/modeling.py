@@ -137,37 +137,8 @@ class TransMambaModel(TransMambaPreTrainedModel):
         past_key_values = self._cache_for(past_key_values, use_cache)
         offset = past_key_values.get_seq_length() if past_key_values is not None else 0
         t = inputs_embeds.shape[1]
-        if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError("attention_mask must be a 2D (batch, seqlen) padding mask")
-        placement = None
-        if past_key_values is not None:
-            # The prefill records each row's left padding; later calls add real tokens only, so their mask
-            # (generate() passes one every step) adds nothing and is not read (no host sync per step).
-            if offset == 0:
-                past_key_values.set_padding(attention_mask)
-            limit = past_key_values.max_length
-            if limit is not None and offset + t > limit:
-                raise ValueError(f"the static cache holds {limit} tokens (max_length); this call reaches "
-                                 f"{offset + t}: make the cache with a larger max_length")
-            placement = Placement.for_cache(past_key_values, offset, t, inputs_embeds.device, cache_position)
-            attention_mask = None
-        elif attention_mask is not None:
-            attention_mask = None if bool(attention_mask.all()) else attention_mask
-            if attention_mask is not None:
-                placement = Placement.for_mask(attention_mask, offset, t, inputs_embeds.device)
-        if position_ids is None:
-            if placement is not None and placement.rows is not None:  # count from each row's first real token
-                position_ids = placement.rows.clamp(min=0)
-            elif placement is not None and placement.cache_position is not None:
-                position_ids = placement.cache_position.unsqueeze(0)
-            else:
-                position_ids = torch.arange(offset, offset + t, device=inputs_embeds.device).unsqueeze(0)
-        # Restarting position_ids mean packed documents, unless they come from a padding mask (generate()
-        # derives position_ids from it) or a cache is in use: those are ordinary rows.
-        seq_idx = packed_seq_idx(position_ids) if attention_mask is None and past_key_values is None else None
-        if seq_idx is not None:
-            seq_idx = seq_idx.expand(inputs_embeds.shape[0], -1)
-            position_ids = position_ids.expand(inputs_embeds.shape[0], -1)
+        placement, attention_mask, position_ids, seq_idx = _placement(
+            past_key_values, attention_mask, position_ids, offset, t, inputs_embeds, cache_position)
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         all_hidden = [] if output_hidden_states else None
@@ -194,6 +165,47 @@ class TransMambaModel(TransMambaPreTrainedModel):
             past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
         )
+
+
+def _placement(cache, attention_mask, position_ids, offset: int, t: int, inputs_embeds, cache_position):
+    """Where this call's tokens sit: (placement, attention_mask, position_ids, seq_idx) for the layers.
+
+    With a cache, the prefill records each row's left padding and later calls read it from the cache; without
+    one, a padding mask gives per-row positions; restarting ``position_ids`` without either mean packed
+    documents (``seq_idx``).
+    """
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError("attention_mask must be a 2D (batch, seqlen) padding mask")
+    placement = None
+    if cache is not None:
+        # The prefill records each row's left padding; later calls add real tokens only, so their mask
+        # (generate() passes one every step) adds nothing and is not read (no host sync per step).
+        if offset == 0:
+            cache.set_padding(attention_mask)
+        limit = cache.max_length
+        if limit is not None and offset + t > limit:
+            raise ValueError(f"the static cache holds {limit} tokens (max_length); this call reaches "
+                             f"{offset + t}: make the cache with a larger max_length")
+        placement = Placement.for_cache(cache, offset, t, inputs_embeds.device, cache_position)
+        attention_mask = None
+    elif attention_mask is not None:
+        attention_mask = None if bool(attention_mask.all()) else attention_mask
+        if attention_mask is not None:
+            placement = Placement.for_mask(attention_mask, offset, t, inputs_embeds.device)
+    if position_ids is None:
+        if placement is not None and placement.rows is not None:  # count from each row's first real token
+            position_ids = placement.rows.clamp(min=0)
+        elif placement is not None and placement.cache_position is not None:
+            position_ids = placement.cache_position.unsqueeze(0)
+        else:
+            position_ids = torch.arange(offset, offset + t, device=inputs_embeds.device).unsqueeze(0)
+    # Restarting position_ids mean packed documents, unless they come from a padding mask (generate()
+    # derives position_ids from it) or a cache is in use: those are ordinary rows.
+    seq_idx = packed_seq_idx(position_ids) if attention_mask is None and cache is None else None
+    if seq_idx is not None:
+        seq_idx = seq_idx.expand(inputs_embeds.shape[0], -1)
+        position_ids = position_ids.expand(inputs_embeds.shape[0], -1)
+    return placement, attention_mask, position_ids, seq_idx
 
 
 def _graph_step(cache, input_ids, inputs_embeds, labels, output_hidden_states) -> bool:
