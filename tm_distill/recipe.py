@@ -162,9 +162,10 @@ class StageConfig:
     trainable: Literal[TRAINABLE] = _help(
         "what trains: SSM-only params, SSM + mixer projections, everything, or LoRA (+ SSM params)", "ssm")
     steps: int | None = _help("optimizer steps (give steps or tokens)", None)
-    tokens: int | None = _help("token budget; steps = ceil(tokens / (batch_size * grad_accum * seq_len))", None)
+    tokens: int | None = _help("token budget of the whole run; steps = ceil(tokens / (batch_size * grad_accum * "
+                               "seq_len * processes))", None)
     seq_len: int | None = _help("tokens per sequence (default: data.seq_len)", None)
-    batch_size: int = _help("sequences per micro-batch", 2)
+    batch_size: int = _help("sequences per micro-batch in each process", 2)
     grad_accum: int = _help("micro-batches per optimizer step", 1)
     precision: Literal["fp32", "bf16"] = _help("autocast precision (bf16 needs CUDA or is emulated slowly on CPU)",
                                                "fp32")
@@ -209,13 +210,15 @@ class StageConfig:
                        "the onpolicy stage's loss is the generalized JSD with on_policy.beta (0: forward KL, 1: "
                        "reverse KL), without CE on the data: set on_policy.beta instead")
 
-    def tokens_per_step(self, seq_len: int) -> int:
-        return self.batch_size * self.grad_accum * seq_len
+    def tokens_per_step(self, seq_len: int, processes: int = 1) -> int:
+        """Tokens one optimizer step trains on: batch_size x grad_accum sequences in each of ``processes``."""
+        return self.batch_size * self.grad_accum * seq_len * processes
 
-    def total_steps(self, seq_len: int) -> int:
+    def total_steps(self, seq_len: int, processes: int = 1) -> int:
+        """``steps``, or the steps that train ``tokens`` in all (the budget is the run's, whatever the GPUs)."""
         if self.steps is not None:
             return self.steps
-        return math.ceil(self.tokens / self.tokens_per_step(seq_len))
+        return math.ceil(self.tokens / self.tokens_per_step(seq_len, processes))
 
     def warmup(self, total: int) -> int:
         return self.schedule.warmup_steps if self.schedule.warmup_steps is not None else int(

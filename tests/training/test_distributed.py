@@ -101,3 +101,18 @@ def test_sharded_run_killed_mid_stage_resumes_to_the_same_losses(one_process, ti
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     _assert_same_curve(_losses(out), one_process)
     shutil.rmtree(out)
+
+
+def test_a_token_budget_is_the_runs_whatever_the_processes():
+    """`tokens` is what the run trains in all: two processes take half the steps of one (steps stay as given)."""
+    from tm_distill.recipe import StageConfig
+    from tm_distill.training.resolve import resolve_plan
+
+    stage = StageConfig(name="logits", tokens=4096, batch_size=2, grad_accum=2)
+    assert (stage.total_steps(256), stage.total_steps(256, processes=2)) == (4, 2)
+    assert stage.tokens_per_step(256, 2) * stage.total_steps(256, 2) == 4096
+    assert StageConfig(name="logits", steps=5).total_steps(256, processes=4) == 5
+    raw = {"teacher": "x", "transpoints": "all=0", "data": {"seq_len": 256},
+           "stages": [{"name": "logits", "tokens": 4096, "batch_size": 2, "grad_accum": 2}]}
+    one, two = (resolve_plan(recipe_from_dict(raw), None, n).stages[0] for n in (1, 2))
+    assert (one.steps, one.tokens, two.steps, two.tokens) == (4, 4096, 2, 4096)

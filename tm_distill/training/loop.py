@@ -253,7 +253,7 @@ class _Trainer:
 def prepare_stage(stage: Stage, run: StageRun, accelerator, resume_state: dict | None, distributed) -> _Trainer:
     """Trainable set and dtypes, LoRA state of a resumed run, placement over the processes, optimizer."""
     cfg, student = run.cfg, stage.student
-    total = cfg.total_steps(int(run.train.shape[1]))
+    total = cfg.total_steps(int(run.train.shape[1]), accelerator.num_processes)
     stage.trainable_parameters()  # sets requires_grad, which set_param_dtypes and sharding read
     set_param_dtypes(student, run.param_dtype)
     if resume_state is not None and resume_state.get("module_state"):

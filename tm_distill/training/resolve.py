@@ -146,8 +146,9 @@ def _check_auto(spec: str, num_layers: int | None, seq_len: int) -> None:
         raise RecipeError("transpoints", str(err)) from None
 
 
-def resolve_plan(recipe: Recipe, config: PretrainedConfig | None) -> Plan:
-    """Check the recipe against the teacher's config (when known) and compute each stage's budget."""
+def resolve_plan(recipe: Recipe, config: PretrainedConfig | None, processes: int = 1) -> Plan:
+    """Check the recipe against the teacher's config (when known) and compute each stage's budget on
+    ``processes`` processes (a stage's ``tokens`` is the run's budget: more processes, fewer steps)."""
     _check_output_dir(recipe.output_dir)
     _check_ssm(recipe.ssm)
     _check_teacher_family(config)
@@ -166,13 +167,13 @@ def resolve_plan(recipe: Recipe, config: PretrainedConfig | None) -> Plan:
         if max_pos is not None and seq_len > max_pos:
             raise RecipeError(f"stages[{i}].seq_len", f"{seq_len} is longer than the teacher supports "
                                                       f"(max_position_embeddings={max_pos})")
-        steps = s.total_steps(seq_len)
+        steps = s.total_steps(seq_len, processes)
         generated = 0
         if s.name == "onpolicy":
             from ..stages.onpolicy import generated_tokens  # noqa: PLC0415  (imports torch)
 
             generated = generated_tokens(s, steps)
-        stages.append(StagePlan(i, s.name, steps, seq_len, steps * s.tokens_per_step(seq_len), s.trainable,
+        stages.append(StagePlan(i, s.name, steps, seq_len, steps * s.tokens_per_step(seq_len, processes), s.trainable,
                                 s.optimizer.lr, s.precision, s.transpoint_schedule, generated))
         if s.loss.layers is not None and n_layers is not None and any(j >= n_layers for j in s.loss.layers):
             raise RecipeError(f"stages[{i}].loss.layers", f"layer indices must be < {n_layers}")

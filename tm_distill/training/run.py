@@ -252,7 +252,7 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
     if teacher is None:
         teacher = load_teacher(recipe.teacher, dtype=dtype, device=device)
     teacher.model.eval().requires_grad_(False)
-    plan = resolve_plan(recipe, teacher.model.config)
+    plan = resolve_plan(recipe, teacher.model.config, accelerator.num_processes)
     _seed_everything(recipe.seed)
     texts = load_texts(recipe.data.source, text_field=recipe.data.text_field)
     data, heldout = build_data(recipe, teacher, texts, device, accelerator.num_processes)
