@@ -55,7 +55,7 @@ def _replay(stage, x, step=0, micro=0):
     """The sequences the stage generated for micro-batch ``micro`` of ``step`` (the draws are seeded)."""
     stage.begin_step(seed=0, stage_idx=1, step=step)
     with use_transpoints(stage.student, TPS):
-        return stage.generate(x[:, :PROMPT], micro)
+        return stage.generate(x[:, :PROMPT], step * stage.cfg.grad_accum + micro)  # the run's micro-batch index
 
 
 def test_registry_resolves_the_onpolicy_stage():

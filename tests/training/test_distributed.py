@@ -1,6 +1,6 @@
 """Several processes (issue 16): two CPU processes with the gloo backend (started by torchrun),
-give the loss curve of one process at the same global batch, with DDP and with FSDP2, for every stage (LoRA
-included); a sharded run killed mid-stage resumes to the same losses; checkpoints load as plain HF folders."""
+give the loss curve of one process at the same global batch, with DDP and with FSDP2, for every stage (LoRA and
+on-policy generation included); a sharded run killed mid-stage resumes to the same losses; checkpoints load as plain HF folders."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ STAGES = [
     {"name": "logits", "steps": 3, "batch_size": 4, "lr": 1e-2, "trainable": "lora", "lora": {"r": 4, "alpha": 8},
      "checkpoint_every": 1, "keep_last": 2, "eval_every": 2},  # the held-out KL, measured on gathered weights
     {"name": "logits", "steps": 2, "batch_size": 4, "lr": 1e-3, "trainable": "all"},
+    # generation under FSDP too; lmbda 1: one process's two micro-batches and two processes' one each are all
+    # on-policy (which micro-batches are is decided per micro-batch slot, alike in every process)
+    {"name": "onpolicy", "steps": 2, "batch_size": 4, "lr": 1e-3, "trainable": "all",
+     "on_policy": {"lmbda": 1.0, "prompt_tokens": 8, "new_tokens": 8}},
 ]
 
 

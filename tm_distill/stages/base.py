@@ -61,9 +61,11 @@ class Stage:
         (restarting at 0 at each document start) or None. Returns a scalar loss to backprop and float metrics."""
         raise NotImplementedError(f"stage {self.name!r} must implement loss()")
 
-    def begin_step(self, seed: int, stage_idx: int, step: int) -> None:
+    def begin_step(self, seed: int, stage_idx: int, step: int, rank: int = 0, world: int = 1) -> None:
         """Called before each step's micro-batches (0-based ``step``, also the first step after a resume), so a
-        stage that draws randomness in ``loss`` can seed it from where training is. Default: nothing."""
+        stage that draws randomness in ``loss`` can seed it from where training is. ``rank`` of ``world``
+        processes: micro-batch ``m`` of this process is micro-batch ``(step * world + rank) * grad_accum + m``
+        of the run, the same one whatever the number of processes. Default: nothing."""
 
     def finalize(self) -> None:
         """Called once at stage end, before the final save (e.g. to merge LoRA adapters). Default: nothing."""

@@ -31,9 +31,10 @@ O(chunk_size x V), once. The mean over positions is exact across chunks (each ch
 by the number of scored positions once), unlike trl's ``reduction="batchmean"`` on (b, t, V) logits without
 labels, which divides by b. Generation keeps no graph; its cache holds at most P + N tokens of KV per layer.
 
-Which micro-batches are on-policy depends only on (step, micro index, grad_accum, lmbda), and the samples are
-drawn from a generator seeded by (seed, stage_idx, step, micro index), so a resumed run generates exactly what an
-uninterrupted one would. On-policy micro-batches are spread evenly (an exact fraction lmbda of the stage, not a
+Which micro-batches are on-policy depends only on (step, micro index, grad_accum, lmbda), alike in every process
+(under FSDP all processes must run the same forwards), and the samples are drawn from a generator seeded by
+(seed, stage_idx, k), k the run's micro-batch index (``Stage.begin_step``: the same on any number of processes),
+so a resumed run generates exactly what an uninterrupted one would. On-policy micro-batches are spread evenly (an exact fraction lmbda of the stage, not a
 coin per batch as in trl), so each step's generation cost and the plan's count of generated tokens are exact.
 
 Budget: the stage's ``tokens``/``steps`` count the data windows it draws, as every stage does; an on-policy
@@ -77,10 +78,11 @@ class OnPolicyStage(LogitsStage):
         super().__init__(cfg, student, teacher)
         # the logits stage's loss as GKD's generalized JSD with on_policy.beta (the recipe allows no other kind)
         self.loss_cfg = dataclasses.replace(cfg.loss, kind="jsd", beta=cfg.on_policy.beta)
-        self._seed, self._stage_idx, self._step, self._micro = 0, 0, 0, 0
+        self._seed, self._stage_idx, self._step, self._rank, self._world, self._micro = 0, 0, 0, 0, 1, 0
 
-    def begin_step(self, seed: int, stage_idx: int, step: int) -> None:
-        self._seed, self._stage_idx, self._step, self._micro = seed, stage_idx, step, 0
+    def begin_step(self, seed: int, stage_idx: int, step: int, rank: int = 0, world: int = 1) -> None:
+        self._seed, self._stage_idx, self._step, self._rank, self._world, self._micro = seed, stage_idx, step, rank, \
+            world, 0
 
     def loss(self, input_ids: torch.LongTensor, position_ids: torch.LongTensor | None = None,
              ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -90,24 +92,27 @@ class OnPolicyStage(LogitsStage):
         positions >= min P (see the module docstring). Metrics: ``kd``, ``positions``, ``on_policy`` (1 or 0;
         its step average is the step's on-policy fraction) and ``generated`` (tokens sampled).
         """
-        micro = self._micro
+        micro, ga = self._micro, self.cfg.grad_accum
         self._micro += 1
         op = self.cfg.on_policy
-        k = self._step * self.cfg.grad_accum + micro
-        if not on_policy_micro(k, op.lmbda):
+        # every process decides alike for its micro-batch ``micro`` of the step (under FSDP all of them must run the
+        # same forwards, generation included); the samples are seeded by the run's micro-batch index k, the same
+        # on any number of processes
+        k = (self._step * self._world + self._rank) * ga + micro
+        if not on_policy_micro(self._step * ga + micro, op.lmbda):
             loss, metrics = self.distill(input_ids, position_ids)
             return loss, {**metrics, "on_policy": 0.0, "generated": 0.0}
         prompt = op.prompt_tokens
-        sequences = self.generate(input_ids[:, :prompt], micro)
+        sequences = self.generate(input_ids[:, :prompt], k)
         loss, metrics = self.distill(sequences, None, start=prompt - 1, stop=prompt + op.new_tokens - 1)
         return loss, {**metrics, "on_policy": 1.0, "generated": float(sequences.shape[0] * op.new_tokens)}
 
-    def generate(self, prompts: torch.LongTensor, micro: int) -> torch.LongTensor:
+    def generate(self, prompts: torch.LongTensor, k: int) -> torch.LongTensor:
         """prompts: (b, P) -> (b, P + new_tokens): the student's continuation with its hybrid cache, sampled from a
-        generator seeded by (seed, stage_idx, step, micro), in eval mode and without a graph."""
+        generator seeded by (seed, stage_idx, k) for the run's micro-batch k, in eval mode and without a graph."""
         op = self.cfg.on_policy
         device = prompts.device
-        seed = hash((self._seed, self._stage_idx, self._step, micro)) % (2**63)
+        seed = hash((self._seed, self._stage_idx, k)) % (2**63)
         generator = torch.Generator(device=device).manual_seed(seed)
         was_training = self.student.training
         self.student.eval()

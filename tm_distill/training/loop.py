@@ -174,7 +174,7 @@ def train_step(par: Replicated, run: StageRun, rows: torch.Tensor, doc_ids: torc
     loss_sum = torch.zeros((), device=device)
     extra: dict[str, float] = {}
     doc_parts = doc_ids.split(cfg.batch_size) if doc_ids is not None else [None] * math.ceil(len(rows) / cfg.batch_size)
-    par.stage.begin_step(run.seed, run.stage_idx, step)
+    par.stage.begin_step(run.seed, run.stage_idx, step, accelerator.process_index, accelerator.num_processes)
     for micro, docs in zip(rows.split(cfg.batch_size), doc_parts):
         with use_transpoints(par.stage.student, tps), autocast:
             loss, mets = par.loss(micro, _positions(docs, device))
