@@ -122,3 +122,12 @@ def test_a_token_budget_is_the_runs_whatever_the_processes():
            "stages": [{"name": "logits", "tokens": 4096, "batch_size": 2, "grad_accum": 2}]}
     one, two = (resolve_plan(recipe_from_dict(raw), None, n).stages[0] for n in (1, 2))
     assert (one.steps, one.tokens, two.steps, two.tokens) == (4, 4096, 2, 4096)
+
+
+def test_gradient_sync_counts_a_missing_gradient_as_zero_and_keeps_none_where_none_has_one(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(DRIVER.with_name("sync_driver.py"))]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("gradients synced") == 2

@@ -81,15 +81,25 @@ class Replicated:
         return [p for _, p in self.stage.trainable_parameters()]
 
     def sync_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Average the gradients over the processes in one flat all-reduce (a missing gradient counts as 0)."""
+        """Average the gradients over the processes in one flat all-reduce.
+
+        A parameter with a gradient in some processes counts 0 in the others (as a micro-batch without it does
+        under grad_accum); one with a gradient in none keeps none, so AdamW skips it as one process would.
+        """
         if self.accelerator.num_processes == 1:
             return
         from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors  # noqa: PLC0415
 
-        for p in params:
+        device = params[0].device if params else self.accelerator.device
+        mine = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
+        anywhere = self.accelerator.reduce(mine, reduction="sum").tolist()
+        reduced = [p for p, n in zip(params, anywhere) if n > 0]
+        for p in reduced:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in params]
+        if not reduced:
+            return
+        grads = [p.grad for p in reduced]
         flat = self.accelerator.reduce(_flatten_dense_tensors(grads), reduction="mean")
         for grad, avg in zip(grads, _unflatten_dense_tensors(flat, grads)):
             grad.copy_(avg)
