@@ -7,12 +7,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import tm_distill  # noqa: F401
+from tm_distill.checkpoint import save_checkpoint
 from tm_distill.convert import parse_transpoints, seed_student
-from tm_distill.recipe import StageConfig, from_dict
 from tm_distill.models import use_transpoints
+from tm_distill.recipe import StageConfig, from_dict
 from tm_distill.stages import get_stage_class
 from tm_distill.stages.logits import LogitsStage
-from tm_distill.training.checkpoint import save_checkpoint
 
 
 def _cfg(**kw) -> StageConfig:

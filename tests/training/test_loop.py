@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
+from tm_distill.checkpoint import STATE_FILE
 from tm_distill.models import ATTENTION_ONLY
 from tm_distill.recipe import recipe_from_dict
 from tm_distill.training import TrainingDiverged, lr_factor, read_metrics, run_recipe, sample_transpoints
-from tm_distill.training.checkpoint import STATE_FILE
 
 
 def test_lr_factor_warmup_then_cosine_to_floor():
@@ -117,7 +117,7 @@ def test_fresh_run_refuses_to_overwrite_a_run(tiny_recipe):
 
 
 def test_auto_transpoints_are_resolved_recorded_and_kept_on_resume(tiny_recipe):
-    from tm_distill.training.checkpoint import read_metadata
+    from tm_distill.checkpoint import read_metadata
 
     raw = tiny_recipe(steps=2, checkpoint_every=1)
     raw["transpoints"] = "auto:kv_budget=50%"

@@ -1,8 +1,7 @@
 """The user-facing conversion API: check the options, convert a teacher into a seeded student checkpoint.
 
 The checkpoint is written by ``tm_distill.checkpoint`` (atomically: an error leaves nothing at the output
-path), which also reads it back; prompting and text generation live in ``tm_distill.generation``. Both are
-re-exported here for callers of the older paths.
+path), which also reads it back; prompting and text generation live in ``tm_distill.generation``.
 """
 
 from __future__ import annotations
@@ -18,23 +17,12 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig
 
 from ..atomic import remove_stale_temps
-from ..checkpoint import (
-    META_FILE,
-    NotAStudent,
-    OutputExists,
-    StudentNotFound,
-    check_output,
-    load_student,
-    read_metadata,
-    save_student,
-    student_config_from,
-)
-from ..generation import PromptTooLong, PromptTooShort, decode_cache, encode_prompt, generate_text, generate_texts
+from ..checkpoint import OutputExists, check_output, save_student
 from ..models.configuration import TransMambaConfig
 from ..ops import BACKENDS, FEATURE_MAPS
 from .calibrate import CalibrationError, calibrate_student, calibration_windows
 from .seed import seed_student
-from .teacher import DTYPES, SHIPPED_TEACHER, TeacherNotFound, load_teacher, parse_device, parse_dtype, resolve_source
+from .teacher import SHIPPED_TEACHER, TeacherNotFound, load_teacher, parse_device, parse_dtype, resolve_source
 from .transpoints import parse_transpoints
 
 log = logging.getLogger(__name__)
@@ -202,7 +190,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["DTYPES", "META_FILE", "NotAStudent", "OutputExists", "PromptTooLong", "PromptTooShort", "SSMOptionError",
-           "SSM_OPTIONS", "StudentNotFound", "check_apart", "check_output", "check_ssm_options", "convert",
-           "decode_cache", "encode_prompt", "generate_text", "generate_texts", "load_student", "parse_dtype",
-           "read_metadata", "save_student", "student_config_from"]
+__all__ = ["SSMOptionError", "SSM_OPTIONS", "check_apart", "check_ssm_options", "convert"]

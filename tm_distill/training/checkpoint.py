@@ -15,8 +15,7 @@ Each checkpoint is a loadable HF student (config.json with its TransPoints, safe
 ``tm_distill.json`` (recipe name, stage, step, metrics). A checkpoint is written into a temporary sibling
 folder and renamed into place with ``os.replace``, so a crash mid-write never leaves a half-written
 checkpoint under a real name; leftover ``.tmp-*`` folders are ignored and removed on the next start.
-Writing and reading one checkpoint folder is ``tm_distill.checkpoint``'s (``save_checkpoint`` is re-exported
-here for the loop).
+Writing and reading one checkpoint folder is ``tm_distill.checkpoint``'s.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import META_FILE, STATE_FILE, read_metadata, read_training_state, save_checkpoint
+from ..checkpoint import STATE_FILE, read_training_state
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +152,5 @@ def find_resume_point(output_dir: str | Path, stage_names: list[str]) -> ResumeP
     return ResumePoint(idx, path, step, state)
 
 
-__all__ = ["META_FILE", "ResumePoint", "STATE_FILE", "capture_rng", "clean_temp", "drop_superseded",
-           "find_resume_point", "locate_resume_point", "newest_checkpoint", "prune", "read_metadata", "restore_rng",
-           "save_checkpoint", "stage_dir", "step_checkpoints"]
+__all__ = ["ResumePoint", "capture_rng", "clean_temp", "drop_superseded", "find_resume_point", "locate_resume_point",
+           "newest_checkpoint", "prune", "restore_rng", "stage_dir", "step_checkpoints"]

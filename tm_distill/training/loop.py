@@ -36,13 +36,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import save_checkpoint
 from ..data.tokens import document_positions, iterate_batches
 from ..models.configuration import ATTENTION_ONLY
 from ..models.modeling import use_transpoints
 from ..models.tensors import attribute_state
 from ..recipe import DistributedConfig, RecipeError
 from ..stages.base import Stage
-from .checkpoint import capture_rng, drop_superseded, prune, restore_rng, save_checkpoint, stage_dir
+from .checkpoint import capture_rng, drop_superseded, prune, restore_rng, stage_dir
 from .distributed import Replicated, parallel_for, total_norm
 from .health import stop_message, unsound
 from .metrics import MetricsWriter

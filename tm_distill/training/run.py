@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_folder, atomic_write_file, link_or_copy
+from ..checkpoint import read_metadata
 from ..recipe import Recipe, RecipeError, dump_recipe, parse_duration
-from .checkpoint import ResumePoint, clean_temp, find_resume_point, read_metadata, stage_dir
+from .checkpoint import ResumePoint, clean_temp, find_resume_point, stage_dir
 from .data import check_batches, heldout_windows
 from .distributed import shard_teacher
 from .loop import StageRun, TrainingStopped, train_stage
