@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import tm_distill  # noqa: F401
+from tm_distill import checkpoint as store
 from tm_distill.convert import seed_student
 from tm_distill.training import checkpoint as ckpt
 
@@ -19,19 +20,19 @@ def student(tiny_teacher):
 
 
 def test_checkpoint_is_a_loadable_student_with_state(student, tmp_path):
-    dest = ckpt.save_checkpoint(tmp_path / "0-logits" / "step-3", student, None, {"step": 3, "rng": ckpt.capture_rng()},
+    dest = store.save_checkpoint(tmp_path / "0-logits" / "step-3", student, None, {"step": 3, "rng": ckpt.capture_rng()},
                                 {"stage": "logits"})
     loaded = AutoModelForCausalLM.from_pretrained(dest)
     assert loaded.config.transpoints == [0, 4, 8]
     x = torch.randint(0, 97, (1, 12))
     torch.testing.assert_close(loaded(x).logits, student(x).logits, rtol=0, atol=0)
-    assert torch.load(dest / ckpt.STATE_FILE, weights_only=False)["step"] == 3
-    assert ckpt.read_metadata(dest)["stage"] == "logits"
+    assert torch.load(dest / store.STATE_FILE, weights_only=False)["step"] == 3
+    assert store.read_metadata(dest)["stage"] == "logits"
 
 
 def test_crash_mid_write_leaves_no_half_checkpoint_and_previous_intact(student, tmp_path, monkeypatch):
     folder = tmp_path / "0-logits"
-    ckpt.save_checkpoint(folder / "step-2", student, None, {"step": 2})
+    store.save_checkpoint(folder / "step-2", student, None, {"step": 2})
     before = sorted(os.listdir(folder / "step-2"))
 
     def killed(*args, **kwargs):
@@ -39,11 +40,11 @@ def test_crash_mid_write_leaves_no_half_checkpoint_and_previous_intact(student, 
 
     with torch.no_grad():
         student.model.layers[0].mixer.A_log.add_(1.0)
-    monkeypatch.setattr(ckpt.torch, "save", killed)
+    monkeypatch.setattr(store.torch, "save", killed)
     with pytest.raises(KeyboardInterrupt):
-        ckpt.save_checkpoint(folder / "step-4", student, None, {"step": 4})
+        store.save_checkpoint(folder / "step-4", student, None, {"step": 4})
     with pytest.raises(KeyboardInterrupt):  # overwriting an existing checkpoint is atomic too
-        ckpt.save_checkpoint(folder / "step-2", student, None, {"step": 2})
+        store.save_checkpoint(folder / "step-2", student, None, {"step": 2})
     monkeypatch.undo()
     assert sorted(os.listdir(folder)) == ["step-2"]
     assert sorted(os.listdir(folder / "step-2")) == before
@@ -54,7 +55,7 @@ def test_crash_mid_write_leaves_no_half_checkpoint_and_previous_intact(student, 
 
 def test_hard_kill_leftover_temp_folder_is_ignored_and_cleaned(student, tmp_path):
     folder = tmp_path / "0-logits"
-    ckpt.save_checkpoint(folder / "step-2", student, None, {"step": 2})
+    store.save_checkpoint(folder / "step-2", student, None, {"step": 2})
     (folder / ".tmp-step-4-abc").mkdir()  # what a SIGKILL during a write leaves behind
     (folder / ".tmp-step-4-abc" / "config.json").write_text("{")
     point = ckpt.find_resume_point(tmp_path, ["logits"])
@@ -66,11 +67,11 @@ def test_hard_kill_leftover_temp_folder_is_ignored_and_cleaned(student, tmp_path
 def test_prune_keeps_newest_and_resume_point_prefers_finished_stages(student, tmp_path):
     folder = ckpt.stage_dir(tmp_path, 0, "matrix")
     for step in (2, 4, 6):
-        ckpt.save_checkpoint(folder / f"step-{step}", student, None, {"step": step})
+        store.save_checkpoint(folder / f"step-{step}", student, None, {"step": step})
     ckpt.prune(folder, keep_last=2)
     assert [s for s, _ in ckpt.step_checkpoints(folder)] == [4, 6]
     assert ckpt.find_resume_point(tmp_path, ["matrix", "logits"]).step == 6
-    ckpt.save_checkpoint(folder / "final", student, None, {"step": 8, "done": True})
+    store.save_checkpoint(folder / "final", student, None, {"step": 8, "done": True})
     point = ckpt.find_resume_point(tmp_path, ["matrix", "logits"])
     assert (point.stage_idx, point.step, point.path.name, point.state) == (1, 0, "final", None)
     assert ckpt.find_resume_point(tmp_path / "nothing", ["matrix"]).path is None
