@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_distill.py"
 
 
 def test_bench_distill_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_distill", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from benchmarks import bench_distill as bench
+
     out = tmp_path / "smoke.json"
     data = bench.main(["--smoke", "--profile", "--out", str(out)])
     rows = {r["stage"]: r for r in data["results"]}

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speed.py"
 
 
 def test_bench_speed_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_speed", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from benchmarks import bench_speed as bench
+
     out = tmp_path / "smoke.json"
     data = bench.main(["--smoke", "--out", str(out)])
     rows = data["results"]

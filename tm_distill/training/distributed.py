@@ -67,7 +67,7 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 class Replicated:
     """Every process holds the whole student (one process, or DDP). ``stage``: the Stage being trained."""
 
-    sharded = False
+    optimizer_keys = "ids"  # how optimizer_state() keys the AdamW state (torch's parameter ids)
 
     def __init__(self, stage, accelerator):
         self.stage, self.accelerator = stage, accelerator
@@ -135,15 +135,14 @@ class FullyShardedStage(Replicated):
     False keeps them for the backward: more memory, one all-gather fewer per layer).
     """
 
-    sharded = True
+    optimizer_keys = "names"  # parameter names: a resumed run re-shards the state over its own processes
 
     def __init__(self, stage, accelerator, reshard_after_forward: bool = True):
-        from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
+        """``stage.trainable_parameters()`` must have set requires_grad already (``loop.prepare_stage`` does)."""
         from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
 
         super().__init__(stage, accelerator)
-        self._trainable = [p for _, p in stage.trainable_parameters()]  # sets requires_grad before sharding
-        mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
+        mesh = _mesh(accelerator)
         self.root = LossRoot(stage)
         if stage.shard_layers:
             for layer in stage.student.model.layers:
@@ -216,12 +215,18 @@ def rebuild(student: torch.nn.Module, state: dict[str, torch.Tensor], trainable:
     return plain.train(student.training)
 
 
+def _mesh(accelerator):
+    """One flat device mesh over every process of the run."""
+    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
+
+    return init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
+
+
 def shard_teacher(teacher: torch.nn.Module, accelerator) -> None:
     """Make each of the frozen teacher's decoder layers an FSDP unit (``distributed.teacher: shard``)."""
-    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
     from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
 
-    mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
+    mesh = _mesh(accelerator)
     for layer in teacher.model.layers:
         fully_shard(layer, mesh=mesh)
     log.info("teacher: %d decoder layers sharded over %d processes", len(teacher.model.layers),

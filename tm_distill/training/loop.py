@@ -201,7 +201,7 @@ def train_step(par: Replicated, run: StageRun, rows: torch.Tensor, doc_ids: torc
 def _training_state(run: StageRun, par: Replicated, optimizer_state: dict, scheduler, done: int) -> dict:
     """What ``--resume`` needs; under FSDP, call it with the weights gathered (for the LoRA adapters)."""
     return {"stage_idx": run.stage_idx, "stage": run.cfg.name, "step": done, "data_position": done,
-            "optimizer": optimizer_state, "optimizer_keys": "names" if par.sharded else "ids",
+            "optimizer": optimizer_state, "optimizer_keys": par.optimizer_keys,
             "scheduler": scheduler.state_dict(), "rng": capture_rng(), "module_state": _module_state(par.stage.student)}
 
 
@@ -263,7 +263,7 @@ def prepare_stage(stage: Stage, run: StageRun, accelerator, resume_state: dict |
     params = par.parameters()
     optimizer, scheduler, start = build_optimizer(cfg, params, total)
     if resume_state is not None:
-        if resume_state.get("optimizer_keys", "ids") != ("names" if par.sharded else "ids"):
+        if resume_state.get("optimizer_keys", "ids") != par.optimizer_keys:
             raise RecipeError("distributed.strategy", f"the checkpoint in {run.output_dir} holds optimizer state of "
                                                       "another strategy: resume with the strategy that wrote it")
         par.load_optimizer_state(optimizer, resume_state["optimizer"])
