@@ -128,3 +128,25 @@ def test_final_state_only_scan_is_the_full_scans_state(dtype, packed):
     _, h = ssd_scan_ref(x, dt, A, B, C, 16, initial_states=h0, seq_idx=seq_idx, return_final_states=True)
     assert torch.equal(ssd_state_ref(x, dt, A, B, 16, initial_states=h0, seq_idx=seq_idx), h)
     assert torch.equal(ssd_state(x, dt, A, B, 16, initial_states=h0, seq_idx=seq_idx, backend="torch"), h)
+
+
+def test_folded_dt_bias_softplus_and_A_log_equal_the_unfolded_inputs():
+    """dt_bias/dt_softplus (scan, state, step) and A_log, grouped x (step): the same as passing the results."""
+    x, dt, A, B, C, D = _inputs(dtype=torch.float32)
+    raw, bias = torch.randn(dt.shape, generator=torch.Generator().manual_seed(1)), torch.randn(dt.shape[-1])
+    soft = torch.nn.functional.softplus(raw + bias)
+    y, h = ssd_scan(x, raw, A, B, C, 8, D=D, return_final_states=True, dt_bias=bias, dt_softplus=True)
+    y_ref, h_ref = ssd_scan_ref(x, soft, A, B, C, chunk_size=8, D=D, return_final_states=True)
+    assert torch.equal(y, y_ref) and torch.equal(h, h_ref)
+    assert torch.equal(ssd_state(x, raw, A, B, 8, dt_bias=bias, dt_softplus=True), ssd_state_ref(x, soft, A, B, 8))
+    from tm_distill.ops import ssd_update
+
+    state = torch.randn(2, 4, 8, 6)
+    A_log = torch.log(-A)
+    xg = x[:, 0, ::2]  # (b, 2 groups, p): heads 0-1 read group 0, heads 2-3 group 1
+    s_new, y1 = ssd_update(state, xg, raw[:, 0], A_log, B[:, 0], C[:, 0], D, dt_bias=bias, dt_softplus=True,
+                           A_log=True, out_dtype=torch.bfloat16)
+    s_ref, y_ref1 = ssd_step(state, xg.repeat_interleave(2, dim=1), soft[:, 0], -torch.exp(A_log), B[:, 0], C[:, 0], D)
+    assert y1.dtype == torch.bfloat16
+    torch.testing.assert_close(s_new, s_ref, rtol=0, atol=0)
+    assert torch.equal(y1, y_ref1.to(torch.bfloat16))

@@ -21,6 +21,10 @@ from .ssd_ref import ssd_naive, ssd_scan_ref, ssd_state_ref, ssd_step
 HAS_MAMBA_SSM = importlib.util.find_spec("mamba_ssm") is not None
 
 BACKENDS = ("auto", "torch", "mamba_ssm")
+log = logging.getLogger(__name__)
+# mamba-ssm's chunk kernels, called without its combined wrapper (``ssd_state``, and ``ssd_scan`` when nothing
+# needs a gradient); False once they turned out not to match this code (their names are private).
+_PRIVATE_KERNELS = True
 
 
 class BackendUnavailable(RuntimeError):
@@ -45,7 +49,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "mamba_ssm" if (HAS_MAMBA_SSM and device.type == "cuda") else "torch"
 
 
-def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states):
+def _dt_in(dt, dt_bias, dt_softplus: bool):
+    """The reference paths' Δ: softplus(dt + dt_bias) when asked (mamba-ssm's kernels fold this in), fp32."""
+    if dt_bias is not None:
+        dt = dt.float() + dt_bias.float()
+    return torch.nn.functional.softplus(dt.float()) if dt_softplus else dt
+
+
+def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states,
+                      dt_bias=None, dt_softplus=False):
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
     h = x.shape[2]
@@ -57,7 +69,15 @@ def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx,
     if seq_idx is not None:  # mamba-ssm hands initial_states only to document id 0: number documents from 0
         seq_idx = (seq_idx - seq_idx[:, :1]).to(torch.int32).contiguous()
     if x.shape[1] > _MAX_SEGMENT:
-        return _segmented(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states)
+        return _segmented(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states,
+                          dt_bias, dt_softplus)
+    if z is None and _PRIVATE_KERNELS and not _needs_grad(x, dt, A, B, C, D, initial_states, dt_bias):
+        try:
+            out, final = _mamba_scan_no_grad(x, dt, A, B, C, chunk_size, D, initial_states, seq_idx, dt_bias,
+                                             dt_softplus)
+            return (out, final) if return_final_states else out
+        except (ImportError, TypeError) as err:
+            _private_kernels_unusable(err)
     out = mamba_chunk_scan_combined(
         x.contiguous(),
         dt.contiguous(),
@@ -67,8 +87,10 @@ def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx,
         chunk_size,
         D=D,
         z=z,
+        dt_bias=dt_bias,
         initial_states=initial_states,
         seq_idx=seq_idx,
+        dt_softplus=dt_softplus,
         return_final_states=return_final_states,
     )
     return out
@@ -80,7 +102,8 @@ def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx,
 _MAX_SEGMENT = 32768
 
 
-def _segmented(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states):
+def _segmented(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states, dt_bias=None,
+               dt_softplus=False):
     ys, state = [], initial_states
     for s in range(0, x.shape[1], _MAX_SEGMENT):
         sl = slice(s, s + _MAX_SEGMENT)
@@ -89,7 +112,7 @@ def _segmented(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return
             state = state * same.view(-1, 1, 1, 1)
         y, state = _mamba_chunk_scan(
             x[:, sl], dt[:, sl], A, B[:, sl], C[:, sl], chunk_size, D, None if z is None else z[:, sl], state,
-            None if seq_idx is None else seq_idx[:, sl], True,
+            None if seq_idx is None else seq_idx[:, sl], True, dt_bias, dt_softplus,
         )
         ys.append(y)
     y = torch.cat(ys, dim=1)
@@ -109,33 +132,77 @@ def ssd_scan(
     seq_idx=None,
     return_final_states: bool = False,
     backend: str = "auto",
+    dt_bias=None,
+    dt_softplus: bool = False,
 ):
-    """Run the SSD scan with the chosen backend. Same contract as :func:`ssd_scan_ref`."""
+    """Run the SSD scan with the chosen backend. Same contract as :func:`ssd_scan_ref`, plus mamba-ssm's
+    ``dt_bias`` (nheads,) and ``dt_softplus``: Δ = softplus(dt + dt_bias), folded into its kernels."""
     which = resolve_backend(backend, x.device)
     if which == "mamba_ssm":
-        return _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states)
+        return _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states,
+                                 dt_bias, dt_softplus)
     return ssd_scan_ref(
-        x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, initial_states=initial_states,
+        x, _dt_in(dt, dt_bias, dt_softplus), A, B, C, chunk_size=chunk_size, D=D, z=z, initial_states=initial_states,
         seq_idx=seq_idx, return_final_states=return_final_states,
     )
 
 
-log = logging.getLogger(__name__)
-_FINAL_STATE_KERNELS = True  # False once mamba-ssm's private kernels turned out not to match this code
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _mamba_final_state(x, dt, A, B, chunk_size, initial_states, seq_idx):
-    """mamba-ssm's forward without its output kernels: chunk cumsum, chunk states, state passing."""
+def _private_kernels_unusable(err: Exception) -> None:
+    global _PRIVATE_KERNELS
+    log.warning("mamba-ssm's chunk kernels are unusable here (%s); the scan runs mamba_chunk_scan_combined", err)
+    _PRIVATE_KERNELS = False
+
+
+def _mamba_scan_no_grad(x, dt, A, B, C, chunk_size, D, initial_states, seq_idx, dt_bias, dt_softplus):
+    """mamba-ssm's combined forward, its five kernels called directly: (out, final state fp32).
+
+    What ``mamba_chunk_scan_combined`` runs when nothing needs a gradient, without its autograd Function and
+    wrapper (einops rearranges, checks). On an H200 (2026-11-26) that wrapper took ~430 µs of host time per call
+    of ~750 µs at 512 tokens, where the kernels take ~310 µs: a short prefill is host-bound, one scan per layer.
+    """
+    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
+    from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
+    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
+
+    b, _, h, p = x.shape
+    n = B.shape[-1]
+    x, B, C = x.contiguous(), B.contiguous(), C.contiguous()
+    dA_cumsum, dt_c, states = _chunk_states(x, dt, A, B, chunk_size, seq_idx, dt_bias, dt_softplus)
+    init = initial_states.reshape(b, h, p * n) if initial_states is not None else None
+    states, final = _state_passing_fwd(
+        states.reshape(*states.shape[:3], p * n), dA_cumsum[:, :, :, -1], initial_states=init, seq_idx=seq_idx,
+        chunk_size=chunk_size, out_dtype=C.dtype,
+    )
+    states = states.reshape(*states.shape[:3], p, n)
+    CB = _bmm_chunk_fwd(C, B, chunk_size, seq_idx=seq_idx, output_dtype=torch.float32)
+    out, _ = _chunk_scan_fwd(CB, x, dt_c, dA_cumsum, C, states, D=D, z=None, seq_idx=seq_idx)
+    return out, final.reshape(b, h, p, n).float()
+
+
+def _chunk_states(x, dt, A, B, chunk_size, seq_idx, dt_bias, dt_softplus):
+    """mamba-ssm's first two kernels: (dA_cumsum, dt per chunk, each chunk's own state)."""
     from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
+
+    dA_cumsum, dt_c = _chunk_cumsum_fwd(dt.contiguous(), A.float(), chunk_size, dt_bias=dt_bias,
+                                        dt_softplus=dt_softplus)
+    states = _chunk_state_fwd(B, x, dt_c, dA_cumsum, seq_idx=seq_idx, states_in_fp32=True)
+    return dA_cumsum, dt_c, states
+
+
+def _mamba_final_state(x, dt, A, B, chunk_size, initial_states, seq_idx, dt_bias=None, dt_softplus=False):
+    """mamba-ssm's forward without its output kernels: chunk cumsum, chunk states, state passing."""
     from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
 
     b, l, h, p = x.shape
     n = B.shape[-1]
     if seq_idx is not None:
         seq_idx = (seq_idx - seq_idx[:, :1]).to(torch.int32).contiguous()
-    B = B.contiguous()
-    dA_cumsum, dt_c = _chunk_cumsum_fwd(dt.contiguous(), A.float(), chunk_size)
-    states = _chunk_state_fwd(B, x.contiguous(), dt_c, dA_cumsum, seq_idx=seq_idx, states_in_fp32=True)
+    dA_cumsum, _, states = _chunk_states(x.contiguous(), dt, A, B.contiguous(), chunk_size, seq_idx, dt_bias,
+                                         dt_softplus)
     init = initial_states.reshape(b, h, p * n) if initial_states is not None else None
     _, final = _state_passing_fwd(
         states.reshape(*states.shape[:3], p * n), dA_cumsum[:, :, :, -1], initial_states=init, seq_idx=seq_idx,
@@ -144,25 +211,25 @@ def _mamba_final_state(x, dt, A, B, chunk_size, initial_states, seq_idx):
     return final.reshape(b, h, p, n).float()
 
 
-def ssd_state(x, dt, A, B, chunk_size: int = 64, initial_states=None, seq_idx=None, backend: str = "auto"):
-    """The scan's final state only (b, h, p, n) fp32; same contract as :func:`ssd_state_ref`.
+def ssd_state(x, dt, A, B, chunk_size: int = 64, initial_states=None, seq_idx=None, backend: str = "auto",
+              dt_bias=None, dt_softplus: bool = False):
+    """The scan's final state only (b, h, p, n) fp32; same contract as :func:`ssd_state_ref` (``dt_bias``,
+    ``dt_softplus`` as in :func:`ssd_scan`).
 
     On mamba-ssm it runs the chunk-state and state-passing kernels and skips the output ones (the combined
     scan's chunk_scan and bmm kernels), which is what a Memory Converter with no SSM row to emit needs.
     """
-    global _FINAL_STATE_KERNELS
     which = resolve_backend(backend, x.device)
-    if which == "mamba_ssm" and _FINAL_STATE_KERNELS and x.shape[1] <= _MAX_SEGMENT and not torch.is_grad_enabled():
+    if which == "mamba_ssm" and _PRIVATE_KERNELS and x.shape[1] <= _MAX_SEGMENT and not torch.is_grad_enabled():
         try:
-            return _mamba_final_state(x, dt, A, B, chunk_size, initial_states, seq_idx)
+            return _mamba_final_state(x, dt, A, B, chunk_size, initial_states, seq_idx, dt_bias, dt_softplus)
         except (ImportError, TypeError) as err:  # mamba-ssm's private kernels moved: use the combined scan
-            log.warning("mamba-ssm's chunk-state kernels are unusable here (%s); the converter runs the full scan",
-                        err)
-            _FINAL_STATE_KERNELS = False
+            _private_kernels_unusable(err)
     if which == "mamba_ssm":  # long or differentiated: the full scan's state (segmented, autograd-aware)
-        _, state = _mamba_chunk_scan(x, dt, A, B, B, chunk_size, None, None, initial_states, seq_idx, True)
+        _, state = _mamba_chunk_scan(x, dt, A, B, B, chunk_size, None, None, initial_states, seq_idx, True,
+                                     dt_bias, dt_softplus)
         return state
-    return ssd_state_ref(x, dt, A, B, chunk_size=chunk_size, initial_states=initial_states, seq_idx=seq_idx)
+    return ssd_state_ref(x, _dt_in(dt, dt_bias, dt_softplus), A, B, chunk_size=chunk_size, initial_states=initial_states, seq_idx=seq_idx)
 
 
 __all__ = ["BACKENDS", "FEATURE_MAPS", "HAS_MAMBA_SSM", "HAS_TRITON", "BackendUnavailable", "fused_update_available",
