@@ -107,3 +107,17 @@ def test_cached_prefill_equals_cache_free_forward_exactly(student):
         full = student(ids).logits
         cached = student(ids, cache=TransMambaCache(len(TPS)), use_cache=True).logits
     assert torch.equal(full, cached)
+
+
+def test_static_cache_skips_converters_it_never_reaches(student):
+    """A layer whose TransPoint is past the static cache's max_length is attention only for the cache's life:
+    its prefill and decode steps run no Memory Converter (no SSM state), and the logits stay the full forward's."""
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(6))
+    cache = TransMambaCache(len(TPS), max_length=10)  # reaches TransPoints 0, 3, 6; not 11, nor attention-only
+    with torch.no_grad():
+        full = student(ids).logits
+        steps = [student(ids[:, :5], cache=cache, use_cache=True).logits]
+        steps += [student(ids[:, t : t + 1], cache=cache, use_cache=True).logits for t in range(5, 9)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+    assert [s.ssm_state is not None for s in cache.states] == [True, True, True, False, False]
+    assert [cache.reaches(p) for p in TPS] == [True, True, True, False, False]

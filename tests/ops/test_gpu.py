@@ -13,6 +13,7 @@ from tm_distill.convert import seed_student
 from tm_distill.models import TransMambaCache
 from tm_distill.models import ATTENTION_ONLY
 from tm_distill.models.cache import CACHE_KWARG
+from tm_distill.ops import fused
 from tm_distill.ops import (HAS_MAMBA_SSM, ssd_scan, ssd_scan_ref, ssd_state, ssd_step, ssd_update,
                             ssd_update_fused)
 
@@ -248,3 +249,91 @@ def _same_tokens_up_to_a_near_tie(got, want, want_logits, tie=1e-2):
         i = int(differ[0])
         top2 = want_logits[i].float().topk(2).values
         assert (top2[0] - top2[1]).item() < tie, f"tokens differ at step {i} without a near tie: {got} vs {want}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_decode_step_folds_dt_bias_softplus_A_log_and_grouped_x(dtype):
+    """The mixer's decode step: raw Δ, its bias, A_log and x = V per KV head go into the kernel as they are."""
+    b, h, g, p, n = 3, 8, 2, 64, 64
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=gen)  # noqa: E731
+    state, x = r(b, h, p, n), r(b, g, p).to(dtype)
+    raw, bias, A_log = r(b, h).to(dtype), (r(h) - 4).to(dtype), (r(h) * 0.5).to(dtype)
+    B, C, D = r(b, g, n).to(dtype), r(b, h, n).to(dtype), r(h).to(dtype)
+    fold = dict(dt_bias=bias, dt_softplus=True, A_log=True, out_dtype=dtype)
+    s_ref, y_ref = ssd_update(state.clone(), x, raw, A_log, B, C, D, fused=False, **fold)
+    s_new, y = ssd_update(state, x, raw, A_log, B, C, D, fused=True, **fold)
+    assert s_new.data_ptr() == state.data_ptr() and y.dtype == dtype
+    assert rel(s_new, s_ref) < 1e-5 and rel(y, y_ref) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@needs_mamba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_mamba_scan_and_state_fold_dt_bias_and_softplus(dtype):
+    inp = make_inputs(dtype, g_b=2, g_c=8)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    raw = torch.randn(inp["dt"].shape, device="cuda", generator=gen).to(dtype)
+    bias = (torch.randn(inp["dt"].shape[-1], device="cuda", generator=gen) - 3).to(dtype)
+    soft = torch.nn.functional.softplus(raw.float() + bias.float())
+    args = {k: inp[k] for k in ("x", "A", "B", "C", "D", "initial_states")}
+    with torch.no_grad():
+        y, h = ssd_scan(**{**args, "dt": raw}, dt_bias=bias, dt_softplus=True, return_final_states=True,
+                        backend="mamba_ssm")
+        y_ref, h_ref = ssd_scan(**{**args, "dt": soft}, return_final_states=True, backend="mamba_ssm")
+        s = ssd_state(inp["x"], raw, inp["A"], inp["B"], 64, initial_states=inp["initial_states"], dt_bias=bias,
+                      dt_softplus=True, backend="mamba_ssm")
+    assert rel(y, y_ref) < 1e-4 and rel(h, h_ref) < 1e-4 and rel(s, h_ref) < 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_llama_kernels_equal_transformers(dtype):
+    """The fused RMSNorm and Liger's RoPE against transformers' functions; RoPE leaves its inputs unrotated."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=gen).to(dtype)  # noqa: E731
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    norm = LlamaRMSNorm(256, eps=1e-5).to("cuda", dtype)
+    norm.weight.data = r(256)
+    x = r(2, 37, 256)
+    with torch.no_grad():
+        assert fused.use_fused(x)
+        assert rel(fused.rms_norm(x, norm.weight, norm.variance_epsilon), norm(x)) < tol
+        q, k = r(2, 37, 8, 64), r(2, 37, 2, 64)  # (b, t, heads, d), as the mixer projects them
+        angle = torch.arange(37, device="cuda")[:, None] * torch.rand(32, device="cuda", generator=gen)
+        cos, sin = (torch.cat([f(angle)] * 2, -1)[None].to(dtype) for f in (torch.cos, torch.sin))
+        q0, k0 = q.clone(), k.clone()
+        got = fused.rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        want = apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        assert torch.equal(q, q0) and torch.equal(k, k0), "the mixer's q and k (the SSM's C and B) must stay"
+        assert all(g.shape == w.shape and rel(g, w) < tol for g, w in zip(got, want))
+    assert not fused.use_fused(x), "with gradients (distillation) transformers' modules run"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_all_attention_student_on_the_inference_path_equals_teacher(dtype):
+    """No gradient on CUDA: the student's fused norm/RoPE/MLP and cuDNN attention still give the teacher's logits."""
+    teacher = tiny_llama(num_kv_heads=2, num_layers=3, seed=1).to("cuda", dtype).eval()
+    student = seed_student(teacher, [ATTENTION_ONLY] * 3, None, "tiny", seed=0, dtype=dtype).to("cuda").eval()
+    ids = torch.randint(0, 97, (2, 50), device="cuda")
+    with torch.no_grad():
+        want, got = teacher(ids).logits, student(ids).logits
+        cached = student(ids, **{CACHE_KWARG: TransMambaCache(3, max_length=60)}, use_cache=True).logits
+    assert rel(got, want) < (1e-5 if dtype == torch.float32 else 2e-2)
+    assert rel(cached, want) < (1e-5 if dtype == torch.float32 else 2e-2)
+
+
+@needs_mamba
+@pytest.mark.parametrize("case", ["fp32-full", "bf16-full-short"])
+def test_no_grad_scan_runs_mamba_kernels_without_their_wrapper_to_the_same_bits(case):
+    """Without gradients ssd_scan calls mamba-ssm's five kernels itself: the combined function's exact output."""
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    dtype, kw = CASES[case]
+    inp = make_inputs(dtype, **{**kw, "g_c": 2})
+    with torch.no_grad():
+        y, h = ssd_scan(**inp, chunk_size=64, return_final_states=True, backend="mamba_ssm")
+        seq_idx = (inp["seq_idx"] - inp["seq_idx"][:, :1]).int().contiguous()
+        y_ref, h_ref = mamba_chunk_scan_combined(**{**inp, "seq_idx": seq_idx}, chunk_size=64,
+                                                 return_final_states=True)
+    assert torch.equal(y, y_ref) and torch.equal(h, h_ref.float())

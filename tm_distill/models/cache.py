@@ -115,6 +115,11 @@ class TransMambaCache(Cache):
     def is_linear(self):
         return [False] * len(self.states)
 
+    def reaches(self, transpoint: int) -> bool:
+        """Whether a token at this position can ever be in the cache (a static cache holds max_length tokens):
+        a layer whose TransPoint it never reaches needs no SSM state."""
+        return self.max_length is None or transpoint < self.max_length
+
     def kv_length(self, layer_idx: int) -> int:
         """Tokens of KV the layer holds (for a static buffer: the tokens written, not its capacity)."""
         keys = self.states[layer_idx].keys

@@ -16,15 +16,18 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from ..ops import FEATURE_MAPS, ssd_scan, ssd_state, ssd_update
+from ..ops import FEATURE_MAPS, fused, ssd_scan, ssd_state, ssd_update
 from .cache import LayerState
 from .configuration import TransMambaConfig
 from .kv import decode_attention, write_static
 from .placement import Placement
 
-# The attention prefix changes length with every TransPoint (and every batch when TransPoints are sampled):
-# cuDNN's SDPA builds an execution plan per new shape, so the shape-agnostic kernels are preferred.
+# In training the attention prefix changes length with every TransPoint (and every batch when TransPoints are
+# sampled): cuDNN's SDPA builds an execution plan per new shape, so the shape-agnostic kernels are preferred.
+# Inference takes what the teacher takes (cuDNN first): on an H200 it ran a 2k-token prefill's attention ~2x
+# faster than the flash kernel (profile of 2026-11-26), and prompt lengths vary for teacher and student alike.
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+_SDPA_INFERENCE = [SDPBackend.CUDNN_ATTENTION, *_SDPA_BACKENDS]
 
 
 class GatedRMSNorm(nn.Module):
@@ -144,7 +147,7 @@ class TransMambaMixer(nn.Module):
         parts = []
         if n_attn > 0:
             parts.append(self._attend(q, k, v, position_embeddings, n_attn, state, where))
-        if n_attn < t or (state is not None and self.config.switches(self.layer_idx)):
+        if n_attn < t or self._tracks_state(state, where):
             y = self._ssm(hidden_states, q, k, v, position_embeddings, state, where, n_attn, need_y=n_attn < t)
             if n_attn < t:
                 parts.append(y)
@@ -161,13 +164,21 @@ class TransMambaMixer(nn.Module):
         need_attn, need_ssm = where.first < P, where.last >= P
         y_attn = self._attend(q, k, v, position_embeddings, q.shape[1], state, where) if need_attn else None
         y_ssm = None
-        if need_ssm or (state is not None and self.config.switches(self.layer_idx)):
+        if need_ssm or self._tracks_state(state, where):
             y_ssm = self._ssm(hidden_states, q, k, v, position_embeddings, state, where, 0, need_y=need_ssm)
         if not need_ssm:
             return y_attn
         if not need_attn:
             return y_ssm
         return torch.where((where.rows < P)[..., None, None], y_attn, y_ssm)
+
+    def _tracks_state(self, state: LayerState | None, where: Placement) -> bool:
+        """Whether a cached call keeps the layer's SSM state current: the layer switches to its SSM at a
+        position the cache can reach (a static cache of max_length N never reaches a TransPoint >= N, so such
+        a layer is attention only for the cache's life and runs no Memory Converter)."""
+        if state is None or not self.config.switches(self.layer_idx):
+            return False
+        return where.max_length is None or self.transpoint < where.max_length
 
     def project(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The shared projections: q (b, t, nq, d), k and v (b, t, nkv, d), before RoPE."""
@@ -248,9 +259,8 @@ class TransMambaMixer(nn.Module):
         """
         offset = where.offset
         cos, sin = (e[:, :n_attn] for e in position_embeddings)
-        q_rot, k_rot = apply_rotary_pos_emb(
-            q[:, :n_attn].transpose(1, 2), k[:, :n_attn].transpose(1, 2), cos, sin
-        )  # (b, heads, n, d)
+        rotate = fused.rotary if fused.use_fused(q) else apply_rotary_pos_emb
+        q_rot, k_rot = rotate(q[:, :n_attn].transpose(1, 2), k[:, :n_attn].transpose(1, 2), cos, sin)  # (b, h, n, d)
         v_new = v[:, :n_attn].transpose(1, 2)
         keep = state is not None and where.next_first < self.transpoint
         q_pos = where.query_positions(n_attn, q.device)
@@ -281,7 +291,7 @@ class TransMambaMixer(nn.Module):
             if keys_ok is not None:  # padding keys are never attended; a padding query attends to itself
                 mask = (mask & keys_ok[:, None, None, :]) | (k_pos[None, :] == q_pos[:, None])[None, None]
             is_causal = False
-        with sdpa_kernel(_SDPA_BACKENDS):
+        with sdpa_kernel(_SDPA_BACKENDS if torch.is_grad_enabled() else _SDPA_INFERENCE):
             out = F.scaled_dot_product_attention(
                 q_rot, k_all, v_all, attn_mask=mask, is_causal=is_causal, scale=self.scaling,
                 enable_gqa=self.num_heads != self.num_kv_heads,
@@ -290,11 +300,13 @@ class TransMambaMixer(nn.Module):
 
     def ssm_inputs(
         self, hidden_states, q, k, v, position_embeddings, state=None, attention_mask=None, offset=0, seq_idx=None,
-        real=None,
+        real=None, raw_dt: bool = False,
     ):
         """The SSM's x, dt, A, B, C for every token of this call.
 
         real: (b, t) bool of this call's real tokens (else taken from attention_mask); padding gets Δ = 0.
+        raw_dt: dt before its bias and softplus (for a scan that folds them in: ``dt_bias``, ``dt_softplus``);
+            only without padding.
 
         Returns x (b, t, nq, d), dt (b, t, nq) fp32, A (nq,) fp32, B (b, t, nkv, d), C (b, t, nq, d).
         """
@@ -322,6 +334,10 @@ class TransMambaMixer(nn.Module):
         if self.config.ssm_c_scale:
             C = C * self.scaling
         x = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=2)
+        if raw_dt:
+            if real is not None:
+                raise ValueError("raw_dt needs every token real: padding zeroes Δ after its softplus")
+            return x, self.dt_proj(hidden_states), -torch.exp(self.A_log.float()), B, C
         dt = F.softplus(self.dt_proj(hidden_states).float() + self.dt_bias.float())
         if real is not None:
             dt = dt * real[..., None].float()  # padding leaves the state untouched
@@ -356,22 +372,23 @@ class TransMambaMixer(nn.Module):
         the final-state-only scan. Otherwise one scan over the call (its state at ``start`` is the
         converter's), as the cache-free forward does.
         """
-        x, dt, A, B, C = self.ssm_inputs(hidden_states, q, k, v, position_embeddings, state, real=where.real)
+        if state is not None and q.shape[1] == 1:  # decode: one recurrent step
+            return self._ssm_step(hidden_states, q, k, v, position_embeddings, state, need_y)
+        real = where.real
+        # Δ's bias and softplus go into the scan's first kernel when no token is padding (a few launches less)
+        x, dt, A, B, C = self.ssm_inputs(hidden_states, q, k, v, position_embeddings, state, real=real,
+                                         raw_dt=real is None)
+        fold = dict(dt_bias=self.dt_bias, dt_softplus=True) if real is None else {}
         h0 = state.ssm_state if state is not None else None
         chunk, backend = self.config.ssm_chunk_size, self.config.ssm_backend
         y = None
-        if state is not None and x.shape[1] == 1:  # decode: one recurrent step
-            if h0 is None:
-                h0 = x.new_zeros(x.shape[0], self.num_heads, self.head_dim, B.shape[-1], dtype=torch.float32)
-            h0, y1 = ssd_update(h0, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], self.D)  # fused on CUDA
-            y = y1.to(x.dtype).unsqueeze(1)
-        elif not need_y:
-            h0 = ssd_state(x, dt, A, B, chunk, initial_states=h0, backend=backend)
+        if not need_y:
+            h0 = ssd_state(x, dt, A, B, chunk, initial_states=h0, backend=backend, **fold)
         elif state is not None:
             y, h0 = ssd_scan(x, dt, A, B, C, chunk, D=self.D, initial_states=h0, return_final_states=True,
-                             backend=backend)
+                             backend=backend, **fold)
         else:
-            y = ssd_scan(x, dt, A, B, C, chunk, D=self.D, backend=backend)
+            y = ssd_scan(x, dt, A, B, C, chunk, D=self.D, backend=backend, **fold)
         if state is not None:
             state.ssm_state = h0
         if not need_y:
@@ -379,6 +396,34 @@ class TransMambaMixer(nn.Module):
         y = y[:, start:]
         if self.config.use_z_gate:
             y = self.ssm_norm(y, self.z_proj(hidden_states[:, start:]).view_as(y))
+        return y
+
+    def _ssm_step(self, hidden_states, q, k, v, position_embeddings, state, need_y):
+        """One decoded token (always a real one): the fused state update, (batch, 1, nq, d) or None.
+
+        Δ's bias and softplus, A = -exp(A_log) and x = V's GQA head index are folded into the update (one
+        kernel instead of ~8 per layer and step); the conv and the RoPE'd B/C options take ``ssm_inputs``.
+        """
+        cfg = self.config
+        if cfg.use_conv or cfg.ssm_rope:
+            x, dt, A, B, C = self.ssm_inputs(hidden_states, q, k, v, position_embeddings, state)
+            x, dt, B, C = x[:, 0], dt[:, 0], B[:, 0], C[:, 0]
+            fold = dict(dt_bias=None, dt_softplus=False, A_log=False)
+        else:
+            x, B, C = v[:, 0], self.feature_map(k[:, 0]), self.feature_map(q[:, 0])
+            if cfg.ssm_c_scale:
+                C = C * self.scaling
+            dt, A = self.dt_proj(hidden_states[:, 0]), self.A_log
+            fold = dict(dt_bias=self.dt_bias, dt_softplus=True, A_log=True)
+        h0 = state.ssm_state
+        if h0 is None:
+            h0 = q.new_zeros(q.shape[0], self.num_heads, self.head_dim, B.shape[-1], dtype=torch.float32)
+        state.ssm_state, y = ssd_update(h0, x, dt, A, B, C, self.D, out_dtype=q.dtype, **fold)  # fused on CUDA
+        if not need_y:
+            return None
+        y = y.unsqueeze(1)
+        if cfg.use_z_gate:
+            y = self.ssm_norm(y, self.z_proj(hidden_states).view_as(y))
         return y
 
 

@@ -17,6 +17,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
 
+from ..ops import fused
 from .cache import TransMambaCache
 from .configuration import TransMambaConfig
 from .mixer import GatedRMSNorm, TransMambaMixer
@@ -25,14 +26,23 @@ from .placement import Placement
 log = logging.getLogger(__name__)
 
 
+class RMSNorm(LlamaRMSNorm):
+    """transformers' ``LlamaRMSNorm``; at inference on CUDA one fused kernel (``ops.fused``)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if fused.use_fused(hidden_states):
+            return fused.rms_norm(hidden_states, self.weight, self.variance_epsilon)
+        return super().forward(hidden_states)
+
+
 class TransMambaDecoderLayer(nn.Module):
     def __init__(self, config: TransMambaConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
         self.mixer = TransMambaMixer(config, layer_idx)
         self.mlp = LlamaMLP(config)
-        self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
     def forward(
         self, hidden_states, position_embeddings, cache=None, offset=0, attention_mask=None, seq_idx=None,
@@ -97,7 +107,7 @@ class TransMambaModel(TransMambaPreTrainedModel):
         self.padding_idx = config.pad_token_id
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
         self.layers = nn.ModuleList(TransMambaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(config=config)
         self.gradient_checkpointing = False
         self.post_init()

@@ -53,7 +53,7 @@ def capturable_reason(model, cache: TransMambaCache) -> str | None:
     from .decode import fused_update_available
 
     for i, s in enumerate(cache.states):
-        if not cfg.switches(i):
+        if not cfg.switches(i) or not cache.reaches(cfg.transpoints[i]):
             continue
         if s.ssm_state is None or not fused_update_available(s.ssm_state) or not s.ssm_state.is_contiguous():
             return f"layer {i} has no contiguous fp32 CUDA SSM state to update in place (run the prefill first)"
