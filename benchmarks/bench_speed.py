@@ -7,8 +7,9 @@
 What issue 14's targets need, by default: prefill at 512, 2k, 8k and 128k tokens (batch 1); decode at 2k, 8k and
 32k tokens of context, batch 1 and 16; the teacher and the attn25, cycle and all=2048 students, each shape in
 one process. Teacher = transformers' LlamaForCausalLM (SDPA); student = tm_distill.convert.seed_student(teacher).
-Prefill: one sequence of `context` tokens into the cache generation uses (static for the student), logits of the
-last token only. Decode: one token per step on a cache that already holds `context` tokens, filled with random
+Prefill: one sequence of `context` tokens into the cache generation uses (static for the student, with room for
+`--max-new` more tokens: a layer whose TransPoint lies beyond runs no Memory Converter), logits of the last token
+only. Decode: one token per step on a cache that already holds `context` tokens, filled with random
 values (decode cost does not depend on cache values; batch 16 at long contexts needs no batch-16 prefill).
 Teacher: transformers' StaticCache, CUDA-graph captured (mode recorded). Student: the static TransMambaCache and
 ops.graphs.DecodeGraph at every context (a fallback to eager would be recorded as the mode). Each timed repeat
@@ -139,38 +140,58 @@ def models_of(teacher, students):
 
 
 def prefill(rec, shape, teacher, students, T, args):
+    """Prefill latency of every model at T tokens. The repeats alternate between the models (teacher, student,
+    ..., teacher, ...), so a drift of the host's speed during the run (short prefills are host-bound) reaches
+    them alike; the peak memory of each comes from one more call of its own."""
     device = teacher.device
     on_cuda = device.type == "cuda"
     L = teacher.config.num_hidden_layers
     kv_per_tok = 2 * L * teacher.config.num_key_value_heads * teacher.config.head_dim * teacher.dtype.itemsize
     ids = torch.randint(0, teacher.config.vocab_size, (1, T), device=device)
     warm, reps = args.reps_for(T)
-    for who, sched, model in models_of(teacher, students):
-        if time.time() > args.deadline:
-            return
+    if time.time() > args.deadline:
+        return
+    out = {}
+
+    def run_of(who, model):
+        def run():
+            cache = TransMambaCache(L, max_length=T + args.max_new) if who == "student" else None
+            with torch.no_grad():
+                o = model(ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
+            out["cache"] = o.past_key_values
+        return run
+
+    entries = [(who, sched, model, run_of(who, model)) for who, sched, model in models_of(teacher, students)]
+    times: dict[str, list[float]] = {sched: [] for _, sched, _, _ in entries}
+    failed = set()
+    for rep in range(warm + reps):
+        for who, sched, _, run in entries:
+            if sched in failed:
+                continue
+            try:
+                ms = timed(run, 0, 1, device)
+            except torch.cuda.OutOfMemoryError:
+                failed.add(sched)
+                out.clear()
+                torch.cuda.empty_cache()
+                continue
+            if rep >= warm:
+                times[sched].append(ms)
+    for who, sched, model, run in entries:
+        if sched in failed:
+            rec.add(kind="prefill", shape=shape, model=who, schedule=sched, context=T, batch=1, status="oom")
+            continue
+        out.clear()
         if on_cuda:
             torch.cuda.empty_cache()
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-        out = {}
-
-        def run():
-            cache = TransMambaCache(L, max_length=T + 1) if who == "student" else None
-            with torch.no_grad():
-                o = model(ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
-            out["cache"] = o.past_key_values
-
-        try:
-            ms = timed(run, warm, reps, device)
-        except torch.cuda.OutOfMemoryError:
-            out.clear()
-            torch.cuda.empty_cache()
-            rec.add(kind="prefill", shape=shape, model=who, schedule=sched, context=T, batch=1, status="oom")
-            continue
+        run()
         peak = torch.cuda.max_memory_allocated() - base if on_cuda else None
         mem = out["cache"].memory_bytes() if who == "student" else None
         cache_bytes = mem["kv"] + mem["state"] if mem else kv_per_tok * T
         out.clear()
+        ms = statistics.median(times[sched])
         rec.add(kind="prefill", shape=shape, model=who, schedule=sched, context=T, batch=1, ms=ms,
                 tokens_per_s=T / ms * 1e3, weights_bytes=param_bytes(model), cache_bytes=cache_bytes,
                 peak_extra_bytes=peak, status="ok")
@@ -238,7 +259,7 @@ def student_cache(model, T, batch, steps):
             cap = min(p, cache.max_length)
             st.keys = torch.randn(batch, kv, cap, d, device=device, dtype=model.dtype)
             st.values = torch.randn_like(st.keys)
-        if cfg.switches(i):
+        if cfg.switches(i) and cache.reaches(p):
             st.ssm_state = torch.randn(batch, h, d, d, device=device) * 0.1
     cache.seen_tokens = T
     return cache
@@ -364,6 +385,7 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--parts", default="prefill,decode")
     ap.add_argument("--decode-steps", type=int, default=8)
+    ap.add_argument("--max-new", type=int, default=128, help="room for new tokens in the prefill's static cache")
     ap.add_argument("--eager", action="store_true", help="time decode without CUDA graphs")
     ap.add_argument("--budget-s", type=float, default=500, help="start no measurement after this many seconds")
     ap.add_argument("--smoke", action="store_true", help="the tiny shape on the CPU in fp32, a few seconds (CI)")
@@ -379,7 +401,7 @@ def main(argv=None):
         device, dtype = torch.device("cuda"), torch.bfloat16
     args.deadline = time.time() + args.budget_s
     args.reps_for = (lambda T: (1, 1)) if args.smoke else (
-        lambda T: (1, 2) if T >= 16384 else (1, 3) if T >= 8192 else (3, 10))
+        lambda T: (1, 2) if T >= 16384 else (1, 3) if T >= 8192 else (5, 15))
     meta = {"command": "python benchmarks/bench_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

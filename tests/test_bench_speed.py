@@ -23,3 +23,16 @@ def test_bench_speed_smoke(tmp_path):
     assert json.loads(out.read_text())["results"] == rows
     text = bench.markdown(data)
     assert "### prefill, tiny shape" in text and "### decode, tiny shape" in text and "| 160 | 2 |" in text
+
+
+def test_profile_speed_smoke(tmp_path):
+    """benchmarks/profile_speed.py --smoke: a profiled row per model, prefill and eager decode, and its report."""
+    from benchmarks import profile_speed as prof
+
+    out = tmp_path / "profile.json"
+    rows = prof.main(["--smoke", "--out", str(out)])
+    names = {"teacher", "attn25", "cycle", "all2048"}
+    assert {(r["kind"], r["who"]) for r in rows} == {(k, n) for k in ("prefill", "decode") for n in names}
+    assert all(r["wall_ms"] > 0 and r["top_host_ops"] for r in rows)
+    assert json.loads(out.read_text())["rows"] == rows
+    assert "prefill tiny cycle T=64" in out.with_suffix(".txt").read_text()
