@@ -270,18 +270,18 @@ def test_fused_decode_step_folds_dt_bias_softplus_A_log_and_grouped_x(dtype):
 @needs_mamba
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_mamba_scan_and_state_fold_dt_bias_and_softplus(dtype):
-    inp = make_inputs(dtype, g_b=2, g_c=8)
+    inp = make_inputs(dtype, g_b=2, g_c=8, packed=True)  # documents: mamba-ssm's kernels, not ssd_short's forms
     gen = torch.Generator(device="cuda").manual_seed(1)
     raw = torch.randn(inp["dt"].shape, device="cuda", generator=gen).to(dtype)
     bias = (torch.randn(inp["dt"].shape[-1], device="cuda", generator=gen) - 3).to(dtype)
     soft = torch.nn.functional.softplus(raw.float() + bias.float())
-    args = {k: inp[k] for k in ("x", "A", "B", "C", "D", "initial_states")}
+    args = {k: inp[k] for k in ("x", "A", "B", "C", "D", "initial_states", "seq_idx")}
     with torch.no_grad():
         y, h = ssd_scan(**{**args, "dt": raw}, dt_bias=bias, dt_softplus=True, return_final_states=True,
                         backend="mamba_ssm")
         y_ref, h_ref = ssd_scan(**{**args, "dt": soft}, return_final_states=True, backend="mamba_ssm")
         s = ssd_state(inp["x"], raw, inp["A"], inp["B"], 64, initial_states=inp["initial_states"], dt_bias=bias,
-                      dt_softplus=True, backend="mamba_ssm")
+                      dt_softplus=True, seq_idx=inp["seq_idx"], backend="mamba_ssm")
     assert rel(y, y_ref) < 1e-4 and rel(h, h_ref) < 1e-4 and rel(s, h_ref) < 1e-4
 
 
