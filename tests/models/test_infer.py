@@ -121,3 +121,33 @@ def test_static_cache_skips_converters_it_never_reaches(student):
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
     assert [s.ssm_state is not None for s in cache.states] == [True, True, True, False, False]
     assert [cache.reaches(p) for p in TPS] == [True, True, True, False, False]
+
+
+def test_prefill_scans_its_memory_converters_together(student, monkeypatch):
+    """Layers whose prompt stays before their TransPoint get their states from one scan after the last layer,
+    equal to scanning each layer alone; a decode step (one token) collects nothing."""
+    import tm_distill.models.converter as converter
+
+    calls = []
+    real_scan = converter.ssd_state
+    monkeypatch.setattr(converter, "ssd_state", lambda x, *a, **k: calls.append(x.shape[2]) or real_scan(x, *a, **k))
+    ids = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(7))
+
+    def prefill(max_elements):
+        monkeypatch.setattr(converter.Converters.__init__, "__defaults__", (max_elements,))
+        cache = TransMambaCache(len(TPS))
+        with torch.no_grad():
+            logits = student(ids, cache=cache, use_cache=True).logits
+            student(ids[:, :1], cache=cache, use_cache=True)  # a decode step: the fused update, no scan
+        return logits, [s.ssm_state for s in cache.states]
+
+    together, states = prefill(2**27)
+    assert calls == [8], "TransPoints 6 and 11 (4 heads each) in one scan"
+    calls.clear()
+    alone, states_alone = prefill(1)
+    assert calls == [4, 4]
+    assert torch.equal(together, alone)
+    for a, b in zip(states, states_alone):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -369,7 +369,8 @@ class TransMambaMixer(nn.Module):
 
         Advances the cached state over all t tokens: tokens before ``start`` are attention tokens whose
         (B = K, x = V) the Memory Converter folds in. One token: one fused state update. No output needed:
-        the final-state-only scan. Otherwise one scan over the call (its state at ``start`` is the
+        the final-state-only scan, run with the other layers' after the model's last layer when the call
+        collects them (``where.converters``). Otherwise one scan over the call (its state at ``start`` is the
         converter's), as the cache-free forward does.
         """
         if state is not None and q.shape[1] == 1:  # decode: one recurrent step
@@ -382,6 +383,9 @@ class TransMambaMixer(nn.Module):
         h0 = state.ssm_state if state is not None else None
         chunk, backend = self.config.ssm_chunk_size, self.config.ssm_backend
         y = None
+        if not need_y and state is not None and where.converters is not None:  # scanned with other layers
+            where.converters.add(state, x, dt, A, B, h0=h0, dt_bias=fold.get("dt_bias"))
+            return None
         if not need_y:
             h0 = ssd_state(x, dt, A, B, chunk, initial_states=h0, backend=backend, **fold)
         elif state is not None:

@@ -20,6 +20,7 @@ from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, Lla
 from ..ops import fused
 from .cache import TransMambaCache
 from .configuration import TransMambaConfig
+from .converter import Converters
 from .mixer import GatedRMSNorm, TransMambaMixer
 from .placement import Placement
 
@@ -149,6 +150,8 @@ class TransMambaModel(TransMambaPreTrainedModel):
         t = inputs_embeds.shape[1]
         placement, attention_mask, position_ids, seq_idx = _placement(
             past_key_values, attention_mask, position_ids, offset, t, inputs_embeds, cache_position)
+        if placement is not None and past_key_values is not None and t > 1:
+            placement.converters = Converters(self.config.ssm_chunk_size, self.config.ssm_backend)
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
         all_hidden = [] if output_hidden_states else None
@@ -165,6 +168,8 @@ class TransMambaModel(TransMambaPreTrainedModel):
                     hidden_states, position_embeddings, past_key_values, offset, attention_mask, seq_idx,
                     position_ids, placement,
                 )
+        if placement is not None and placement.converters is not None:
+            placement.converters.flush()  # the layers' Memory Converter states, one scan
         hidden_states = self.norm(hidden_states)
         if all_hidden is not None:
             all_hidden.append(hidden_states)

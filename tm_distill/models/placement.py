@@ -30,6 +30,8 @@ class Placement:
     next_first: smallest row position the next call's first token will have (a layer keeps its KV while
         this is below its TransPoint). Python ints, fixed for a captured decode step.
     max_length, max_pad: the cache's static length (None: dynamic KV) and the largest padding.
+    converters: a ``models.converter.Converters`` collecting the call's state-only scans (a cached call of
+        several tokens), or None: each layer scans its own.
     """
 
     offset: int
@@ -43,6 +45,7 @@ class Placement:
     next_first: int = 0
     max_length: int | None = None
     max_pad: int = 0
+    converters: object | None = None
 
     @property
     def padded(self) -> bool:
