@@ -270,7 +270,7 @@ def test_fused_decode_step_folds_dt_bias_softplus_A_log_and_grouped_x(dtype):
 @needs_mamba
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_mamba_scan_and_state_fold_dt_bias_and_softplus(dtype):
-    inp = make_inputs(dtype, g_b=2, g_c=8, packed=True)  # documents: mamba-ssm's kernels, not ssd_short's forms
+    inp = make_inputs(dtype, g_b=2, g_c=8, packed=True)  # documents (seq_idx): mamba-ssm's kernels
     gen = torch.Generator(device="cuda").manual_seed(1)
     raw = torch.randn(inp["dt"].shape, device="cuda", generator=gen).to(dtype)
     bias = (torch.randn(inp["dt"].shape[-1], device="cuda", generator=gen) - 3).to(dtype)
