@@ -24,8 +24,10 @@ from .placement import Placement
 
 # In training the attention prefix changes length with every TransPoint (and every batch when TransPoints are
 # sampled): cuDNN's SDPA builds an execution plan per new shape, so the shape-agnostic kernels are preferred.
-# Inference takes what the teacher takes (cuDNN first): on an H200 it ran a 2k-token prefill's attention ~2x
-# faster than the flash kernel (profile of 2026-11-26), and prompt lengths vary for teacher and student alike.
+# An inference prefill takes what the teacher takes (cuDNN first): on an H200 it ran a 2k-token prefill's
+# attention in 0.9 ms where the flash kernel took 1.5 ms (profile of 2026-11-26), one plan per prompt length as
+# for the teacher. Later calls keep the shape-agnostic kernels: a dynamic cache's decode steps (on-policy
+# generation) change the key length every step.
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 _SDPA_INFERENCE = [SDPBackend.CUDNN_ATTENTION, *_SDPA_BACKENDS]
 
@@ -291,7 +293,7 @@ class TransMambaMixer(nn.Module):
             if keys_ok is not None:  # padding keys are never attended; a padding query attends to itself
                 mask = (mask & keys_ok[:, None, None, :]) | (k_pos[None, :] == q_pos[:, None])[None, None]
             is_causal = False
-        with sdpa_kernel(_SDPA_BACKENDS if torch.is_grad_enabled() else _SDPA_INFERENCE):
+        with sdpa_kernel(_SDPA_INFERENCE if offset == 0 and not torch.is_grad_enabled() else _SDPA_BACKENDS):
             out = F.scaled_dot_product_attention(
                 q_rot, k_all, v_all, attn_mask=mask, is_causal=is_causal, scale=self.scaling,
                 enable_gqa=self.num_heads != self.num_kv_heads,
