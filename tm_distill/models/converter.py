@@ -41,7 +41,11 @@ class Converters:
         self.elements = 0
 
     def add(self, state: LayerState, x, dt, A, B, dt_bias=None, h0=None) -> None:
-        """Schedule ``state.ssm_state`` = the final state of the scan over (x, dt, A, B) from h0 (shapes above)."""
+        """Schedule ``state.ssm_state`` = the final state of the scan over (x, dt, A, B) from h0 (shapes above).
+
+        The tensors must outlive the layer's forward: activations, or copies of parameters (FSDP frees a
+        gathered parameter's storage when the layer is done; a reference to ``dt_bias`` crashed a sharded run).
+        """
         self.pending.append(_Pending(state, x, dt, A, B, dt_bias, h0))
         self.elements += x.numel()
         if self.elements >= self.max_elements:

@@ -386,7 +386,9 @@ class TransMambaMixer(nn.Module):
         chunk, backend = self.config.ssm_chunk_size, self.config.ssm_backend
         y = None
         if not need_y and state is not None and where.converters is not None:  # scanned with other layers
-            where.converters.add(state, x, dt, A, B, h0=h0, dt_bias=fold.get("dt_bias"))
+            # a copy of the bias: FSDP frees a gathered parameter's storage once the layer's forward is done
+            bias = self.dt_bias.detach().clone() if fold else None
+            where.converters.add(state, x, dt, A, B, h0=h0, dt_bias=bias)
             return None
         if not need_y:
             h0 = ssd_state(x, dt, A, B, chunk, initial_states=h0, backend=backend, **fold)
