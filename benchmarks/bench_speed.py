@@ -210,8 +210,11 @@ def capture(step, device):
     return g
 
 
-def teacher_decode(teacher, T, batch, steps, graph: bool):
-    """Milliseconds per decode step of the teacher with a StaticCache holding T tokens."""
+def teacher_step(teacher, T, batch):
+    """(step, cache bytes): one teacher decode step on a StaticCache holding T tokens of random values.
+
+    step() returns the logits; call it without gradients (``teacher_decode`` and ``profile_speed.py`` do).
+    """
     cfg, device = teacher.config, teacher.device
     cache = StaticCache(config=cfg, max_cache_len=T + 1)
     ids = torch.randint(0, cfg.vocab_size, (batch, 1), device=device)
@@ -233,9 +236,17 @@ def teacher_decode(teacher, T, batch, steps, graph: bool):
             layer.values.normal_()
             if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor):
                 counters.append(layer.cumulative_length)
-        cp.fill_(T)
-        pos.fill_(T)
-        cache_bytes = sum(t.numel() * t.element_size() for l in cache.layers for t in (l.keys, l.values))
+    cp.fill_(T)
+    pos.fill_(T)
+    cache_bytes = sum(t.numel() * t.element_size() for l in cache.layers for t in (l.keys, l.values))
+    return step, cache_bytes
+
+
+def teacher_decode(teacher, T, batch, steps, graph: bool):
+    """Milliseconds per decode step of the teacher with a StaticCache holding T tokens."""
+    device = teacher.device
+    step, cache_bytes = teacher_step(teacher, T, batch)
+    with torch.no_grad():
         fn, mode = step, "eager"
         if graph and device.type == "cuda":
             try:

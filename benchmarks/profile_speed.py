@@ -32,7 +32,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_speed import SCHEDULES, build, capture, share_weights, student_cache  # noqa: E402
+from benchmarks.bench_speed import (SCHEDULES, build, capture, share_weights, student_cache,  # noqa: E402
+                                    teacher_step)
 from tm_distill.convert import parse_transpoints, seed_student  # noqa: E402
 from tm_distill.models import TransMambaCache  # noqa: E402
 from tm_distill.models.cache import CACHE_KWARG  # noqa: E402
@@ -120,23 +121,13 @@ def prefill_fn(model, who, T, max_new, ids):
 
 
 def teacher_step_fn(teacher, T, batch):
-    """One eager teacher decode step on a StaticCache holding T tokens (bench_speed's, without the graph)."""
-    from transformers import StaticCache
+    """One teacher decode step on a StaticCache holding T tokens: bench_speed's, without gradients."""
+    step, _ = teacher_step(teacher, T, batch)
 
-    cfg, device = teacher.config, teacher.device
-    cache = StaticCache(config=cfg, max_cache_len=T + 1)
-    ids = torch.randint(0, cfg.vocab_size, (batch, 1), device=device)
-    cp = torch.tensor([T], device=device)
-    pos = torch.full((batch, 1), T, device=device)
-
-    def step():
+    def no_grad_step():
         with torch.no_grad():
-            teacher(input_ids=ids, **{CACHE_KWARG: cache}, cache_position=cp, position_ids=pos, use_cache=True,
-                    logits_to_keep=1)
-            for layer in cache.layers:
-                if isinstance(getattr(layer, "cumulative_length", None), torch.Tensor):
-                    layer.cumulative_length.fill_(T)
-    return step
+            step()
+    return no_grad_step
 
 
 def student_step_fns(model, T, batch):
