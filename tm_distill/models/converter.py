@@ -45,6 +45,9 @@ class Converters:
 
         The tensors must outlive the layer's forward: activations, or copies of parameters (FSDP frees a
         gathered parameter's storage when the layer is done; a reference to ``dt_bias`` crashed a sharded run).
+        Within one model call the collected layers are alike: all fold dt_bias or none (it depends on the call's
+        padding only), all have an initial state or none (the cache tracks the same layers on every call), and
+        head and state sizes are the model's.
         """
         self.pending.append(_Pending(state, x, dt, A, B, dt_bias, h0))
         self.elements += x.numel()
@@ -56,13 +59,6 @@ class Converters:
         if not self.pending:
             return
         todo, self.pending, self.elements = self.pending, [], 0
-        if len({(p.dt_bias is None, p.h0 is None, p.x.shape[-1], p.B.shape[-1]) for p in todo}) > 1:
-            for p in todo:  # unlike layers (never within one model call): one scan each
-                self._scan([p])
-            return
-        self._scan(todo)
-
-    def _scan(self, todo: list[_Pending]) -> None:
         cat = lambda name, dim: torch.cat([getattr(p, name) for p in todo], dim=dim)  # noqa: E731
         folded = todo[0].dt_bias is not None
         final = ssd_state(

@@ -336,14 +336,14 @@ class TransMambaMixer(nn.Module):
         if self.config.ssm_c_scale:
             C = C * self.scaling
         x = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=2)
+        A = -torch.exp(self.A_log.float())
         if raw_dt:
             if real is not None:
                 raise ValueError("raw_dt needs every token real: padding zeroes Δ after its softplus")
-            return x, self.dt_proj(hidden_states), -torch.exp(self.A_log.float()), B, C
+            return x, self.dt_proj(hidden_states), A, B, C
         dt = F.softplus(self.dt_proj(hidden_states).float() + self.dt_bias.float())
         if real is not None:
             dt = dt * real[..., None].float()  # padding leaves the state untouched
-        A = -torch.exp(self.A_log.float())
         return x, dt, A, B, C
 
     def _conv(self, xbc: torch.Tensor, state: LayerState | None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:

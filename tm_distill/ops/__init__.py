@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from .decode import HAS_TRITON, fused_update_available, ssd_update, ssd_update_fused
+from .decode import HAS_TRITON, fused_update_available, needs_grad, ssd_update, ssd_update_fused
 from .feature_maps import FEATURE_MAPS
 from .ssd_ref import ssd_naive, ssd_scan_ref, ssd_state_ref, ssd_step
 
@@ -71,7 +71,7 @@ def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx,
     if x.shape[1] > _MAX_SEGMENT:
         return _segmented(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states,
                           dt_bias, dt_softplus)
-    if z is None and _PRIVATE_KERNELS and not _needs_grad(x, dt, A, B, C, D, initial_states, dt_bias):
+    if z is None and _PRIVATE_KERNELS and not needs_grad(x, dt, A, B, C, D, initial_states, dt_bias):
         try:
             out, final = _mamba_scan_no_grad(x, dt, A, B, C, chunk_size, D, initial_states, seq_idx, dt_bias,
                                              dt_softplus)
@@ -145,10 +145,6 @@ def ssd_scan(
         x, _dt_in(dt, dt_bias, dt_softplus), A, B, C, chunk_size=chunk_size, D=D, z=z, initial_states=initial_states,
         seq_idx=seq_idx, return_final_states=return_final_states,
     )
-
-
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _private_kernels_unusable(err: Exception) -> None:

@@ -79,6 +79,11 @@ if HAS_TRITON:  # pragma: no cover - needs a GPU
         tl.store(y_ptr + b * s_yb + h * s_yh + offs_p * s_yp, y, mask=mask_p)
 
 
+def needs_grad(*tensors) -> bool:
+    """Whether autograd would record an op on these tensors (None entries allowed): the fused paths skip it."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def fused_update_available(state: torch.Tensor) -> bool:
     """Whether :func:`ssd_update` will take the fused in-place path for this state tensor."""
     return HAS_TRITON and state.is_cuda and state.dtype == torch.float32
@@ -121,11 +126,9 @@ def ssd_update(state, x, dt, A, B, C, D=None, fused: bool | None = None, dt_bias
     fused: None picks the fused in-place kernel when available and no gradient is needed through the step;
     True demands it; False forces the reference :func:`ssd_step` (which returns a new state tensor).
     """
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (state, x, dt, A, B, C, D, dt_bias)
-    )
     if fused is None:
-        fused = fused_update_available(state) and not needs_grad and state.is_contiguous()
+        fused = (fused_update_available(state) and state.is_contiguous()
+                 and not needs_grad(state, x, dt, A, B, C, D, dt_bias))
     if fused:
         return ssd_update_fused(state, x, dt, A, B, C, D, dt_bias, dt_softplus, A_log, out_dtype)
     h = state.shape[1]
@@ -141,4 +144,4 @@ def ssd_update(state, x, dt, A, B, C, D=None, fused: bool | None = None, dt_bias
     return new_state, y if out_dtype is None else y.to(out_dtype)
 
 
-__all__ = ["HAS_TRITON", "fused_update_available", "ssd_update", "ssd_update_fused"]
+__all__ = ["HAS_TRITON", "fused_update_available", "needs_grad", "ssd_update", "ssd_update_fused"]
