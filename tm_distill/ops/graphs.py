@@ -114,7 +114,11 @@ class DecodeGraph:
                     s.ssm_state.copy_(keep)
             cache.seen_tokens = offset
 
-        self.graph = self.logits = None  # an earlier phase's graph is never replayed again
+        # The earlier phase's graph is never replayed again, but it stays alive until this capture is done: a
+        # graph pool shared by captures must have a live graph (the caching allocator asserts `use_count > 0`
+        # when a capture joins a pool whose graphs are all gone, yet whose blocks are not all returned). Its
+        # output buffer is dropped now, so the new graph may reuse that memory.
+        self.logits = None
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.no_grad(), torch.cuda.stream(stream):
@@ -126,7 +130,7 @@ class DecodeGraph:
         with torch.no_grad(), torch.cuda.graph(graph, pool=self.pool):
             logits = self._step_eager(offset)
         restore()
-        self.graph, self.logits = graph, logits
+        self.graph, self.logits = graph, logits  # the earlier graph goes now; the pool lives on in this one
         self.captures += 1
 
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
