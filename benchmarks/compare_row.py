@@ -10,11 +10,18 @@ Rows (recipes in recipes/smollm2-135m/compare/, one token budget for every train
     D   C with TransPoints sampled per batch
     E   C with logits only
     G   C with the last 2M tokens of its logits budget on-policy (GKD: the student's own samples, teacher-scored)
+    H   E's schedule with the general data mixture (teacher-written chat and continuations, WordNet, Shakespeare,
+        recall sequences), a third of the tokens at 4096
+    I   H's data and stages with the schedule planned by importance (auto:...,method=importance) at 20% of the
+        teacher's KV at 4096
 
 Each row is evaluated in bf16 on two held-out sets: the corpus's held-out documents (16 windows of 2048
 tokens, the recipes' document split) and teacher samples no student trained on (sampled here with another
 seed, packed into 2048-token windows); passkey retrieval at 1k, 2k and 4k; KV + state memory at 2k and 32k;
 the held-out KL curve against tokens seen (from metrics.jsonl); C and D also under all-attention and all=512.
+H and I add (``general_eval``): teacher samples from the held-out seed topics (prompts no run trained on), the
+held-out domain (the Python documentation), passkey and phonebook at 1k/2k/4k/8k, KV + state at 4k and 32k, and
+the greedy chat answers of teacher and student to CHAT_PROMPTS side by side.
 The row is written to OUT/row-<name>.json after every part, so a call cut short keeps what it measured.
 """
 
@@ -32,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tm_distill  # noqa: E402,F401
+from tm_distill.checkpoint import read_metadata  # noqa: E402
 from tm_distill.eval.api import EvalOptions, run_eval  # noqa: E402
 from tm_distill.models.memory import layer_memory  # noqa: E402
 from tm_distill.recipe import load_recipe  # noqa: E402
@@ -40,7 +48,14 @@ from tm_distill.training.metrics import read_metrics  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "smollm2-135m" / "compare"
 ROWS = {"A": None, "A-cal": None, "B": "B-mil.yaml", "C": "C-full.yaml", "D": "D-sampled.yaml",
-        "E": "E-logits-only.yaml", "G": "G-onpolicy.yaml"}
+        "E": "E-logits-only.yaml", "G": "G-onpolicy.yaml", "H": "H-general.yaml", "I": "I-planned.yaml"}
+GENERAL = ("H", "I")  # rows evaluated with general_eval too
+HELDOUT_DOMAIN = "python-docs"  # no recipe trains on it
+CHAT_PROMPTS = ("What is the capital of France?", "Give me three tips for staying focused while studying.",
+                "Write a haiku about the sea.", "Explain why the sky is blue in two sentences.",
+                "What is 17 + 25?", "Name three animals that live in the Arctic.",
+                "How do I boil an egg?", "Translate 'thank you' into Spanish and German.",
+                "Summarize the story of Cinderella in one sentence.", "What should I pack for a day at the beach?")
 SEEDED_SPEC = "cycle=0,32,64,128,256,512,1024,2048"
 ROBUSTNESS = ("attn", "all=512")
 HELDOUT_SAMPLES, HELDOUT_SAMPLE_SEED = 160, 12345  # teacher samples for the second held-out set
@@ -103,7 +118,9 @@ def trained_student(row: str, teacher_path: str, out: Path, max_time: str | None
     info = {"summary": summary, "kl_curve": [{"tokens": 0, "stage": "seed",
                                               "heldout_kl": summary["heldout_kl_seeded"]}] + curve,
             "tokens_per_s": speed, "tokens_trained": trained,
-            "recipe": (RECIPES / ROWS[row]).relative_to(ROOT).as_posix()}
+            "recipe": (RECIPES / ROWS[row]).relative_to(ROOT).as_posix(),
+            "transpoint_explanation": read_metadata(summary["final"]).get("transpoint_explanation", ""),
+            "mixture": read_metadata(summary["final"]).get("mixture")}
     return Path(summary["final"]), info
 
 
@@ -165,11 +182,62 @@ def evaluate_row(path: Path, teacher_path: str, samples: Path, work: Path, robus
     return out
 
 
+def general_eval(path: Path, teacher_path: str, work: Path) -> dict:
+    """The general-purpose columns: held-out-topic teacher samples, the held-out domain, retrieval up to 8k, chat."""
+    from tm_distill.convert import load_teacher  # noqa: PLC0415
+    from tm_distill.data.teacher_data import TeacherDataSpec, manifest_of, teacher_data  # noqa: PLC0415
+
+    out: dict = {}
+    t = load_teacher(teacher_path, dtype=torch.bfloat16, device="cuda")
+    spec = TeacherDataSpec("instructions", HELDOUT_SAMPLES, 256, seed=HELDOUT_SAMPLE_SEED, heldout=True)
+    samples = work / "heldout-topic-samples.jsonl"
+    samples.write_text("".join(json.dumps({"text": s}) + "\n" for s in teacher_data(t, spec, device="cuda")))
+    out["heldout_topic_sampling"] = manifest_of(t, spec)
+    del t
+    kw = dict(device="cuda", dtype=torch.bfloat16, plots=False, progress=False)
+    for name, data in (("heldout_topic_samples", str(samples)), ("heldout_domain", HELDOUT_DOMAIN)):
+        opts = EvalOptions(seq_len=2048, windows=16, batch_size=4, heldout_fraction=0.9, speed=False,
+                           layer_error=False, retrieval_lengths=[])
+        rep = run_eval([path], teacher_path, data, work / f"eval-{name}", opts, **kw)
+        key = next(k for k in rep["models"] if k != "teacher")
+        out[name] = {**metrics_of(rep, key), "teacher_perplexity": rep["models"]["teacher"]["perplexity"]}
+    opts = EvalOptions(seq_len=2048, windows=2, batch_size=2, retrieval_tasks=["passkey", "phonebook"],
+                       retrieval_lengths=[1024, 2048, 4096, 8192], trials=2, speed=False, layer_error=False)
+    rep = run_eval([path], teacher_path, "shakespeare", work / "eval-retrieval", opts, **kw)
+    key = next(k for k in rep["models"] if k != "teacher")
+    tasks = (rep.get("retrieval") or {}).get("tasks") or {}
+    out["retrieval"] = {task: {who: _passkey(tasks.get(task, {}).get(name)) for who, name in
+                               (("student", key), ("teacher", "teacher"))} for task in ("passkey", "phonebook")}
+    out["chat"] = chat_answers(path, teacher_path)
+    return out
+
+
+def chat_answers(path: Path, teacher_path: str, max_new_tokens: int = 64) -> list[dict]:
+    """Greedy answers of teacher and student to CHAT_PROMPTS (one left-padded batch each, graph decoding)."""
+    from tm_distill.checkpoint import load_student  # noqa: PLC0415
+    from tm_distill.convert import load_teacher  # noqa: PLC0415
+    from tm_distill.generation import generate_texts  # noqa: PLC0415
+
+    t = load_teacher(teacher_path, dtype=torch.bfloat16, device="cuda")
+    student, tok = load_student(path, dtype=torch.bfloat16, device="cuda")
+    prompts = list(CHAT_PROMPTS)
+    teacher_out = generate_texts(t.model, t.tokenizer, prompts, max_new_tokens, chat=True)
+    student_out = generate_texts(student, tok, prompts, max_new_tokens, chat=True)
+    return [{"prompt": p, "teacher": a, "student": b} for p, (a, _), (b, _) in zip(prompts, teacher_out, student_out)]
+
+
 def memory_mib(path: Path) -> dict:
     from transformers import AutoConfig  # noqa: PLC0415
 
     cfg = AutoConfig.from_pretrained(path)
-    return {f"{n // 1024}k": sum(r.student_bytes for r in layer_memory(cfg, n)) / 2**20 for n in (2048, 32768)}
+    return {f"{n // 1024}k": sum(r.student_bytes for r in layer_memory(cfg, n)) / 2**20 for n in (2048, 4096, 32768)}
+
+
+def teacher_kv_mib(path: Path) -> dict:
+    from transformers import AutoConfig  # noqa: PLC0415
+
+    cfg = AutoConfig.from_pretrained(path)
+    return {f"{n // 1024}k": sum(r.teacher_kv_bytes for r in layer_memory(cfg, n)) / 2**20 for n in (2048, 4096, 32768)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -192,10 +260,12 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         path, info = trained_student(args.row, args.teacher, work / "run", args.max_time)
     row.set(**info, train_wall_s=round(time.time() - start, 1))
-    row.set(memory_mib=memory_mib(path))
+    row.set(memory_mib=memory_mib(path), teacher_kv_mib=teacher_kv_mib(path))
     samples = teacher_sample_file(args.teacher, args.work / "heldout-teacher-samples.jsonl")
     row.set(eval=evaluate_row(path, args.teacher, samples, work, robustness=args.row in ("C", "D")),
             wall_s=round(time.time() - start, 1))
+    if args.row in GENERAL:
+        row.set(general=general_eval(path, args.teacher, work), wall_s=round(time.time() - start, 1))
     print(json.dumps(row.data, indent=1, default=str)[:6000])
     return row.data
 

@@ -11,7 +11,8 @@
    A candidate fraction f measured on t-token windows becomes P = f * context.
    All layers at one TransPoint is never chosen (design rule: the paper's single-P schedules trained worst).
 
-Spec grammar: ``auto:kv_budget=25%[,context=8192]`` (budget as a percentage, or a fraction in (0, 1]).
+Spec grammar: ``auto:kv_budget=25%[,context=8192][,method=importance[,recall=1]]`` (budget as a percentage, or
+a fraction in (0, 1]). ``method=importance`` plans from a briefly distilled student instead (``importance.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from .stages.capture import record_activations
 log = logging.getLogger(__name__)
 
 CANDIDATE_FRACTIONS: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5)
-AUTO_KEYS = ("kv_budget", "context")
+AUTO_KEYS = ("kv_budget", "context", "method", "recall")
+METHODS = ("sensitivity", "importance")
 
 
 class AutoSpecError(TransPointSpecError):
@@ -46,6 +48,8 @@ class AutoSpecError(TransPointSpecError):
 class AutoSpec:
     kv_budget: float  # fraction of the teacher's KV cache, in (0, 1]
     context: int | None = None  # tokens at which the budget holds (None: the caller's seq_len)
+    method: str = "sensitivity"  # sensitivity: seeded layers, one at a time; importance: see importance.py
+    recall: float = 1.0  # importance: weight of the recall drop beside the KL drop
 
 
 def parse_auto_spec(spec: str) -> AutoSpec:
@@ -76,6 +80,19 @@ def parse_auto_spec(spec: str) -> AutoSpec:
     if not 0.0 < budget <= 1.0 or math.isnan(budget):
         raise AutoSpecError(f"kv_budget={raw} in spec {spec!r} is outside (0, 100%]: it is the share of the "
                             "teacher's KV cache the student may keep, e.g. 25%")
+    method = values.get("method", "sensitivity")
+    if method not in METHODS:
+        raise AutoSpecError(f"method={method!r} in spec {spec!r} is unknown: choose {' or '.join(METHODS)}")
+    try:
+        recall = float(values.get("recall", 1.0))
+    except ValueError:
+        raise AutoSpecError(f"recall={values['recall']!r} in spec {spec!r} is not a number (the recall weight, "
+                            "e.g. 1)") from None
+    if not recall >= 0 or math.isinf(recall):
+        raise AutoSpecError(f"recall={values['recall']} in spec {spec!r} must be a finite number >= 0")
+    if "recall" in values and method != "importance":
+        raise AutoSpecError(f"recall= in spec {spec!r} weighs the importance method's recall drop: add "
+                            "method=importance or drop it")
     context = None
     if "context" in values:
         try:
@@ -84,7 +101,7 @@ def parse_auto_spec(spec: str) -> AutoSpec:
             raise AutoSpecError(f"context={values['context']!r} in spec {spec!r} is not an integer") from None
         if context < 1:
             raise AutoSpecError(f"context={context} in spec {spec!r} must be >= 1 token")
-    return AutoSpec(kv_budget=budget, context=context)
+    return AutoSpec(kv_budget=budget, context=context, method=method, recall=recall)
 
 
 def calibration_windows(texts: Sequence[str], tokenizer, seq_len: int, windows: int) -> Tensor:
@@ -364,17 +381,21 @@ def plan_transpoints(
 
 def resolve_auto(
     spec: str, teacher_model, tokenizer, texts: list[str], seq_len: int, *, device=None, windows: int = 2,
-    seed: int = 0, max_calib_len: int = 1024,
+    seed: int = 0, max_calib_len: int = 1024, importance: dict | None = None,
 ) -> tuple[list[int], str]:
     """Resolve an ``auto:...`` spec to per-layer TransPoints and a human-readable explanation.
 
-    texts: calibration documents; seq_len: the training sequence length, the default context (the spec's
-    context= overrides it). Calibration windows are min(seq_len, max_calib_len) tokens long: the candidates
+    texts: calibration documents (training documents only); seq_len: the training sequence length, the default
+    context (the spec's context= overrides it); importance: options of ``importance.plan_by_importance``
+    (train_steps, train_seconds, window) for method=importance. Calibration windows are min(seq_len, max_calib_len) tokens long: the candidates
     are fractions of the window, so a long context is planned from shorter, cheaper windows.
     """
     if max_calib_len < 2:
         raise ValueError(f"max_calib_len={max_calib_len} must be >= 2 tokens")
     auto = parse_auto_spec(spec)
+    if auto.method == "importance":
+        return _resolve_by_importance(auto, teacher_model, tokenizer, texts, seq_len, device=device, seed=seed,
+                                      **(importance or {}))
     if auto.context is None:
         spec = f"{spec.strip()},context={seq_len}"
     plan = plan_transpoints(spec, teacher_model, tokenizer, texts, min(seq_len, max_calib_len), windows=windows,
@@ -382,6 +403,30 @@ def resolve_auto(
     return plan.transpoints, plan.explain()
 
 
+def _resolve_by_importance(auto: AutoSpec, teacher_model, tokenizer, texts, seq_len: int, *, device=None, seed=0,
+                           window: int = 2048, windows: int = 64, **options) -> tuple[list[int], str]:
+    """method=importance: windows of min(context, ``window``) tokens from ``texts``, then ``plan_by_importance``."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from .data.tokens import build_token_dataset  # noqa: PLC0415
+    from .importance import plan_by_importance  # noqa: PLC0415
+
+    context = auto.context or seq_len
+    check_budget(auto.kv_budget, teacher_model.config.num_hidden_layers, context)
+    length = min(context, window)
+    data = build_token_dataset(texts, tokenizer, length, heldout_fraction=0.0, seed=seed)
+    pick = torch.randperm(data.train.shape[0], generator=torch.Generator().manual_seed(seed))[:windows]
+    original = next(teacher_model.parameters()).device
+    if device is not None and torch.device(device) != original:
+        teacher_model.to(device)
+    try:
+        plan = plan_by_importance(SimpleNamespace(model=teacher_model, tokenizer=tokenizer), data.train[pick],
+                                  context, auto.kv_budget, seed=seed, recall_weight=auto.recall, **options)
+    finally:
+        teacher_model.to(original)
+    return plan.transpoints, plan.explain()
+
+
 __all__ = ["AUTO_KEYS", "AutoPlan", "AutoSpec", "AutoSpecError", "CANDIDATE_FRACTIONS", "calibration_windows",
            "candidate_points", "check_budget", "choose_transpoints", "measure_sensitivity", "parse_auto_spec",
-           "plan_transpoints", "resolve_auto"]
+           "plan_transpoints", "resolve_auto", "METHODS"]

@@ -225,6 +225,34 @@ class StageConfig:
             self.schedule.warmup_ratio * total)
 
 
+MIXTURE_GENERATED = ("teacher:instructions", "teacher:continuations", "recall")
+
+
+@dataclass
+class MixtureEntry:
+    """One entry of ``data.mixture``: a training text and its share of the training windows."""
+
+    source: str = _help("a corpus (shakespeare, wordnet), file, folder or dataset (its training split); "
+                        "'teacher:instructions' (requests the teacher writes from seed topics, then answers) or "
+                        "'teacher:continuations' (the teacher continues prefixes of `prefixes`' training documents), "
+                        "sampled once and cached; or 'recall' (synthetic recall sequences in `filler` text)")
+    weight: float = _help("share of the training windows, relative to the other entries' weights", 1.0)
+    samples: int = _help("teacher:*: texts to sample", 1024)
+    tokens: int = _help("teacher:*: new tokens per text", 256)
+    prefixes: str | None = _help("teacher:continuations: the text whose training documents are continued "
+                                 "(default: data.source)", None)
+    filler: str | None = _help("recall: the text the records are spread through (its training documents; default: "
+                               "data.source)", None)
+
+    def __post_init__(self):
+        _check(bool(self.source), "source", "must name a data source")
+        _check(self.weight > 0, "weight", f"must be > 0, got {self.weight}")
+        _check(self.samples >= 1, "samples", f"must be >= 1, got {self.samples}")
+        _check(self.tokens >= 1, "tokens", f"must be >= 1, got {self.tokens}")
+        _check(self.source.startswith("teacher:") <= (self.source in MIXTURE_GENERATED), "source",
+               f"{self.source!r}: the teacher's data kinds are teacher:instructions and teacher:continuations")
+
+
 @dataclass
 class DataConfig:
     source: str = _help("'shakespeare' (shipped corpus), a local txt/jsonl/parquet file or folder, or a dataset "
@@ -240,6 +268,10 @@ class DataConfig:
     teacher_samples: int = _help("texts sampled from the teacher itself (self-distillation data) and added to "
                                  "the source's training text; 0: none", 0)
     teacher_sample_tokens: int = _help("new tokens per teacher sample", 256)
+    mixture: list[MixtureEntry] | None = _help(
+        "the training data as weighted entries (corpora, teacher-written text, recall sequences; see "
+        "docs/recipes.md); null: data.source's training split (+ teacher_samples). data.source still gives the "
+        "held-out windows", None)
 
     def __post_init__(self):
         _check(bool(self.source), "source", "must name a data source")
@@ -256,6 +288,10 @@ class DataConfig:
                "data.source trains")
         _check(self.max_tokens is None or self.max_tokens > 0, "max_tokens", "token budget must be > 0")
         _check(self.heldout_windows >= 1, "heldout_windows", "must be >= 1")
+        _check(self.mixture is None or len(self.mixture) > 0, "mixture", "give at least one entry, or null")
+        _check(self.mixture is None or not self.teacher_samples, "teacher_samples",
+               "with data.mixture, teacher-written text is a mixture entry (source: teacher:instructions): "
+               "set teacher_samples: 0")
 
 
 @dataclass
@@ -501,6 +537,6 @@ def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
 
 
-__all__ = ["CalibrateConfig", "DataConfig", "DistributedConfig", "LoraConfig", "LossConfig", "OnPolicyConfig",
+__all__ = ["MIXTURE_GENERATED", "MixtureEntry", "CalibrateConfig", "DataConfig", "DistributedConfig", "LoraConfig", "LossConfig", "OnPolicyConfig",
            "OptimizerConfig", "Recipe", "RecipeError", "ScheduleConfig", "parse_duration",
            "StageConfig", "apply_overrides", "dump_recipe", "from_dict", "load_recipe", "recipe_from_dict"]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 
-def _auto_spec(budget: str, context: int | None) -> str:
+def _auto_spec(budget: str, context: int | None, method: str = "sensitivity") -> str:
     key, sep, value = budget.partition("=")
     if not sep or key.strip() != "kv" or not value.strip():
         raise click.BadParameter(f"{budget!r}: write kv=PERCENT, e.g. kv=25%", param_hint="--budget")
     spec = f"auto:kv_budget={value.strip()}"
-    return spec + (f",context={context}" if context is not None else "")
+    return spec + (f",context={context}" if context is not None else "") + (
+        f",method={method}" if method != "sensitivity" else "")
 
 
 @click.command()
@@ -23,8 +24,13 @@ def _auto_spec(budget: str, context: int | None) -> str:
 @click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per calibration window.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the SSM init the layers are measured with.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--method", type=click.Choice(["sensitivity", "importance"]), default="sensitivity", show_default=True,
+              help="sensitivity: each seeded layer alone; importance: rank the layers of a briefly distilled all-SSM "
+                   "student by the KL and recall drops when a layer keeps attention (or a TransPoint).")
+@click.option("--train-seconds", type=click.FloatRange(min=1), default=45.0, show_default=True,
+              help="importance: time for the brief distillation.")
 def plan(teacher: str, budget: str, context: int | None, calib: str, windows: int, seq_len: int, seed: int,
-         device: str) -> None:
+         device: str, method: str, train_seconds: float) -> None:
     """Measure each layer's sensitivity to switching to the SSM and print the schedule that meets BUDGET.
 
     Sensitivity is the KL(teacher || student) when only that layer switches at P = 0, t/8, t/4, t/2 of the
@@ -35,6 +41,7 @@ def plan(teacher: str, budget: str, context: int | None, calib: str, windows: in
     Examples:
       tm-distill plan smollm2-135m --budget kv=25%
       tm-distill plan smollm2-135m --budget kv=10% --context 8192 --windows 8 --seq-len 256
+      tm-distill plan smollm2-135m --budget kv=25% --context 4096 --method importance --device cuda
     """
     import torch  # noqa: PLC0415
 
@@ -43,7 +50,7 @@ def plan(teacher: str, budget: str, context: int | None, calib: str, windows: in
     from ..data.loading import DataSourceError, load_texts  # noqa: PLC0415
     from ..plan import parse_auto_spec, resolve_auto  # noqa: PLC0415
 
-    spec = _auto_spec(budget, context)
+    spec = _auto_spec(budget, context, method)
     try:
         parse_auto_spec(spec)
     except TransPointSpecError as err:
@@ -56,7 +63,7 @@ def plan(teacher: str, budget: str, context: int | None, calib: str, windows: in
         loaded = load_teacher(teacher, device=device)
         texts = load_texts(calib)
         _, explanation = resolve_auto(spec, loaded.model, loaded.tokenizer, texts, seq_len, windows=windows,
-                                      seed=seed)
+                                      seed=seed, importance={"train_seconds": train_seconds})
     except (TeacherNotFound, UnsupportedTeacher, DataSourceError, TransPointSpecError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(explanation)

@@ -7,6 +7,7 @@ Fast on a GPU; on CPU fine for a few short samples. Sampling is plain ancestral 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Sequence
 
 import torch
@@ -43,8 +44,8 @@ DEFAULT_PROMPTS = (
 )
 
 
-def _render(tokenizer, prompts: Sequence[str]) -> list[str]:
-    if getattr(tokenizer, "chat_template", None):
+def _render(tokenizer, prompts: Sequence[str], chat: bool = True) -> list[str]:
+    if chat and getattr(tokenizer, "chat_template", None):
         return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                               add_generation_prompt=True) for p in prompts]
     return list(prompts)
@@ -54,7 +55,7 @@ def _render(tokenizer, prompts: Sequence[str]) -> list[str]:
 def sample_from_teacher(
     model, tokenizer, num_samples: int, max_new_tokens: int, *, seed: int = 0, prompts: Sequence[str] | None = None,
     batch_size: int = 8, temperature: float = 1.0, device: torch.device | str | None = None,
-    include_prompt: bool = True,
+    include_prompt: bool = True, chat: bool = True, stats: dict | None = None,
 ) -> list[str]:
     """Sample ``num_samples`` texts from ``model`` (teacher or any HF causal LM).
 
@@ -63,6 +64,8 @@ def sample_from_teacher(
     EOS); temperature: > 0 samples, 0 is greedy; device: where to run (default: the model's device);
     include_prompt: return the rendered prompt + completion (special tokens kept, so re-tokenizing restores
     the chat format) or the completion only. The trailing EOS is not included (tokenization appends one).
+    chat: render prompts with the chat template (False: continue them as plain text); stats: a dict that gets
+    "new_tokens" (sampled, EOS included) and "seconds" (wall time of the sampling) added to it.
     Deterministic under ``seed`` on a given device; the caller's RNG state is left untouched.
     Returns a list of num_samples strings.
     """
@@ -78,7 +81,7 @@ def sample_from_teacher(
         prompts = [DEFAULT_PROMPTS[i] for i in order]
     device = torch.device(device) if device is not None else next(model.parameters()).device
     chosen = [prompts[i % len(prompts)] for i in range(num_samples)]
-    rendered = _render(tokenizer, chosen)
+    rendered = _render(tokenizer, chosen, chat)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     was_training, side, pad_token = model.training, tokenizer.padding_side, tokenizer.pad_token
@@ -90,6 +93,7 @@ def sample_from_teacher(
     sampling = {"do_sample": True, "temperature": temperature, "top_k": None, "top_p": None} if temperature > 0 \
         else {"do_sample": False}
     fork_devices = [device] if device.type == "cuda" else []
+    new_tokens, start_time = 0, time.perf_counter()
     try:
         with tqdm(total=num_samples, desc="sampling from teacher", unit="sample") as bar, \
                 torch.random.fork_rng(devices=fork_devices), torch.no_grad():
@@ -104,10 +108,14 @@ def sample_from_teacher(
                     completion = row[width:].tolist()
                     if eos in completion:
                         completion = completion[:completion.index(eos)]
+                    new_tokens += min(len(completion) + 1, len(row) - width)
                     ids = (row[:width][mask.bool()].tolist() if include_prompt else []) + completion
                     out.append(tokenizer.decode(ids, skip_special_tokens=False))
                 bar.update(len(gen))
     finally:
+        if stats is not None:
+            stats["new_tokens"] = stats.get("new_tokens", 0) + new_tokens
+            stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - start_time
         tokenizer.padding_side = side
         if pad_token is None:
             tokenizer.pad_token = None

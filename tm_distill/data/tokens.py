@@ -208,6 +208,17 @@ def build_token_dataset(
     return TokenData(train, heldout, {**meta, "from_cache": False}, train_doc, held_doc)
 
 
+def training_documents(texts: Sequence[str], tokenizer, seq_len: int, *, heldout_fraction: float = 0.05,
+                       seed: int = 0) -> list[str]:
+    """The documents ``build_token_dataset`` with the same arguments trains on (its held-out split left out)."""
+    texts, eos, n_held = _check_inputs(texts, tokenizer, seq_len, heldout_fraction, None)
+    if not n_held:
+        return texts
+    lengths = [[0] * (len(d) + 1) for d in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    train_idx, _ = _split_documents(lengths, n_held, seq_len, seed, pack=True)
+    return [texts[i] for i in train_idx]
+
+
 def document_positions(doc_ids: Tensor) -> Tensor:
     """Position of each token inside its document: (b, t) document ids -> (b, t) long, 0 at each document start.
 
@@ -261,4 +272,5 @@ def iterate_batches(
         step += 1
 
 
-__all__ = ["TokenData", "TokenDataError", "build_token_dataset", "default_cache_dir", "document_positions", "iterate_batches"]
+__all__ = ["TokenData", "TokenDataError", "build_token_dataset", "default_cache_dir", "document_positions",
+           "iterate_batches", "training_documents"]

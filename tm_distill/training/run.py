@@ -82,10 +82,13 @@ def _resolve_transpoints(recipe: Recipe, teacher, texts: list[str], seq_len: int
     from ..convert import parse_transpoints  # noqa: PLC0415
 
     if recipe.transpoints.startswith("auto"):
-        from ..plan import resolve_auto  # noqa: PLC0415  (engineer C2's calibration-based planner)
+        from ..data.tokens import training_documents  # noqa: PLC0415
+        from ..plan import resolve_auto  # noqa: PLC0415
 
-        return resolve_auto(recipe.transpoints, teacher.model, teacher.tokenizer, texts, seq_len, device=device,
-                           seed=recipe.seed)
+        train = training_documents(texts, teacher.tokenizer, seq_len, heldout_fraction=recipe.data.heldout_fraction,
+                                   seed=recipe.seed)  # planning never reads the held-out documents
+        return resolve_auto(recipe.transpoints, teacher.model, teacher.tokenizer, train, seq_len, device=device,
+                            seed=recipe.seed)
     return parse_transpoints(recipe.transpoints, teacher.model.config.num_hidden_layers), ""
 
 
@@ -165,6 +168,8 @@ def build_data(recipe: Recipe, teacher, texts: list[str], device: str, world: in
         data[seq_len] = build_token_dataset(texts, teacher.tokenizer, seq_len, seed=recipe.seed,
                                             heldout_fraction=recipe.data.heldout_fraction,
                                             max_tokens=recipe.data.max_tokens)
+        if recipe.data.mixture:
+            _mix(recipe, teacher, data[seq_len], device)
         if sampled:  # training only: the held-out windows stay the source's own text
             extra = build_token_dataset(sampled, teacher.tokenizer, seq_len, seed=recipe.seed, heldout_fraction=0.0)
             base = data[seq_len]
@@ -174,6 +179,18 @@ def build_data(recipe: Recipe, teacher, texts: list[str], device: str, world: in
             base.meta["teacher_sample_windows"] = int(extra.train.shape[0])
     check_batches(recipe, data, world)
     return data, heldout_windows(recipe, teacher.tokenizer, data)
+
+
+def _mix(recipe: Recipe, teacher, base, device: str) -> None:
+    """Replace ``base``'s training windows by the recipe's data.mixture (its held-out windows stay)."""
+    from ..data.mixture import MixtureContext, mixture_windows  # noqa: PLC0415
+
+    ctx = MixtureContext(teacher, base.seq_len, recipe.seed, recipe.data.heldout_fraction, recipe.data.source,
+                         base, recipe.data.text_field, device)
+    try:
+        base.train, base.train_doc_ids, base.meta["mixture"] = mixture_windows(recipe.data.mixture, ctx)
+    except ValueError as err:
+        raise RecipeError("data.mixture", str(err)) from None
 
 
 def build_student(recipe: Recipe, teacher, point: ResumePoint, transpoints: list[int], out: Path, device: str,
@@ -277,7 +294,8 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
 
     metrics = MetricsWriter(out, keep=keep if resume else None, enabled=accelerator.is_main_process)
     meta = {"recipe": recipe.name, "teacher": recipe.teacher, "transpoints": transpoints,
-            "transpoint_spec": recipe.transpoints, "transpoint_explanation": why}
+            "transpoint_spec": recipe.transpoints, "transpoint_explanation": why,
+            "mixture": {str(n): d.meta["mixture"] for n, d in data.items() if "mixture" in d.meta} or None}
     try:
         student, stopped = run_stages(recipe, student, teacher, data, heldout, transpoints, point, accelerator,
                                       metrics, meta, on_step, stop, dtype)
