@@ -208,52 +208,59 @@ def choose(gains: Tensor, points: Sequence[int], context: int, kv_budget: float)
     """Per-layer TransPoints (each layer at points[c] or 0) maximizing the summed gain under the KV budget.
 
     gains: (L, C) for layer l at points[c] (ATTENTION_ONLY allowed); P = 0 has gain 0 and no KV. An exact
-    multiple-choice knapsack (dynamic programming over the layers, KV in units of the candidates' common
-    divisor); of equal gains the one with less KV wins. Never every layer at one TransPoint.
+    multiple-choice knapsack (dynamic programming over the layers; a state is the KV used, in units of the
+    candidates' common divisor, layer 0's choice and whether every layer so far made it), so the design rule
+    holds in the optimum itself: never every layer at one TransPoint (all attention aside). Of equal gains the
+    schedule with less KV wins.
     """
     num_layers = gains.shape[0]
-    costs = [min(p, context) for p in points]
+    costs = [0] + [min(p, context) for p in points]  # option 0 is P = 0
+    values = torch.cat([torch.zeros(num_layers, 1), gains.float().cpu()], 1).tolist()
     unit = math.gcd(*costs) or 1
     capacity = int(kv_budget * num_layers * context + 1e-9) // unit
-    # best[u] = (gain, -kv, choices) of the layers so far within u units
-    best: list[tuple[float, int, tuple]] = [(0.0, 0, ())] * (capacity + 1)
-    for layer in range(num_layers):
-        nxt = []
-        for u in range(capacity + 1):
-            options = [(best[u][0], best[u][1], best[u][2] + (None,))]
-            for c, cost in enumerate(costs):
-                k = cost // unit
-                if k <= u and float(gains[layer, c]) > 0:
-                    g, neg_kv, picks = best[u - k]
-                    options.append((g + float(gains[layer, c]), neg_kv - cost, picks + (c,)))
-            nxt.append(max(options, key=lambda o: (round(o[0], 12), o[1])))
-        best = nxt
-    chosen = [0 if c is None else points[c] for c in best[capacity][2]]
-    if num_layers > 1 and len(set(chosen)) == 1 and chosen[0] != ATTENTION_ONLY:
+    units = [c // unit for c in costs]
+    # (units used, layer 0's option, all layers so far at it) -> (gain, -kv, options picked)
+    states = {(units[o], o, True): (values[0][o], -costs[o], (o,)) for o in range(len(costs)) if units[o] <= capacity}
+    for layer in range(1, num_layers):
+        nxt: dict = {}
+        for (u, first, same), (g, neg_kv, picks) in states.items():
+            for o, k in enumerate(units):
+                if u + k > capacity or (o and values[layer][o] <= 0):
+                    continue
+                key = (u + k, first, same and o == first)
+                cand = (g + values[layer][o], neg_kv - costs[o], picks + (o,))
+                if key not in nxt or (round(cand[0], 12), cand[1]) > (round(nxt[key][0], 12), nxt[key][1]):
+                    nxt[key] = cand
+        states = nxt
+    attn = len(costs) - 1 if points[-1] >= ATTENTION_ONLY else None
+    allowed = [v for (u, first, same), v in states.items() if not same or first == attn or num_layers == 1]
+    if not allowed:
         from .plan import AutoSpecError  # noqa: PLC0415
 
-        raise AutoSpecError(f"kv_budget={kv_budget:.2%} at context {context} leaves every layer at P = "
-                            f"{chosen[0]} (one TransPoint for all layers is never chosen): raise the budget")
-    return chosen
+        raise AutoSpecError(f"kv_budget={kv_budget:.2%} at context {context} allows no schedule but one TransPoint "
+                            "for every layer, which is never chosen: raise the budget")
+    best = max(allowed, key=lambda v: (round(v[0], 12), v[1]))
+    return [0 if o == 0 else points[o - 1] for o in best[2]]
 
 
 # 58 lines: the four steps of the method in order.
 def plan_by_importance(
     teacher, windows: Tensor, context: int, kv_budget: float, *, seed: int = 0, train_steps: int = 200,
     train_seconds: float | None = 45.0, recall_weight: float = 1.0, fractions: Sequence[float] = FRACTIONS,
-    progress: bool = True, **ssm_options,
+    recall_sequences: int = 8, kl_windows: int = 4, progress: bool = True, **ssm_options,
 ) -> ImportancePlan:
     """Distill briefly, measure every layer at every candidate, choose (the module docstring's three steps).
 
     teacher: a ``convert.teacher.Teacher`` (on its device); windows: (n, t) training windows (never held-out
-    ones). Returns the plan; ``plan.transpoints`` holds P at ``context``.
+    ones); recall_sequences, kl_windows: the probe's size. Returns the plan; ``plan.transpoints`` holds P at
+    ``context``.
     """
     from .convert.calibrate import calibrate_student  # noqa: PLC0415
 
     torch.manual_seed(seed)
     model = teacher.model
     num_layers, (_, t) = model.config.num_hidden_layers, windows.shape
-    probe = build_probe(teacher.tokenizer, windows, seed=seed)
+    probe = build_probe(teacher.tokenizer, windows, recall=recall_sequences, kl_windows=kl_windows, seed=seed)
     student = seed_student(model, [0] * num_layers, "importance", seed=seed, dtype=torch.float32, **ssm_options)
     student = student.to(next(model.parameters()).device).eval()
     calibrate_student(student, model, probe.train[: max(1, math.ceil(4096 / t))])
