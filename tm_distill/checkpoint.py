@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .atomic import atomic_folder
+from .errors import UserError
 from .convert.teacher import load_weights, parse_device, parse_dtype, read_config
 from .models.configuration import TransMambaConfig
 
@@ -39,6 +40,10 @@ class StudentNotFound(FileNotFoundError):
 
 class NotAStudent(ValueError):
     pass
+
+
+class CheckpointError(UserError):
+    """A training checkpoint that cannot be read back: corrupt, truncated, or not plain data."""
 
 
 def check_output(out_dir: str | Path, force: bool) -> Path:
@@ -92,8 +97,20 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def read_training_state(path: str | Path) -> dict:
-    """The checkpoint's ``training_state.pt`` (optimizer, scheduler, RNG, step, data position)."""
-    return torch.load(Path(path) / STATE_FILE, weights_only=False)
+    """The checkpoint's ``training_state.pt`` (optimizer, scheduler, RNG, step, data position).
+
+    Read with ``weights_only=True``: only tensors, numbers, strings and containers of them load, so a file
+    planted in a shared run folder cannot run code. Anything else is a ``CheckpointError``.
+    """
+    file = Path(path) / STATE_FILE
+    try:
+        return torch.load(file, weights_only=True)
+    except Exception as err:  # noqa: BLE001  (zip, pickle and EOF errors alike: name the file)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{file} cannot be read as plain training state ({reason[:200]}): it is truncated, corrupt, or holds "
+            "pickled objects, which tm-distill never loads; remove that checkpoint folder to resume from an "
+            "earlier one, or start a new run in another output_dir") from None
 
 
 def student_config_from(path: str | Path) -> TransMambaConfig:
@@ -127,6 +144,6 @@ def load_student(path: str | Path, dtype: str | torch.dtype | None = None, devic
     return model, tokenizer
 
 
-__all__ = ["META_FILE", "NotAStudent", "OutputExists", "STATE_FILE", "StudentNotFound", "check_output",
+__all__ = ["CheckpointError", "META_FILE", "NotAStudent", "OutputExists", "STATE_FILE", "StudentNotFound", "check_output",
            "load_student", "read_metadata", "read_training_state", "save_checkpoint", "save_student",
            "student_config_from"]

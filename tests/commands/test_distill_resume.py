@@ -116,3 +116,13 @@ def test_a_finished_run_keeps_only_what_resuming_needs(root, tmp_path):
     assert final.stat().st_ino == last.stat().st_ino  # OUTPUT/final is a hard link, not a second copy
     again = run("distill", recipe, "--resume")  # a finished run still resumes (and just reports)
     assert again.exit_code == 0 and "held-out KL" in again.output
+
+
+# ------------------------------------------------------------------------ a corrupt checkpoint on resume
+@pytest.mark.parametrize("name", ["model.safetensors", "training_state.pt"])
+def test_resume_from_a_corrupt_checkpoint_is_one_line(crashed_run, tmp_path, name):
+    damaged = tmp_path / "out" / "0-logits" / "step-2" / name
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    result = run("distill", crashed_run, "--resume")
+    assert_clean_error(result, str(damaged.parent), "remove that", "start a new run")
+    assert len(result.output.strip().splitlines()[-1]) > 40 and "Error:" in result.output

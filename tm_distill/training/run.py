@@ -176,6 +176,20 @@ def build_data(recipe: Recipe, teacher, texts: list[str], device: str, world: in
     return data, heldout_windows(recipe, teacher.tokenizer, data)
 
 
+def _load_checkpoint(path: Path):
+    """The student saved in the run's checkpoint ``path``; CheckpointError when its files are unreadable."""
+    from ..checkpoint import CheckpointError  # noqa: PLC0415
+    from ..convert.teacher import UnreadableModel, load_weights  # noqa: PLC0415
+    from ..models import TransMambaForCausalLM  # noqa: PLC0415
+
+    try:
+        return load_weights(TransMambaForCausalLM, path)
+    except (UnreadableModel, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({str(err).splitlines()[0][:200]}): remove that "
+                              "folder to resume from an earlier checkpoint, or start a new run in another "
+                              "output_dir") from None
+
+
 def build_student(recipe: Recipe, teacher, point: ResumePoint, transpoints: list[int], out: Path, device: str,
                   main_process: bool):
     """The student to train: from the resume checkpoint, from ``recipe.student``, or seeded (and calibrated)."""
@@ -184,7 +198,7 @@ def build_student(recipe: Recipe, teacher, point: ResumePoint, transpoints: list
 
     if point.path is not None:
         log.info("resuming from %s (stage %d, step %d)", point.path, point.stage_idx, point.step)
-        student = TransMambaForCausalLM.from_pretrained(point.path)
+        student = _load_checkpoint(point.path)
         student.config.transpoints = list(transpoints)
     elif recipe.student:
         student = TransMambaForCausalLM.from_pretrained(recipe.student)
