@@ -126,3 +126,12 @@ def test_resume_from_a_corrupt_checkpoint_is_one_line(crashed_run, tmp_path, nam
     result = run("distill", crashed_run, "--resume")
     assert_clean_error(result, str(damaged.parent), "remove that", "start a new run")
     assert len(result.output.strip().splitlines()[-1]) > 40 and "Error:" in result.output
+
+
+def test_resume_ignores_a_torn_last_metrics_line(crashed_run, tmp_path):
+    metrics = tmp_path / "out" / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write('{"stage_idx": 0, "stage": "logits", "step": 3, "lo')  # the disk filled mid-append
+    result = run("distill", crashed_run, "--resume")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4]

@@ -125,3 +125,24 @@ def test_a_truncated_training_state_is_a_one_line_error(student, tmp_path):
     with pytest.raises(store.CheckpointError, match=r"training_state.pt cannot be read .* truncated") as err:
         store.read_training_state(dest)
     assert "\n" not in str(err.value)
+
+
+def test_start_up_cleanup_leaves_a_live_writers_temp_folders(student, tmp_path):
+    import subprocess
+    import sys
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        folder = tmp_path / "0-logits"
+        folder.mkdir()
+        writing = folder / f".tmp-step-4-{live.pid}-abcd1234"
+        left = folder / f".tmp-step-2-{dead.pid}-abcd1234"
+        for path in (writing, left, tmp_path / f".tmp-final-{dead.pid}-zz_9zz9z"):
+            path.mkdir()
+        ckpt.clean_temp(tmp_path)
+        assert writing.is_dir() and not left.exists() and not list(tmp_path.glob(".tmp-*"))
+    finally:
+        live.kill()
+        live.wait()

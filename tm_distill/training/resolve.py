@@ -110,9 +110,13 @@ class Plan:
 
 
 def _check_output_dir(output_dir: str) -> None:
+    from .lock import busy_message, lock_holder  # noqa: PLC0415
+
     out = Path(output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise RecipeError("output_dir", f"{out} is a file, not a folder: give a new folder path for the run")
+    if (holder := lock_holder(out)) is not None:
+        raise RecipeError("", busy_message(out, holder))
 
 
 def _check_ssm(options: dict) -> None:
