@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from .. import safe_yaml
 from ..atomic import atomic_write_file
 from ..recipe import Recipe, RecipeError, dump_recipe, recipe_from_dict
 from .checkpoint import locate_resume_point
@@ -125,7 +126,7 @@ def check_resume(recipe: Recipe, output_dir: str | Path) -> list[Change]:
     if not path.exists():
         return []  # the run stopped before writing it: nothing was done that a recipe must match
     try:
-        old = recipe_from_dict(yaml.safe_load(path.read_text()) or {})
+        old = recipe_from_dict(safe_yaml.load(path.read_text()) or {})
     except (RecipeError, yaml.YAMLError) as err:
         raise RecipeError("", f"cannot read the run's {path} ({err}): resume with the tm-distill version that "
                               "started the run, or start a new run in another output_dir") from None
