@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..chat import render_chat
 from .corpora import CORPORA, corpus_files
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def _extract(dataset, text_field: str, chat_field: str | None, tokenizer, where:
     if chat_field is not None:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise DataSourceError(f"chat_field={chat_field!r} needs a tokenizer with a chat template to render {where}")
-        return [tokenizer.apply_chat_template(list(m), tokenize=False) for m in dataset[chat_field] if m]
+        return [render_chat(tokenizer, list(m)) for m in dataset[chat_field] if m]
     docs = []
     for value in dataset[text_field]:
         if value is None:

@@ -221,18 +221,29 @@ def _load_checkpoint(path: Path):
                               "output_dir") from None
 
 
+def _load_given_student(path: str):
+    """The recipe's ``student:`` (checked against the teacher by ``resolve_plan``); its unreadable weights name
+    the key."""
+    from ..convert.teacher import UnreadableModel, load_weights  # noqa: PLC0415
+    from ..models import TransMambaForCausalLM  # noqa: PLC0415
+
+    try:
+        return load_weights(TransMambaForCausalLM, path)
+    except (UnreadableModel, OSError) as err:
+        raise RecipeError("student", str(err).splitlines()[0]) from None
+
+
 def build_student(recipe: Recipe, teacher, point: ResumePoint, transpoints: list[int], out: Path, device: str,
                   main_process: bool):
     """The student to train: from the resume checkpoint, from ``recipe.student``, or seeded (and calibrated)."""
     from ..convert import seed_student  # noqa: PLC0415
-    from ..models import TransMambaForCausalLM  # noqa: PLC0415
 
     if point.path is not None:
         log.info("resuming from %s (stage %d, step %d)", point.path, point.stage_idx, point.step)
         student = _load_checkpoint(point.path)
         student.config.transpoints = list(transpoints)
     elif recipe.student:
-        student = TransMambaForCausalLM.from_pretrained(recipe.student)
+        student = _load_given_student(recipe.student)
         student.config.transpoints = list(transpoints)
     else:
         student = seed_student(teacher.model, transpoints, recipe.transpoints, recipe.teacher, seed=recipe.seed,
