@@ -135,3 +135,17 @@ def test_resume_ignores_a_torn_last_metrics_line(crashed_run, tmp_path):
     result = run("distill", crashed_run, "--resume")
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_resume_compares_output_dir_as_a_path_and_follows_a_moved_run(crashed_run, tmp_path, monkeypatch):
+    (tmp_path / "out").rename(tmp_path / "moved")  # recipe.yaml still says tmp_path/out
+    moved = run("distill", crashed_run, f"output_dir={tmp_path / 'moved'}", "--resume")
+    assert moved.exit_code == 0, moved.output
+    rows = (tmp_path / "moved" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in rows] == [1, 2, 3, 4]  # continued from step 2, not afresh
+    changes = json.loads((tmp_path / "moved" / "recipe_changes.jsonl").read_text())["changes"]
+    assert changes["output_dir"]["new"] == str(tmp_path / "moved") and "moved" in changes["output_dir"]["why"]
+    monkeypatch.chdir(tmp_path)
+    same = run("distill", crashed_run, "output_dir=moved/", "--resume")  # the same folder, written another way
+    assert same.exit_code == 0, same.output
+    assert len((tmp_path / "moved" / "recipe_changes.jsonl").read_text().splitlines()) == 1  # nothing new

@@ -159,3 +159,21 @@ def test_a_hostile_chat_template_is_one_line(folders):
 def test_recipe_overrides_that_used_to_crash(override, fragment):
     for command in ("validate", "distill"):
         assert_clean_error(run(command, DEMO, override), f"bad recipe {DEMO}: {fragment}")
+
+
+# ---------------------------------------------------------------------------------- surprising before
+def test_calibration_windows_beyond_the_teachers_context_are_refused(folders, tmp_path):
+    result = run("convert", folders / "teacher", tmp_path / "s", "--transpoints", "all=4", "--calibrate",
+                 folders / "text", "--calibrate-seq-len", "100000")
+    assert_clean_error(result, "--calibrate-seq-len 100000 is beyond the teacher's context "
+                               "(max_position_embeddings=256): use at most 256")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_run_inside_the_teachers_folder_is_refused(folders, tmp_path):
+    before = sorted(p.name for p in (folders / "teacher").iterdir())
+    recipe = write_recipe(folders, tmp_path, output_dir=str(folders / "teacher" / "run"))
+    for command in ("validate", "distill"):
+        assert_clean_error(run(command, recipe), f"output_dir: output {folders / 'teacher' / 'run'} is the teacher",
+                           "inside its folder", "give the run its own folder")
+    assert sorted(p.name for p in (folders / "teacher").iterdir()) == before

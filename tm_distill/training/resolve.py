@@ -119,12 +119,19 @@ class Plan:
         return out
 
 
-def _check_output_dir(output_dir: str) -> None:
+def _check_output_dir(output_dir: str, teacher: str) -> None:
+    from ..checkpoint import OutputExists  # noqa: PLC0415
+    from ..convert.api import check_apart  # noqa: PLC0415
     from .lock import busy_message, lock_holder  # noqa: PLC0415
 
     out = Path(output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise RecipeError("output_dir", f"{out} is a file, not a folder: give a new folder path for the run")
+    try:
+        check_apart(teacher, out)  # a run inside the teacher's folder would write among its files
+    except OutputExists as err:
+        raise RecipeError("output_dir", str(err).replace("give the student its own path, e.g. runs/student",
+                                                         "give the run its own folder, e.g. runs/NAME")) from None
     if (holder := lock_holder(out)) is not None:
         raise RecipeError("", busy_message(out, holder))
 
@@ -183,7 +190,7 @@ def _check_auto(spec: str, num_layers: int | None, seq_len: int) -> None:
 def resolve_plan(recipe: Recipe, config: PretrainedConfig | None, processes: int = 1) -> Plan:
     """Check the recipe against the teacher's config (when known) and compute each stage's budget on
     ``processes`` processes (a stage's ``tokens`` is the run's budget: more processes, fewer steps)."""
-    _check_output_dir(recipe.output_dir)
+    _check_output_dir(recipe.output_dir, recipe.teacher)
     _check_ssm(recipe.ssm)
     _check_teacher_family(config)
     _check_student(recipe.student, config)
