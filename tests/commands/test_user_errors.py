@@ -177,3 +177,9 @@ def test_a_run_inside_the_teachers_folder_is_refused(folders, tmp_path):
         assert_clean_error(run(command, recipe), f"output_dir: output {folders / 'teacher' / 'run'} is the teacher",
                            "inside its folder", "give the run its own folder")
     assert sorted(p.name for p in (folders / "teacher").iterdir()) == before
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_temperature_that_is_not_finite_is_refused(folders, value):
+    result = run("generate", folders / "student", "--prompt", "Hi", "--temperature", value)
+    assert_clean_error(result, f"Invalid value for '--temperature': {value} is not a finite number")
