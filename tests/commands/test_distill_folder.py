@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 
 import pytest
 
@@ -64,3 +65,18 @@ def test_resume_into_a_folder_without_a_run_says_it_starts_afresh(root, tmp_path
         result = run("distill", recipe, "--resume")
     assert result.exit_code == 0, result.output
     assert any("holds no run" in r.getMessage() and "starting a new run" in r.getMessage() for r in caplog.records)
+
+
+def test_a_read_only_output_dir_is_one_line(root, tmp_path, monkeypatch):
+    from tm_distill.training import lock
+
+    out, real_open = tmp_path / "out", lock.os.open
+
+    def read_only(path, *args, **kwargs):  # the filesystem refuses writes under out (root ignores chmod)
+        if str(path).startswith(str(out)) and args and args[0] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(lock.os, "open", read_only)
+    result = run("distill", write_recipe(root, tmp_path))
+    assert_clean_error(result, f"output_dir {out} is not writable (Read-only file system)")

@@ -71,7 +71,8 @@ def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool, force: b
     metrics.jsonl, summary.json and recipe.yaml, and prints the held-out KL of the seeded and the distilled
     student; checkpoints under OUTPUT/<idx>-<stage>/ stay while --resume needs them. --resume continues the
     same recipe: changed keys are refused, except the safe ones in docs/recipes.md (e.g. a lower lr for the
-    stage in progress). Several GPUs: `accelerate launch -m tm_distill.cli distill RECIPE`.
+    stage in progress). An output_dir that holds a run is refused unless --resume or --force, and one run at a
+    time holds it. Several GPUs: `accelerate launch -m tm_distill.cli distill RECIPE`.
 
     \b
     Examples:
