@@ -203,9 +203,8 @@ def build_token_dataset(
     heldout_fraction: share of documents held out, in [0, 1) (when > 0, at least one document and, packed,
     enough documents for one full window while one document is left to train on);
     seed: the split permutation; max_tokens: cap on training tokens (whole windows, held-out not capped);
-    cache_dir: where the tokenized result is cached as ``<key>.pt`` (default ~/.cache/tm-distill/tokens/),
-    keyed on the texts, tokenizer and these parameters, within ``cache_limit()`` bytes (least recently used
-    entries evicted first); pack: see the module docstring.
+    cache_dir: where the result is cached as ``<key>.pt`` (default ~/.cache/tm-distill/tokens/, within
+    ``cache_limit()``), keyed on the texts, tokenizer and these parameters; pack: see the module docstring.
     Returns TokenData(train (n, seq_len), heldout (m, seq_len), meta).
     """
     texts, eos, n_held = _check_inputs(texts, tokenizer, seq_len, heldout_fraction, max_tokens)
