@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -59,3 +63,30 @@ def shakespeare_files():
 def real_text(shakespeare_files) -> str:
     """A few thousand words of real text: the start of one play."""
     return shakespeare_files[0].read_text()[:40000]
+
+
+_HOLD_LOCK = """
+import sys, time
+from tm_distill.training.lock import RunLock
+with RunLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(300)
+"""
+
+
+@pytest.fixture
+def hold_lock():
+    """hold_lock(output_dir) -> another process (Popen) that holds the folder's run lock until killed."""
+    procs = []
+
+    def start(output_dir) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(output_dir)], stdout=subprocess.PIPE, text=True,
+                                cwd=Path(__file__).resolve().parents[1])
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "locked"
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()

@@ -170,3 +170,48 @@ def test_missing_teacher_fails_naming_the_key(tmp_path):
     with pytest.raises(RecipeError, match=r"^teacher: .*config.json"):
         teacher_config(str(empty))
     assert teacher_config("some-org/not-cached-model") is None  # hub id, never downloaded here
+
+
+# ---------------------------------------------------------------------- hostile or malformed YAML
+_BOMB = "teacher: x\nstages: [{name: logits, steps: 1}]\nssm:\n  a: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(
+    f"  {n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdef", "bcdefg"))
+
+
+def test_a_yaml_alias_bomb_is_refused_before_any_work(tmp_path):
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_BOMB)
+    assert len(_BOMB) < 400
+    start = time.perf_counter()
+    with pytest.raises(RecipeError, match=r"aliases \(\*name\) make it too large: it expands to 6,053,462 values"):
+        load_recipe(path)
+    assert time.perf_counter() - start < 2.0
+    with pytest.raises(RecipeError, match="too large"):  # in an override too
+        recipe_from_dict(_raw(), ["ssm=" + "{" + _BOMB.split("ssm:\n")[1].replace("\n  ", ", ").strip() + "}"])
+
+
+def test_a_few_aliases_still_work(tmp_path):
+    path = tmp_path / "aliases.yaml"
+    path.write_text("teacher: smollm2-135m\nstages:\n  - &s {name: matrix, steps: 4, lr: 1.0e-3}\n"
+                    "  - {<<: *s, name: logits}\n")
+    recipe = load_recipe(path)
+    assert [(s.name, s.steps, s.optimizer.lr) for s in recipe.stages] == [("matrix", 4, 1e-3), ("logits", 4, 1e-3)]
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("data.source=*.txt", "data.source: '*.txt' is not a YAML value"),
+    ("stages.0.lr=[1,", "stages.0.lr: '[1,' is not a YAML value"),
+    ("name=@me", "name: '@me' is not a YAML value (found character '@' that cannot start any token)"),
+    ("seed=-1", "seed: must be in [0, 2**32 - 1]"),
+    ("seed=4294967296", "seed: must be in [0, 2**32 - 1]"),
+])
+def test_malformed_override_values_and_unusable_seeds_name_the_key(override, fragment):
+    with pytest.raises(RecipeError) as err:
+        recipe_from_dict(_raw(), [override])
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_quoted_override_is_text():
+    assert recipe_from_dict(_raw(), ['data.source="*.txt"']).data.source == "*.txt"
+    assert recipe_from_dict(_raw(), ["seed=4294967295"]).seed == 2**32 - 1

@@ -47,7 +47,8 @@ def atomic_folder(dest: str | Path) -> Iterator[Path]:
         raise
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (this process counts as running)."""
     if pid == os.getpid():
         return True
     try:
@@ -69,11 +70,21 @@ def remove_stale_temps(dest: str | Path) -> list[Path]:
     removed = []
     for child in dest.parent.iterdir():
         m = pattern.match(child.name)
-        if m and child.is_dir() and not (m.group(1) and _alive(int(m.group(1)))):
+        if m and child.is_dir() and not (m.group(1) and is_alive(int(m.group(1)))):
             log.info("removing %s, left by an interrupted write of %s", child, dest)
             shutil.rmtree(child, ignore_errors=True)
             removed.append(child)
     return removed
+
+
+_TEMP = re.compile(r"^\.tmp-.+?-(\d+)-[a-z0-9_]{8}$")
+
+
+def temp_is_stale(path: str | Path) -> bool:
+    """Whether a temporary folder of ``atomic_folder`` belongs to a writer that no longer runs (a name without
+    a pid, from older versions, counts as stale)."""
+    m = _TEMP.match(Path(path).name)
+    return not (m and is_alive(int(m.group(1))))
 
 
 def link_or_copy(src: str, dst: str) -> str:
@@ -102,4 +113,4 @@ def atomic_write_file(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-__all__ = ["atomic_folder", "atomic_write_file", "link_or_copy", "remove_stale_temps"]
+__all__ = ["atomic_folder", "atomic_write_file", "is_alive", "link_or_copy", "remove_stale_temps", "temp_is_stale"]

@@ -20,6 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .atomic import atomic_folder
+from .errors import UserError
 from .convert.teacher import load_weights, parse_device, parse_dtype, read_config
 from .models.configuration import TransMambaConfig
 
@@ -39,6 +40,14 @@ class StudentNotFound(FileNotFoundError):
 
 class NotAStudent(ValueError):
     pass
+
+
+class StudentMismatch(UserError, ValueError):
+    """A student whose shapes or teacher family are not this teacher's, or whose weights differ from its config."""
+
+
+class CheckpointError(UserError):
+    """A training checkpoint that cannot be read back: corrupt, truncated, or not plain data."""
 
 
 def check_output(out_dir: str | Path, force: bool) -> Path:
@@ -92,8 +101,20 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def read_training_state(path: str | Path) -> dict:
-    """The checkpoint's ``training_state.pt`` (optimizer, scheduler, RNG, step, data position)."""
-    return torch.load(Path(path) / STATE_FILE, weights_only=False)
+    """The checkpoint's ``training_state.pt`` (optimizer, scheduler, RNG, step, data position).
+
+    Read with ``weights_only=True``: only tensors, numbers, strings and containers of them load, so a file
+    planted in a shared run folder cannot run code. Anything else is a ``CheckpointError``.
+    """
+    file = Path(path) / STATE_FILE
+    try:
+        return torch.load(file, weights_only=True)
+    except Exception as err:  # noqa: BLE001  (zip, pickle and EOF errors alike: name the file)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{file} cannot be read as plain training state ({reason[:200]}): it is truncated, corrupt, or holds "
+            "pickled objects, which tm-distill never loads; remove that checkpoint folder to resume from an "
+            "earlier one, or start a new run in another output_dir") from None
 
 
 def student_config_from(path: str | Path) -> TransMambaConfig:
@@ -114,10 +135,54 @@ def student_config_from(path: str | Path) -> TransMambaConfig:
     return config
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+# The teacher's fields a student's weight shapes follow (``head_dim`` is derived where a config has none).
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim")
+
+
+def check_student_weights(path: str | Path, config: TransMambaConfig) -> None:
+    """Refuse a student folder without weight files, or whose embedding is not config.json's vocab x hidden."""
+    from safetensors import safe_open  # noqa: PLC0415
+
+    path = Path(path).expanduser()
+    if not any((path / name).exists() for name in WEIGHT_FILES):
+        raise StudentNotFound(f"student {path} has no weights (no model.safetensors): copy the whole folder, or "
+                              "re-create it with `tm-distill convert`")
+    try:
+        with safe_open(str(path / "model.safetensors"), "pt") as f:
+            shape = list(f.get_slice("model.embed_tokens.weight").get_shape())
+    except Exception:  # noqa: BLE001  (sharded, .bin or corrupt: loading the weights names the problem)
+        return
+    if shape != [config.vocab_size, config.hidden_size]:
+        raise StudentMismatch(f"student {path}: config.json says vocab_size {config.vocab_size} x hidden_size "
+                              f"{config.hidden_size} but its weights hold a {shape[0]} x {shape[1]} embedding: the "
+                              "config was edited or belongs to another model; re-create it with `tm-distill convert`")
+
+
+def _shape(config, field: str):
+    if field == "head_dim":
+        return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return getattr(config, field, None)
+
+
+def check_student_of(student: TransMambaConfig, teacher, where: str | Path) -> None:
+    """Refuse a student that was not converted from a teacher with ``teacher``'s config (its model family and
+    every shape in ``SHAPE_FIELDS``), naming what differs."""
+    diffs = [f"{f} {_shape(student, f)} (teacher {_shape(teacher, f)})" for f in SHAPE_FIELDS
+             if _shape(student, f) != _shape(teacher, f)]
+    family = getattr(student, "teacher_model_type", None)
+    if family and family != teacher.model_type:
+        diffs.insert(0, f"converted from a {family!r} model (teacher {teacher.model_type!r})")
+    if diffs:
+        raise StudentMismatch(f"{where} is a student of another teacher ({getattr(student, 'teacher', None) or '?'}): "
+                              f"{', '.join(diffs)}; convert this teacher with `tm-distill convert TEACHER OUT`")
+
+
 def load_student(path: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"):
     """Load a student checkpoint: (model in eval mode, tokenizer). dtype None keeps the checkpoint's."""
     device = parse_device(device)
-    student_config_from(path)
+    check_student_weights(path, student_config_from(path))
     model = load_weights(AutoModelForCausalLM, path, dtype=parse_dtype(dtype) if dtype is not None else "auto")
     model = model.to(device).eval()
     try:
@@ -127,6 +192,6 @@ def load_student(path: str | Path, dtype: str | torch.dtype | None = None, devic
     return model, tokenizer
 
 
-__all__ = ["META_FILE", "NotAStudent", "OutputExists", "STATE_FILE", "StudentNotFound", "check_output",
-           "load_student", "read_metadata", "read_training_state", "save_checkpoint", "save_student",
+__all__ = ["CheckpointError", "META_FILE", "NotAStudent", "OutputExists", "SHAPE_FIELDS", "STATE_FILE", "StudentMismatch",
+           "StudentNotFound", "WEIGHT_FILES", "check_output", "check_student_of", "check_student_weights", "load_student", "read_metadata", "read_training_state", "save_checkpoint", "save_student",
            "student_config_from"]

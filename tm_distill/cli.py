@@ -41,6 +41,15 @@ class LazyGroup(click.Group):
         module, attr = COMMANDS[name].split(":")
         return getattr(importlib.import_module(module), attr)
 
+    def invoke(self, ctx):
+        """Run the command; a ``UserError`` anywhere below becomes its one-line message and exit status 1."""
+        from .errors import UserError  # noqa: PLC0415
+
+        try:
+            return super().invoke(ctx)
+        except UserError as err:
+            raise click.ClickException(err.message) from None
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")

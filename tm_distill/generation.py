@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .chat import render_chat
+
 log = logging.getLogger(__name__)
 
 
@@ -116,9 +118,7 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = False) -> torch.Tensor:
     if chat:
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("this model's tokenizer has no chat template: drop --chat")
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        text = render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
     return tokenizer(prompt, return_tensors="pt").input_ids
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
+from . import safe_yaml
 from .stage_names import STAGES, TRAINABLE, unknown_stage
 
 log = logging.getLogger(__name__)
@@ -337,7 +338,7 @@ class Recipe:
         "calibrated seeding: after converting on the fly, fit each layer's SSM decay, gain and D per head to the "
         "teacher's attention outputs in closed form (convert.calibrate); null: the plain init", None)
     output_dir: str = _help("where checkpoints, metrics.jsonl and summary.json go", "runs/recipe")
-    seed: int = _help("seed for the SSM init, data order, TransPoint sampling and dropout", 0)
+    seed: int = _help("seed for the SSM init, data order, TransPoint sampling and dropout, in [0, 2**32)", 0)
     device: Literal["auto", "cpu", "cuda"] = _help("auto: CUDA when available", "auto")
     data: DataConfig = _help("training and held-out text", DataConfig)
     dtype: Literal["auto", "float32", "bfloat16"] = _help(
@@ -356,6 +357,7 @@ class Recipe:
             raise RecipeError("max_time", str(err)) from None
         _check(len(self.stages) > 0, "stages", "a recipe needs at least one stage")
         _check(bool(self.transpoints), "transpoints", "a recipe needs a TransPoint spec")
+        _check(0 <= self.seed < 2**32, "seed", f"must be in [0, 2**32 - 1] (what numpy's seeding takes), got {self.seed}")
         _check(self.calibrate is None or not self.student, "calibrate",
                "calibration applies when the teacher is converted on the fly: drop `student` or set calibrate: null")
         for i, stage in enumerate(self.stages):
@@ -510,7 +512,13 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         if "=" not in item:
             raise RecipeError(item, "override must look like key=value, e.g. stages.logits.steps=50")
         key, text = item.split("=", 1)
-        _set_path(raw, key.strip(), yaml.safe_load(text) if text.strip() else None)
+        try:
+            value = safe_yaml.load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise RecipeError(key.strip(), f"{text!r} is not a YAML value ({problem}); to give it as text, quote it: "
+                                           f"{key.strip()}='\"{text}\"'") from None
+        _set_path(raw, key.strip(), value)
     return raw
 
 
@@ -520,7 +528,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.exists():
         raise RecipeError("", f"recipe file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = safe_yaml.load(path.read_text())
+    except safe_yaml.TooLarge as err:
+        raise RecipeError("", f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise RecipeError("", f"{path} is not valid YAML: {err}") from None
     except UnicodeDecodeError:

@@ -116,3 +116,36 @@ def test_a_finished_run_keeps_only_what_resuming_needs(root, tmp_path):
     assert final.stat().st_ino == last.stat().st_ino  # OUTPUT/final is a hard link, not a second copy
     again = run("distill", recipe, "--resume")  # a finished run still resumes (and just reports)
     assert again.exit_code == 0 and "held-out KL" in again.output
+
+
+# ------------------------------------------------------------------------ a corrupt checkpoint on resume
+@pytest.mark.parametrize("name", ["model.safetensors", "training_state.pt"])
+def test_resume_from_a_corrupt_checkpoint_is_one_line(crashed_run, tmp_path, name):
+    damaged = tmp_path / "out" / "0-logits" / "step-2" / name
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    result = run("distill", crashed_run, "--resume")
+    assert_clean_error(result, str(damaged.parent), "remove that", "start a new run")
+    assert len(result.output.strip().splitlines()[-1]) > 40 and "Error:" in result.output
+
+
+def test_resume_ignores_a_torn_last_metrics_line(crashed_run, tmp_path):
+    metrics = tmp_path / "out" / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write('{"stage_idx": 0, "stage": "logits", "step": 3, "lo')  # the disk filled mid-append
+    result = run("distill", crashed_run, "--resume")
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_resume_compares_output_dir_as_a_path_and_follows_a_moved_run(crashed_run, tmp_path, monkeypatch):
+    (tmp_path / "out").rename(tmp_path / "moved")  # recipe.yaml still says tmp_path/out
+    moved = run("distill", crashed_run, f"output_dir={tmp_path / 'moved'}", "--resume")
+    assert moved.exit_code == 0, moved.output
+    rows = (tmp_path / "moved" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in rows] == [1, 2, 3, 4]  # continued from step 2, not afresh
+    changes = json.loads((tmp_path / "moved" / "recipe_changes.jsonl").read_text())["changes"]
+    assert changes["output_dir"]["new"] == str(tmp_path / "moved") and "moved" in changes["output_dir"]["why"]
+    monkeypatch.chdir(tmp_path)
+    same = run("distill", crashed_run, "output_dir=moved/", "--resume")  # the same folder, written another way
+    assert same.exit_code == 0, same.output
+    assert len((tmp_path / "moved" / "recipe_changes.jsonl").read_text().splitlines()) == 1  # nothing new

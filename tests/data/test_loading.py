@@ -154,3 +154,47 @@ def test_text_without_breaks_is_split_into_windows():
     flat = "y" * 5000  # no break at all
     assert split_document(flat, 1000) == ["y" * 1000] * 4 + ["y" * 1000]
     assert split_document("short text", 1000) == ["short text"]
+
+
+# ------------------------------------------------------------------- files datasets cannot read as such
+@pytest.mark.parametrize("name, data, fragment", [
+    ("latin1.txt", "hello world\n".encode() * 50 + "café\n".encode("latin-1"),
+     "latin1.txt is not UTF-8 text: byte 0xe9 at offset 603 is not UTF-8; convert the file to UTF-8"),
+    ("wide.txt", "hello, UTF-16 text\n".encode("utf-16") * 20, "wide.txt is not UTF-8 text: it is UTF-16 text"),
+    ("rows.jsonl", b'{"text": "ok"}\n{"text": "bad \xff row"}\n', "rows.jsonl is not UTF-8 text: byte 0xff at offset 29"),
+])
+def test_text_that_is_not_utf8_names_the_file_and_the_byte(tmp_path, name, data, fragment):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(DataSourceError, match=fragment) as err:
+        load_texts(tmp_path / name)
+    assert "An error occurred" not in str(err.value)
+
+
+def test_a_utf8_character_split_across_reads_is_not_an_error(tmp_path):
+    from tm_distill.data.loading import _not_utf8
+
+    path = tmp_path / "long.txt"
+    path.write_bytes(b"a" * ((1 << 20) - 1) + "é and more".encode())  # é straddles the first 1 MiB read
+    assert _not_utf8(path) is None
+    path.write_bytes(b"a" * 10 + "é".encode()[:1])  # a file cut inside a character
+    assert "byte 0xc3 at offset 10" in _not_utf8(path)
+
+
+def test_parquet_files_with_different_columns_are_read_one_by_one_or_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "mixed").mkdir()
+    pq.write_table(pa.table({"text": ["first file"] * 2}), tmp_path / "mixed" / "a.parquet")
+    pq.write_table(pa.table({"text": ["second file"], "score": [0.5]}), tmp_path / "mixed" / "b.parquet")
+    assert load_texts(tmp_path / "mixed") == ["first file", "first file", "second file"]
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "mixed" / "c.parquet")
+    with pytest.raises(DataSourceError, match=r"mixed/c.parquet: field 'text' holds int, not text"):
+        load_texts(tmp_path / "mixed")
+
+
+def test_rows_without_the_text_field_are_counted(tmp_path, caplog):
+    _write_jsonl(tmp_path / "d.jsonl", [{"text": "one"}, {"title": "no text"}, {"text": None}, {"text": "two"}])
+    with caplog.at_level("WARNING"):
+        assert load_texts(tmp_path / "d.jsonl", split_single=False) == ["one", "two"]
+    assert any("2 of 4 rows have no 'text' (missing or null): dropped" in r.getMessage() for r in caplog.records)

@@ -194,3 +194,28 @@ def test_default_cache_dir_follows_tm_distill_cache(tmp_path, monkeypatch):
     data = build_token_dataset(_docs(8), TOK, 8)
     assert (tmp_path / "tokens" / f"{data.meta['cache_key']}.pt").is_file()
     assert build_token_dataset(_docs(8), TOK, 8).meta["from_cache"]
+
+
+def test_the_cache_is_capped_and_evicts_the_least_recently_used(tmp_path, monkeypatch):
+    import os
+
+    from tm_distill.data.tokens import CACHE_LIMIT_ENV
+
+    docs = _docs(10)
+
+    def build(seed):  # entries of one size: only the (unused) seed differs
+        return build_token_dataset(docs, TOK, 8, heldout_fraction=0.0, seed=seed, cache_dir=tmp_path)
+
+    one = build(1)
+    size = (tmp_path / f"{one.meta['cache_key']}.pt").stat().st_size
+    monkeypatch.setenv(CACHE_LIMIT_ENV, str(2.5 * size / 2**20))  # room for two entries
+    two = build(2)
+    os.utime(tmp_path / f"{one.meta['cache_key']}.pt", (1, 1))  # the oldest ...
+    assert build(1).meta["from_cache"]  # ... until used again
+    three = build(3)
+    assert sorted(p.stem for p in tmp_path.glob("*.pt")) == sorted([one.meta["cache_key"], three.meta["cache_key"]])
+    assert not build(2).meta["from_cache"] and two.meta["cache_key"]  # two was evicted
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.pt")) <= 2.5 * size
+    monkeypatch.setenv(CACHE_LIMIT_ENV, "0")  # off: nothing new is stored
+    build(4)
+    assert len(list(tmp_path.glob("*.pt"))) == 2

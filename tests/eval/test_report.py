@@ -94,3 +94,20 @@ def test_lengths_beyond_the_teacher_are_clear_errors():
         options = EvalOptions(**{"retrieval_lengths": [], "speed": True, "speed_lengths": [8], **opts})
         with pytest.raises(EvalInputError, match=f"(?s){what}.*max_position_embeddings=512"):
             evaluate(teacher, None, {"s": student}, heldout, options, progress=False)
+
+
+def test_a_reused_report_folder_keeps_no_stale_plot(tiny_report, tmp_path):
+    import copy
+
+    out = write_report(copy.deepcopy(tiny_report), tmp_path / "r")
+    assert (out / "layer_error.png").exists()
+    (out / "retrieval.png").write_bytes(b"a plot an older report wrote")  # this report has no retrieval
+    (out / "notes.txt").write_text("the user's own file")
+    no_layers = copy.deepcopy(tiny_report)
+    for m in no_layers["models"].values():
+        m["layer_error"] = None
+    again = write_report(no_layers, out)
+    assert json.loads((again / "report.json").read_text())["plots"] == ["by_position.png"]
+    assert sorted(p.name for p in again.iterdir()) == ["by_position.png", "notes.txt", "report.json", "report.md"]
+    write_report(copy.deepcopy(tiny_report), out, plots=False)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.json", "report.md"]

@@ -23,6 +23,7 @@ def test_flatten_names_stage_keys_by_index():
 
 @pytest.mark.parametrize("override, stage, step, allowed", [
     ("device=cpu", 0, 0, True),  # bookkeeping anywhere
+    ("output_dir=runs/moved", 2, 5, True),  # the run's folder moved: it continues where it is
     ("stages.0.keep_last=3", 3, 0, True),
     ("stages.2.steps=20", 1, 2, True),  # the logits stage has not started
     ("stages.1.lr=1e-4", 1, 2, True),  # the stage in progress: lr and precision (recovery)

@@ -59,17 +59,20 @@ def validate(recipe_path: str, overrides: tuple[str, ...]) -> None:
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in output_dir.")
+@click.option("--force", is_flag=True, help="Delete the run already in output_dir (checkpoints, final/, metrics) "
+                                            "and start afresh; without it such a folder is refused.")
 @click.option("--max-time", metavar="DURATION", default=None,
               help="Stop cleanly after this long (e.g. 8m, 1h30m): checkpoint, and final/ when in the last stage. "
                    "Overrides the recipe's max_time. SIGTERM/Ctrl-C stop the same way.")
-def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool, max_time: str | None) -> None:
+def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool, force: bool, max_time: str | None) -> None:
     """Distill a TransMamba student from the teacher, stage by stage, as RECIPE says.
 
     Writes OUTPUT/final/ (a student that loads with AutoModelForCausalLM after `import tm_distill`),
     metrics.jsonl, summary.json and recipe.yaml, and prints the held-out KL of the seeded and the distilled
     student; checkpoints under OUTPUT/<idx>-<stage>/ stay while --resume needs them. --resume continues the
     same recipe: changed keys are refused, except the safe ones in docs/recipes.md (e.g. a lower lr for the
-    stage in progress). Several GPUs: `accelerate launch -m tm_distill.cli distill RECIPE`.
+    stage in progress). An output_dir that holds a run is refused unless --resume or --force, and one run at a
+    time holds it. Several GPUs: `accelerate launch -m tm_distill.cli distill RECIPE`.
 
     \b
     Examples:
@@ -82,6 +85,8 @@ def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool, max_time
     from ..training import TrainingDiverged, TrainingStopped, kl_line, run_recipe  # noqa: PLC0415
     from ..training.resolve import resolve_plan, teacher_config  # noqa: PLC0415
 
+    if resume and force:
+        raise click.UsageError("--resume continues the run in output_dir and --force deletes it: give one of them")
     recipe = _load(recipe_path, overrides)
     try:
         seconds = parse_duration(max_time)
@@ -91,7 +96,7 @@ def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool, max_time
         plan = resolve_plan(recipe, teacher_config(recipe.teacher, allow_download=True))
         for line in plan.lines():
             click.echo(line)
-        summary = run_recipe(recipe, resume=resume, max_time=seconds)
+        summary = run_recipe(recipe, resume=resume, force=force, max_time=seconds)
     except RecipeError as err:
         raise click.ClickException(f"bad recipe {recipe_path}: {err}") from None
     except TrainingDiverged as err:

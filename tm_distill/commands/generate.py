@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -24,13 +25,19 @@ def load_any(model: str, device: str):
     return teacher.model, teacher.tokenizer
 
 
+def _finite(ctx, param, value: float) -> float:
+    if not math.isfinite(value):  # FloatRange lets nan through (nan < 0 is false), and inf divides to nan
+        raise click.BadParameter(f"{value} is not a finite number: give 0 (greedy) or a temperature such as 0.7")
+    return value
+
+
 @click.command("generate")
 @click.argument("model")
 @click.option("--prompt", "prompts", required=True, multiple=True,
               help="The prompt text; repeat it to continue several prompts in one left-padded batch.")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--chat", is_flag=True, help="Wrap the prompt as a user turn in the tokenizer's chat template.")
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, callback=_finite,
               help="0 decodes greedily; > 0 samples.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampling.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")

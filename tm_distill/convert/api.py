@@ -80,6 +80,14 @@ def check_ssm_options(options: dict) -> None:
             raise SSMOptionError(lo if lo in options else hi, f"{lo}={merged[lo]} is above {hi}={merged[hi]}")
 
 
+def check_calibration_length(seq_len: int, config) -> None:
+    """A calibration window must fit the teacher's context (a longer one is positions it never saw)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and seq_len > limit:
+        raise CalibrationError(f"--calibrate-seq-len {seq_len} is beyond the teacher's context "
+                               f"(max_position_embeddings={limit}): use at most {limit}")
+
+
 def check_apart(teacher_source: str, out: Path) -> None:
     """Refuse an output that is the teacher, lies inside the teacher's folder, or holds the teacher (symlinks
     resolved): writing or replacing it would destroy the teacher."""
@@ -153,6 +161,7 @@ def convert(
         if calibrate is not None:
             steps.set_description(f"calibrate on {calibrate}")
             seq_len = calibrate_seq_len or min(2048, teacher.model.config.max_position_embeddings)
+            check_calibration_length(seq_len, teacher.model.config)
             windows, held = calibration_windows(calibrate, teacher.tokenizer, seq_len, calibrate_windows,
                                                 calibrate_heldout)
             record = calibrate_student(student, teacher.model, windows, heldout=held, data=calibrate)
@@ -190,4 +199,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["SSMOptionError", "SSM_OPTIONS", "check_apart", "check_ssm_options", "convert"]
+__all__ = ["SSMOptionError", "SSM_OPTIONS", "check_apart", "check_calibration_length", "check_ssm_options", "convert"]

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,24 +74,60 @@ def parse_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def read_config(folder: str | Path):
-    """AutoConfig of a local model folder; UnreadableModel naming config.json when it is not a model config."""
+class CustomCodeRefused(UnreadableModel):
+    """A model folder that needs its own Python code to load (``auto_map``): tm-distill never runs it."""
+
+
+def check_no_custom_code(folder: str | Path) -> None:
+    """Refuse a folder whose config names its own code (``auto_map``) for a ``model_type`` transformers does not
+    ship: loading it would run the folder's Python. A shipped model_type loads with transformers' own code, its
+    ``auto_map`` ignored (every load passes ``trust_remote_code=False``)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING  # noqa: PLC0415
+
     try:
-        return AutoConfig.from_pretrained(str(folder))
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # read_config names the problem
+    if isinstance(config, dict) and config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
+        code = sorted({str(v).split(".")[0] + ".py" for v in config["auto_map"].values() if isinstance(v, str)})
+        raise CustomCodeRefused(
+            f"{folder} needs its own Python code to load (auto_map -> {', '.join(code) or '?'}, model_type "
+            f"{config.get('model_type')!r}): tm-distill never runs code from a model folder; give a model whose "
+            "model_type transformers ships (llama, mistral, qwen2)")
+
+
+def read_config(folder: str | Path):
+    """AutoConfig of a local model folder; UnreadableModel naming config.json when it is not a model config,
+    CustomCodeRefused when it needs the folder's own code."""
+    check_no_custom_code(folder)
+    try:
+        return AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as err:  # noqa: BLE001  (bad JSON, unknown model_type, ...: name the file whatever it is)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnreadableModel(f"{Path(folder) / 'config.json'} is not a readable model config: {reason}") from None
 
 
 def load_weights(loader, folder: str | Path, **kwargs):
-    """``loader.from_pretrained(folder, **kwargs)``; UnreadableModel when the weight files are corrupt or cut."""
+    """``loader.from_pretrained(folder, **kwargs)`` without the folder's own code (``trust_remote_code=False``
+    unless given); UnreadableModel when the weight files are corrupt, cut, not plain tensors (a ``.bin`` is
+    read with ``weights_only``: a pickled object in it is refused, never run) or not the config's shapes."""
     from safetensors import SafetensorError  # noqa: PLC0415
 
+    kwargs.setdefault("trust_remote_code", False)
     try:
         return loader.from_pretrained(str(folder), **kwargs)
     except SafetensorError as err:
         raise UnreadableModel(f"the weights in {folder} are corrupt or truncated ({err}): copy or convert the "
                               "model again") from None
+    except pickle.UnpicklingError:
+        raise UnreadableModel(f"the .bin weights in {folder} are not plain tensors (corrupt, not a PyTorch file, or "
+                              "holding pickled objects, which tm-distill never loads): save them as model.safetensors "
+                              "from a trusted copy") from None
+    except RuntimeError as err:
+        if "mismatched_sizes" not in str(err) and "size mismatch" not in str(err):
+            raise
+        raise UnreadableModel(f"the weights in {folder} do not have the shapes its config.json gives (edited, or "
+                              "from another model): copy or convert the model again") from None
 
 
 def check_tokenizer_files(folder: str | Path, what: str) -> None:
@@ -168,10 +206,15 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | 
         if not (cached / "config.json").exists():
             log.info("de-quantizing %s (once; cached at %s)", path.name, cached)
             try:
-                model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-                tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+                model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32,
+                                                             trust_remote_code=False)
+                tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
             except (OSError, ValueError) as err:
                 raise TeacherNotFound(f"cannot read GGUF teacher {source!r}: {err}") from err
+            except Exception as err:  # noqa: BLE001  (a file cut short fails in the GGUF reader: struct, numpy, ...)
+                raise UnreadableModel(f"cannot read GGUF teacher {source!r}: the file is cut short or corrupt "
+                                      f"({type(err).__name__}: {str(err).splitlines()[0][:120]}); copy or download it "
+                                      "again") from None
             _save_dequantized(model, tok, cached)
         folder = str(cached)
     elif path.is_dir():
@@ -186,9 +229,12 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | 
         config = read_config(folder)
     else:
         try:
-            config = AutoConfig.from_pretrained(folder)
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
         except OSError as err:
             raise TeacherNotFound(f"cannot load teacher {source!r}: {err}") from err
+        except ValueError as err:  # e.g. a hub model that needs its own code
+            raise CustomCodeRefused(f"cannot load teacher {source!r}: {str(err).splitlines()[0]} (tm-distill never "
+                                    "runs code from a model repository)") from None
     from .seed import teacher_adapter  # noqa: PLC0415  (checks the model family before loading weights)
 
     teacher_adapter(config)
@@ -199,12 +245,16 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | 
     except OSError as err:  # missing weight files
         raise TeacherNotFound(f"cannot load teacher {source!r}: {err}") from err
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError) as err:
+        if "custom code" in str(err):
+            raise CustomCodeRefused(f"the tokenizer of teacher {source!r} needs its own Python code (auto_map in "
+                                    "tokenizer_config.json): tm-distill never runs code from a model folder; save the "
+                                    "tokenizer with a class transformers ships") from None
         raise UnreadableModel(f"cannot load the tokenizer of teacher {source!r}: {err}") from err
     return Teacher(model=model, tokenizer=tokenizer, source=resolved)
 
 
-__all__ = ["DTYPES", "DeviceError", "SHIPPED_TEACHER", "TOKENIZER_FILES", "Teacher", "TeacherNotFound", "UnreadableModel",
+__all__ = ["CustomCodeRefused", "DTYPES", "DeviceError", "check_no_custom_code", "SHIPPED_TEACHER", "TOKENIZER_FILES", "Teacher", "TeacherNotFound", "UnreadableModel",
            "cache_dir", "check_tokenizer_files", "load_teacher", "load_weights", "parse_device", "parse_dtype",
            "gguf_cache_path", "read_config", "resolve_source", "shipped_teacher_path"]

@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ..chat import render_chat
 from .corpora import CORPORA, corpus_files
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,11 @@ def _extract(dataset, text_field: str, chat_field: str | None, tokenizer, where:
     if chat_field is not None:
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise DataSourceError(f"chat_field={chat_field!r} needs a tokenizer with a chat template to render {where}")
-        return [tokenizer.apply_chat_template(list(m), tokenize=False) for m in dataset[chat_field] if m]
-    docs = []
+        return [render_chat(tokenizer, list(m)) for m in dataset[chat_field] if m]
+    docs, missing = [], 0
     for value in dataset[text_field]:
         if value is None:
+            missing += 1
             continue
         if not isinstance(value, str):
             raise DataSourceError(
@@ -88,24 +90,70 @@ def _extract(dataset, text_field: str, chat_field: str | None, tokenizer, where:
                 f"chat_field={text_field!r} and a tokenizer"
             )
         docs.append(value)
+    if missing:
+        log.warning("%s: %d of %d rows have no %r (missing or null): dropped", where, missing, len(dataset), text_field)
     return docs
 
 
-def _load_files(files: Sequence[Path], split: str, **fields) -> list[str]:
+def _not_utf8(path: Path) -> str | None:
+    """Why the file at ``path`` is not UTF-8 text (UTF-16, or its first bad byte), or None when it is."""
+    with path.open("rb") as f:
+        if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            return "it is UTF-16 text; convert it to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"
+        f.seek(0)
+        carried, offset = b"", 0
+        while True:
+            chunk = f.read(1 << 20)
+            data = carried + chunk
+            try:
+                data.decode("utf-8")
+                carried = b""
+            except UnicodeDecodeError as err:
+                if not (chunk and err.reason == "unexpected end of data"):  # else: a character split across reads
+                    where = f"byte 0x{data[err.start]:02x} at offset {offset + err.start}"
+                    return f"{where} is not UTF-8; convert the file to UTF-8 (e.g. iconv -f LATIN1 -t UTF-8)"
+                carried = data[err.start:]
+            offset += len(data) - len(carried)
+            if not chunk:
+                return None
+
+
+def _cause(err: BaseException) -> str:
+    """The first line of the innermost error (datasets wraps the real one in "An error occurred ...")."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+
+
+def _load_group(builder: str, paths: list[str], split: str, fields: dict) -> list[str]:
+    """Documents of ``paths``, all read by one datasets builder; a failure names the file and the reason."""
     import datasets
 
+    extra = {"sample_by": "document"} if builder == "text" else {}
+    where = paths[0] if len(paths) == 1 else f"{len(paths)} {builder} files ({paths[0]}, ...)"
+    try:
+        ds = datasets.load_dataset(builder, data_files={split: paths}, split=split, **extra)
+        return _extract(ds, where=where, **fields)
+    except DataSourceError:
+        raise
+    except Exception as err:  # datasets raises many types; find the file and the reason
+        for path in paths if builder != "parquet" else []:
+            if (why := _not_utf8(Path(path))) is not None:
+                raise DataSourceError(f"{path} is not UTF-8 text: {why}") from None
+        if len(paths) > 1:  # e.g. files whose columns differ: each on its own, so a failure names its file
+            log.warning("%s do not read as one table (%s): reading them one by one", where, _cause(err))
+            return [doc for path in paths for doc in _load_group(builder, [path], split, fields)]
+        raise DataSourceError(f"could not read {where} as {builder}: {_cause(err)}") from None
+
+
+def _load_files(files: Sequence[Path], split: str, **fields) -> list[str]:
     by_builder: dict[str, list[str]] = defaultdict(list)
     for f in files:
         by_builder[BUILDERS[f.suffix]].append(str(f))
     docs: list[str] = []
     for builder, paths in by_builder.items():
-        extra = {"sample_by": "document"} if builder == "text" else {}
-        where = paths[0] if len(paths) == 1 else f"{len(paths)} {builder} files ({paths[0]}, ...)"
-        try:
-            ds = datasets.load_dataset(builder, data_files={split: paths}, split=split, **extra)
-        except Exception as err:  # datasets raises many types; name the files
-            raise DataSourceError(f"could not read {where} as {builder}: {err}") from err
-        docs.extend(_extract(ds, where=where, **fields))
+        docs.extend(_load_group(builder, paths, split, fields))
     return docs
 
 

@@ -13,6 +13,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..chat import render_chat
+
 log = logging.getLogger(__name__)
 
 # Diverse instructions used as prompts when none are given (rendered with the tokenizer's chat template).
@@ -46,8 +48,7 @@ DEFAULT_PROMPTS = (
 
 def _render(tokenizer, prompts: Sequence[str], chat: bool = True) -> list[str]:
     if chat and getattr(tokenizer, "chat_template", None):
-        return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                              add_generation_prompt=True) for p in prompts]
+        return [render_chat(tokenizer, [{"role": "user", "content": p}], add_generation_prompt=True) for p in prompts]
     return list(prompts)
 
 

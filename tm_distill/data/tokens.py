@@ -14,8 +14,10 @@ The held-out split is by DOCUMENT (a seeded permutation), so no held-out text ap
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -92,8 +94,51 @@ def _windows(docs: list[list[int]], seq_len: int, pack: bool) -> tuple[Tensor, T
     return tokens, torch.zeros(tokens.shape, dtype=torch.int32), total - tokens.numel()
 
 
+CACHE_LIMIT_ENV = "TM_DISTILL_TOKEN_CACHE_MB"
+DEFAULT_CACHE_MB = 4096
+
+
+def cache_limit() -> int:
+    """Bytes the token cache may hold in all (``$TM_DISTILL_TOKEN_CACHE_MB``, default 4096 MB; 0 turns it off)."""
+    text = os.environ.get(CACHE_LIMIT_ENV, "")
+    try:
+        return int(float(text) * 2**20) if text.strip() else DEFAULT_CACHE_MB * 2**20
+    except ValueError:
+        log.warning("%s=%r is not a number of MB; using %d", CACHE_LIMIT_ENV, text, DEFAULT_CACHE_MB)
+        return DEFAULT_CACHE_MB * 2**20
+
+
+def _evict(folder: Path, limit: int, keep: Path) -> None:
+    """Delete the least recently used entries of ``folder`` but ``keep`` until all take at most ``limit`` bytes."""
+    entries = []
+    for path in folder.glob("*.pt"):
+        try:
+            st = path.stat()
+        except FileNotFoundError:  # another process evicted it
+            continue
+        entries.append((path != keep, st.st_mtime, st.st_size, path))
+    total = sum(size for _, _, size, _ in entries)
+    for _, _, size, path in sorted(entries, key=lambda e: (e[0], e[1])):  # ``keep`` sorts first: never evicted
+        if path == keep:
+            continue
+        if total <= limit:
+            break
+        log.info("token cache: evicting %s (least recently used)", path.name)
+        path.unlink(missing_ok=True)
+        total -= size
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
+    """Cache ``obj`` at ``path`` within ``cache_limit()``: older entries go first; one larger than the limit is
+    not cached at all."""
+    limit = cache_limit()
+    size = sum(t.numel() * t.element_size() for t in obj.values() if isinstance(t, Tensor))
+    if size > limit:
+        log.info("token cache: not storing %s (%d MB, over the %d MB limit, %s)", path.name, size >> 20, limit >> 20,
+                 CACHE_LIMIT_ENV)
+        return
     atomic_write_file(path, lambda tmp: torch.save(obj, tmp))
+    _evict(path.parent, limit, keep=path)
 
 
 def _check_inputs(texts: Sequence[str], tokenizer, seq_len: int, heldout_fraction: float, max_tokens: int | None,
@@ -128,6 +173,8 @@ def _read_cache(path: Path) -> TokenData | None:
         return None
     try:
         blob = torch.load(path, weights_only=True)
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: evicted last
         log.info("token cache hit: %s", path)
         return TokenData(blob["train"], blob["heldout"], {**blob["meta"], "from_cache": True},
                          blob["train_doc_ids"], blob["heldout_doc_ids"])
@@ -156,8 +203,8 @@ def build_token_dataset(
     heldout_fraction: share of documents held out, in [0, 1) (when > 0, at least one document and, packed,
     enough documents for one full window while one document is left to train on);
     seed: the split permutation; max_tokens: cap on training tokens (whole windows, held-out not capped);
-    cache_dir: where the tokenized result is cached as ``<key>.pt`` (default ~/.cache/tm-distill/tokens/),
-    keyed on the texts, tokenizer and these parameters; pack: see the module docstring.
+    cache_dir: where the result is cached as ``<key>.pt`` (default ~/.cache/tm-distill/tokens/, within
+    ``cache_limit()``), keyed on the texts, tokenizer and these parameters; pack: see the module docstring.
     Returns TokenData(train (n, seq_len), heldout (m, seq_len), meta).
     """
     texts, eos, n_held = _check_inputs(texts, tokenizer, seq_len, heldout_fraction, max_tokens)
@@ -272,5 +319,5 @@ def iterate_batches(
         step += 1
 
 
-__all__ = ["TokenData", "TokenDataError", "build_token_dataset", "default_cache_dir", "document_positions",
-           "iterate_batches", "training_documents"]
+__all__ = ["CACHE_LIMIT_ENV", "TokenData", "TokenDataError", "build_token_dataset", "cache_limit", "default_cache_dir",
+           "document_positions", "iterate_batches", "training_documents"]

@@ -236,7 +236,7 @@ def run_eval(
 ) -> dict:
     """Load the teacher and student folders, evaluate, and write report.json / report.md / plots to out_dir."""
     from ..convert import load_teacher  # noqa: PLC0415
-    from ..checkpoint import NotAStudent, StudentNotFound, load_student  # noqa: PLC0415
+    from ..checkpoint import NotAStudent, StudentMismatch, StudentNotFound, check_student_of, load_student  # noqa: PLC0415
     from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
     from ..convert.teacher import DeviceError, TeacherNotFound, UnreadableModel, parse_device  # noqa: PLC0415
 
@@ -250,7 +250,7 @@ def run_eval(
     for path in students:
         try:
             model, _ = load_student(path, dtype=dtype, device=device)
-        except (StudentNotFound, NotAStudent, UnreadableModel) as err:
+        except (StudentNotFound, NotAStudent, StudentMismatch, UnreadableModel) as err:
             raise EvalInputError(str(err)) from err
         model.name_or_path = str(Path(path).expanduser().resolve())
         loaded[student_name(path, set(loaded))] = model
@@ -258,6 +258,11 @@ def run_eval(
         t = load_teacher(teacher, dtype=dtype, device=device)
     except (TeacherNotFound, UnreadableModel, UnsupportedTeacher) as err:
         raise EvalInputError(str(err)) from err
+    for path, model in zip(students, loaded.values()):
+        try:
+            check_student_of(model.config, t.model.config, path)
+        except StudentMismatch as err:
+            raise EvalInputError(str(err)) from None
     check_context(options, getattr(t.model.config, "max_position_embeddings", None))
     heldout, split = load_heldout(data, t.tokenizer, options)
     log.info("evaluating %s against %s on %d windows", ", ".join(loaded), teacher, min(len(heldout), options.windows))

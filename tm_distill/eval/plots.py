@@ -138,15 +138,17 @@ def plot_layer_error(report: dict, path: Path) -> Path | None:
     return out
 
 
+PLOTS = {"by_position.png": plot_by_position, "retrieval.png": plot_retrieval, "layer_error.png": plot_layer_error}
+
+
 def write_plots(report: dict, out_dir: Path) -> list[str]:
-    """All plots the report has data for; returns the file names written."""
+    """All plots the report has data for; returns the file names written. A plot an earlier report left in
+    ``out_dir`` that this one has no data for is removed, so the folder never mixes two reports."""
     out_dir = Path(out_dir)
-    written = [
-        plot_by_position(report, out_dir / "by_position.png"),
-        plot_retrieval(report, out_dir / "retrieval.png"),
-        plot_layer_error(report, out_dir / "layer_error.png"),
-    ]
-    return [p.name for p in written if p is not None]
+    written = [name for name, plot in PLOTS.items() if plot(report, out_dir / name) is not None]
+    for name in set(PLOTS) - set(written):
+        (out_dir / name).unlink(missing_ok=True)
+    return written
 
 
-__all__ = ["plot_by_position", "plot_layer_error", "plot_retrieval", "write_plots"]
+__all__ = ["PLOTS", "plot_by_position", "plot_layer_error", "plot_retrieval", "write_plots"]

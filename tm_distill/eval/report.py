@@ -168,11 +168,16 @@ def render_markdown(report: dict) -> str:
 
 def write_report(report: dict, out_dir: str | Path, plots: bool = True) -> Path:
     """Write the plots, report.json and report.md into ``out_dir`` (atomically); returns the folder."""
-    from .plots import write_plots  # noqa: PLC0415  (matplotlib only when writing)
+    from .plots import PLOTS, write_plots  # noqa: PLC0415  (matplotlib only when writing)
 
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    report["plots"] = write_plots(report, out) if plots else []
+    if plots:
+        report["plots"] = write_plots(report, out)
+    else:  # no plots this time: none of an earlier report's may stay beside it
+        report["plots"] = []
+        for name in PLOTS:
+            (out / name).unlink(missing_ok=True)
     write_atomic(out / "report.json", json.dumps(report, indent=1, allow_nan=False) + "\n")
     write_atomic(out / "report.md", render_markdown(report))
     return out

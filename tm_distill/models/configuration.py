@@ -80,6 +80,9 @@ class TransMambaConfig(LlamaConfig):
             raise ValueError(f"bc_feature_map={self.bc_feature_map!r}: choose one of {', '.join(FEATURE_MAPS)}")
         if self.ssm_backend not in BACKENDS:
             raise ValueError(f"ssm_backend={self.ssm_backend!r}: choose one of {', '.join(BACKENDS)}")
+        for key in ("ssm_chunk_size", "conv_kernel", "dt_min", "dt_max", "dt_init_floor", "a_init_min", "a_init_max"):
+            if not getattr(self, key) > 0:  # a size or a rate: a non-positive one builds no model
+                raise ValueError(f"{key}={getattr(self, key)} must be > 0")
 
     @property
     def min_transpoint(self) -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import temp_is_stale
 from ..checkpoint import STATE_FILE, read_training_state
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,26 @@ def stage_dir(output_dir: str | Path, stage_idx: int, stage_name: str) -> Path:
 
 
 def capture_rng() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The python, numpy, torch (and CUDA) RNG states as plain data: tensors, ints, floats and strings, so
+    ``training_state.pt`` loads with ``torch.load(weights_only=True)`` (no pickled object, no code)."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next},
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Set every RNG to what ``capture_rng`` recorded (the exact same random streams follow)."""
+    py, nps = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    np.random.set_state((nps["kind"], nps["keys"].numpy().astype(np.uint32), nps["pos"], nps["has_gauss"],
+                         nps["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -76,7 +88,8 @@ def prune(folder: str | Path, keep_last: int) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _stage_folders(output_dir: str | Path) -> list[tuple[int, Path]]:
+def stage_folders(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Every ``<idx>-<stage>`` folder of a run, whatever the recipe's stages, by index."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
@@ -87,7 +100,7 @@ def _stage_folders(output_dir: str | Path) -> list[tuple[int, Path]]:
 def newest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest complete checkpoint of a run (a later stage's over an earlier one's, final/ over step-N)."""
     best = None
-    for idx, folder in _stage_folders(output_dir):
+    for idx, folder in stage_folders(output_dir):
         steps = step_checkpoints(folder)
         if (folder / "final" / STATE_FILE).exists():
             best = folder / "final"
@@ -99,7 +112,7 @@ def newest_checkpoint(output_dir: str | Path) -> Path | None:
 def drop_superseded(output_dir: str | Path, stage_idx: int) -> None:
     """Delete what resuming no longer needs once stage ``stage_idx`` has written a checkpoint: every earlier
     stage's folder content, and the stage's own step checkpoints when its final/ exists."""
-    for idx, folder in _stage_folders(output_dir):
+    for idx, folder in stage_folders(output_dir):
         if idx < stage_idx:
             for path in [p for _, p in step_checkpoints(folder)] + [folder / "final"]:
                 if path.exists():
@@ -111,11 +124,15 @@ def drop_superseded(output_dir: str | Path, stage_idx: int) -> None:
 
 
 def clean_temp(output_dir: str | Path) -> None:
-    """Remove the leftovers of interrupted writes (``.tmp-*`` folders) anywhere in the run folder."""
+    """Remove the leftovers of interrupted writes (``.tmp-*`` folders) anywhere in the run folder; a temp
+    folder whose writer still runs is left alone (its name holds the writer's pid, ``atomic.temp_is_stale``)."""
     root = Path(output_dir)
     if not root.is_dir():
         return
     for tmp in list(root.glob(".tmp-*")) + list(root.glob("*/.tmp-*")):
+        if not temp_is_stale(tmp):
+            log.warning("leaving %s: the process writing it still runs", tmp)
+            continue
         log.info("removing interrupted checkpoint write %s", tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -153,4 +170,4 @@ def find_resume_point(output_dir: str | Path, stage_names: list[str]) -> ResumeP
 
 
 __all__ = ["ResumePoint", "capture_rng", "clean_temp", "drop_superseded", "find_resume_point", "locate_resume_point",
-           "newest_checkpoint", "prune", "restore_rng", "stage_dir", "step_checkpoints"]
+           "newest_checkpoint", "prune", "restore_rng", "stage_dir", "stage_folders", "step_checkpoints"]

@@ -8,17 +8,37 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 
 
+class MetricsFileError(UserError):
+    """A metrics.jsonl damaged before its last line."""
+
+
 def read_metrics(output_dir: str | Path) -> list[dict]:
-    """Every row of a run's metrics.jsonl, in order (empty when there is none)."""
+    """Every row of a run's metrics.jsonl, in order (empty when there is none).
+
+    A torn last line (the run died, or the disk filled, mid-append) is left out with a warning; a damaged
+    line before it is a ``MetricsFileError`` naming the line.
+    """
     path = Path(output_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(i, line) for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if line.strip()]
+    rows = []
+    for k, (i, line) in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if k < len(lines) - 1:
+                raise MetricsFileError(f"{path} line {i} is not JSON ({err.msg}): the file is damaged; delete that "
+                                       "line to continue the run") from None
+            log.warning("%s: ignoring its torn last line %d (an interrupted write)", path, i)
+    return rows
 
 
 def json_safe(row: dict) -> dict:
@@ -67,4 +87,4 @@ class MetricsWriter:
             self._tb = None
 
 
-__all__ = ["METRICS_FILE", "MetricsWriter", "json_safe", "read_metrics"]
+__all__ = ["METRICS_FILE", "MetricsFileError", "MetricsWriter", "json_safe", "read_metrics"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from transformers import AutoConfig, PretrainedConfig
 
 from ..convert.calibrate import default_windows
-from ..convert.teacher import TeacherNotFound, resolve_source
+from ..convert.teacher import CustomCodeRefused, TeacherNotFound, check_no_custom_code, resolve_source
 from ..convert.transpoints import TransPointSpecError, describe_transpoints, parse_transpoints
 from ..recipe import Recipe, RecipeError
 
@@ -31,23 +31,33 @@ def teacher_config(source: str, *, allow_download: bool = False) -> PretrainedCo
         raise RecipeError("teacher", str(err)) from None
     path = Path(resolved)
     if path.suffix == ".gguf":
-        from ..convert.teacher import gguf_cache_path, load_teacher  # noqa: PLC0415
+        from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
+        from ..convert.teacher import UnreadableModel, gguf_cache_path, load_teacher  # noqa: PLC0415
 
         cached = gguf_cache_path(path)
         if (cached / "config.json").exists():
-            return AutoConfig.from_pretrained(str(cached))
-        return load_teacher(source).model.config  # de-quantizes once and caches
+            return AutoConfig.from_pretrained(str(cached), trust_remote_code=False)
+        try:
+            return load_teacher(source).model.config  # de-quantizes once and caches
+        except (TeacherNotFound, UnreadableModel, UnsupportedTeacher) as err:
+            raise RecipeError("teacher", str(err)) from None
     if path.is_dir():
         if not (path / "config.json").exists():
             raise RecipeError("teacher", f"{path} has no config.json: is it a Hugging Face model folder?")
         try:
-            return AutoConfig.from_pretrained(str(path))
+            check_no_custom_code(path)
+            return AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+        except CustomCodeRefused as err:
+            raise RecipeError("teacher", str(err)) from None
         except Exception as err:  # noqa: BLE001  (JSON, unknown model_type, ...: name the file whatever it is)
             raise RecipeError("teacher", f"{path / 'config.json'} is not a readable model config: {err}") from None
     if path.exists():
         raise RecipeError("teacher", f"{path} is a file but not a .gguf: give a model folder or a GGUF file")
     try:
-        return AutoConfig.from_pretrained(resolved, local_files_only=not allow_download)
+        return AutoConfig.from_pretrained(resolved, local_files_only=not allow_download, trust_remote_code=False)
+    except ValueError as err:  # a hub model that needs its own code, an unknown model_type
+        raise RecipeError("teacher", f"{resolved}: {str(err).splitlines()[0]} (tm-distill never runs code from a "
+                                     "model repository)") from None
     except OSError:
         log.info("teacher %s is a hub id that is not cached; checking the recipe schema only", resolved)
         return None
@@ -109,10 +119,21 @@ class Plan:
         return out
 
 
-def _check_output_dir(output_dir: str) -> None:
+def _check_output_dir(output_dir: str, teacher: str) -> None:
+    from ..checkpoint import OutputExists  # noqa: PLC0415
+    from ..convert.api import check_apart  # noqa: PLC0415
+    from .lock import busy_message, lock_holder  # noqa: PLC0415
+
     out = Path(output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise RecipeError("output_dir", f"{out} is a file, not a folder: give a new folder path for the run")
+    try:
+        check_apart(teacher, out)  # a run inside the teacher's folder would write among its files
+    except OutputExists as err:
+        raise RecipeError("output_dir", str(err).replace("give the student its own path, e.g. runs/student",
+                                                         "give the run its own folder, e.g. runs/NAME")) from None
+    if (holder := lock_holder(out)) is not None:
+        raise RecipeError("", busy_message(out, holder))
 
 
 def _check_ssm(options: dict) -> None:
@@ -134,6 +155,26 @@ def _check_teacher_family(config: PretrainedConfig | None) -> None:
             raise RecipeError("teacher", str(err)) from None
 
 
+def _check_student(student: str | None, teacher: PretrainedConfig | None) -> None:
+    """``student:`` must be a TransMamba student folder with weights, converted from this teacher."""
+    from ..checkpoint import (NotAStudent, StudentMismatch, StudentNotFound, check_student_of,  # noqa: PLC0415
+                              check_student_weights, student_config_from)
+    from ..convert.teacher import SHIPPED_TEACHER, UnreadableModel  # noqa: PLC0415
+
+    if not student:
+        return
+    if student == SHIPPED_TEACHER or student.endswith(".gguf"):
+        raise RecipeError("student", f"{student!r} is a teacher, not a student folder: give a folder made by "
+                                     "`tm-distill convert` or a run's final/, or drop student: to convert the teacher")
+    try:
+        config = student_config_from(student)
+        check_student_weights(student, config)
+        if teacher is not None:
+            check_student_of(config, teacher, student)
+    except (StudentNotFound, NotAStudent, StudentMismatch, UnreadableModel) as err:
+        raise RecipeError("student", str(err)) from None
+
+
 def _check_auto(spec: str, num_layers: int | None, seq_len: int) -> None:
     """An ``auto`` spec parses, and its budget is reachable (checked before any calibration)."""
     from ..plan import AutoSpecError, check_budget, parse_auto_spec  # noqa: PLC0415
@@ -149,9 +190,10 @@ def _check_auto(spec: str, num_layers: int | None, seq_len: int) -> None:
 def resolve_plan(recipe: Recipe, config: PretrainedConfig | None, processes: int = 1) -> Plan:
     """Check the recipe against the teacher's config (when known) and compute each stage's budget on
     ``processes`` processes (a stage's ``tokens`` is the run's budget: more processes, fewer steps)."""
-    _check_output_dir(recipe.output_dir)
+    _check_output_dir(recipe.output_dir, recipe.teacher)
     _check_ssm(recipe.ssm)
     _check_teacher_family(config)
+    _check_student(recipe.student, config)
     n_layers = getattr(config, "num_hidden_layers", None) if config is not None else None
     max_pos = getattr(config, "max_position_embeddings", None) if config is not None else None
     if max_pos is not None and recipe.data.seq_len > max_pos:

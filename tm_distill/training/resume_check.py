@@ -3,7 +3,8 @@
 The run's ``recipe.yaml`` is compared with the recipe given to ``--resume``. A key may differ only where the
 work already done stays what the recipe says:
 
-- anywhere: ``device``, ``max_time``, and each stage's ``checkpoint_every``, ``keep_last``, ``log_every``,
+- anywhere: ``device``, ``max_time``, ``output_dir`` (compared as resolved paths: ``runs/x/`` and an absolute
+  path are the same folder; a run moved elsewhere continues where it is), and each stage's ``checkpoint_every``, ``keep_last``, ``log_every``,
   ``eval_every`` (bookkeeping);
 - a stage that has not started yet (no checkpoint of it or of a later stage): any of its keys but ``name``;
 - the stage in progress: ``optimizer.lr`` and ``precision`` (to recover from a divergence), and, when it is
@@ -25,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from .. import safe_yaml
 from ..atomic import atomic_write_file
 from ..recipe import Recipe, RecipeError, dump_recipe, recipe_from_dict
 from .checkpoint import locate_resume_point
@@ -86,7 +88,9 @@ def classify(old: Recipe, new: Recipe, next_stage: int, steps_done: int) -> tupl
             continue
         change = Change(key, a.get(key), b.get(key), "")
         where = _stage_key(key)
-        if where is None:
+        if key == "output_dir":
+            ok, change.why = True, "the run's folder moved: it continues where it is"
+        elif where is None:
             ok = key in SAFE_TOP
             change.why = "does not change the result" if ok else "the work done so far depends on it"
         else:
@@ -125,10 +129,12 @@ def check_resume(recipe: Recipe, output_dir: str | Path) -> list[Change]:
     if not path.exists():
         return []  # the run stopped before writing it: nothing was done that a recipe must match
     try:
-        old = recipe_from_dict(yaml.safe_load(path.read_text()) or {})
+        old = recipe_from_dict(safe_yaml.load(path.read_text()) or {})
     except (RecipeError, yaml.YAMLError) as err:
         raise RecipeError("", f"cannot read the run's {path} ({err}): resume with the tm-distill version that "
                               "started the run, or start a new run in another output_dir") from None
+    if Path(old.output_dir).expanduser().resolve() == out.expanduser().resolve():
+        old.output_dir = recipe.output_dir  # the same folder, written another way (runs/x/, an absolute path)
     next_stage, _, steps_done = locate_resume_point(out, [s.name for s in old.stages])
     allowed, refused = classify(old, recipe, next_stage, steps_done)
     if refused:
@@ -136,7 +142,7 @@ def check_resume(recipe: Recipe, output_dir: str | Path) -> list[Change]:
         raise RecipeError("", (
             f"--resume continues the run in {out} with the recipe it started with ({path}), but these keys "
             f"differ:\n{lines}\nRevert them (or leave out the overrides), or start a new run with another "
-            "output_dir. Safe to change on resume: device, max_time; checkpoint_every, keep_last, log_every, "
+            "output_dir. Safe to change on resume: device, max_time, output_dir; checkpoint_every, keep_last, log_every, "
             "eval_every; the lr and "
             "precision of the stage in progress; steps/tokens of the last stage (longer only); any key of a "
             "stage that has not started."))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 from collections.abc import Callable
@@ -19,13 +20,13 @@ import torch
 from ..atomic import atomic_folder, atomic_write_file, link_or_copy
 from ..checkpoint import read_metadata
 from ..recipe import Recipe, RecipeError, dump_recipe, parse_duration
-from .checkpoint import ResumePoint, clean_temp, find_resume_point, stage_dir
+from .checkpoint import ResumePoint, clean_temp, find_resume_point, stage_dir, stage_folders
 from .data import check_batches, heldout_windows
 from .distributed import shard_teacher
-from .loop import StageRun, TrainingStopped, train_stage
-from .metrics import MetricsWriter
+from .loop import StageRun, TrainingDiverged, TrainingStopped, train_stage
+from .metrics import METRICS_FILE, MetricsWriter
 from .resolve import resolve_plan
-from .resume_check import check_resume
+from .resume_check import CHANGES_FILE, RECIPE_FILE, check_resume
 
 log = logging.getLogger(__name__)
 
@@ -131,31 +132,61 @@ def _calibrate(recipe: Recipe, student, teacher, out: Path, write: bool) -> dict
 
 
 def run_recipe(recipe: Recipe, *, resume: bool = False, on_step: Callable[[int, int, float], None] | None = None,
-               teacher=None, max_time: float | None = None) -> dict:
+               teacher=None, max_time: float | None = None, force: bool = False) -> dict:
     """Distill per ``recipe``; returns the summary (also written to OUTPUT/summary.json).
 
     resume: continue from the newest complete checkpoint under ``recipe.output_dir``.
     on_step: callback(stage_idx, step, loss) after each step; teacher: an already-loaded ``Teacher`` to
     use instead of loading ``recipe.teacher`` (tests). max_time: seconds (overrides ``recipe.max_time``).
+    force: delete a run already in ``output_dir`` and start afresh (without it such a folder is refused).
+    The run holds ``output_dir``'s lock throughout (``training.lock``: one run per folder).
     A stop from outside (SIGTERM/SIGINT, max_time) raises ``TrainingStopped`` after a checkpoint; in the last
     stage it first writes OUTPUT/final and a summary marked ``stopped``, so the run leaves a usable student.
     """
+    from .lock import RunLock, write_failure  # noqa: PLC0415
     from .stopping import StopFlag  # noqa: PLC0415
 
-    with StopFlag(max_time if max_time is not None else parse_duration(recipe.max_time)) as stop:
-        return _run(recipe, resume=resume, on_step=on_step, teacher=teacher, stop=stop)
+    if resume and force:
+        raise RecipeError("", "--resume continues the run in output_dir and --force deletes it: give one of them")
+    main = os.environ.get("RANK", "0") == "0"  # under `accelerate launch` the first process holds the lock for all
+    with RunLock(recipe.output_dir, enabled=main), \
+            StopFlag(max_time if max_time is not None else parse_duration(recipe.max_time)) as stop:
+        try:
+            return _run(recipe, resume=resume, force=force, on_step=on_step, teacher=teacher, stop=stop)
+        except (OSError, RuntimeError) as err:
+            if not isinstance(err, (TrainingStopped, TrainingDiverged)) and \
+                    (failed := write_failure(err, Path(recipe.output_dir))) is not None:
+                raise failed from None
+            raise
 
 
 def _write_json(path: Path, data: dict) -> None:
     atomic_write_file(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2)))
 
 
-def _check_output_dir(recipe: Recipe, out: Path, names: list[str], resume: bool) -> None:
-    if not resume and out.exists() and any(stage_dir(out, i, n).exists() for i, n in enumerate(names)):
-        raise RecipeError("output_dir", f"{out} already holds checkpoints of a run: pass --resume to continue it, "
-                                        "or give a new output_dir")
-    if resume:
+def run_contents(out: Path) -> list[Path]:
+    """What in ``out`` belongs to a run, whatever its recipe: stage folders, final/, metrics, summary, ..."""
+    names = ("final", METRICS_FILE, SUMMARY_FILE, RECIPE_FILE, CHANGES_FILE, _SEEDED_FILE, _CALIBRATION_FILE,
+             "tensorboard")
+    return [p for _, p in stage_folders(out)] + [out / n for n in names if (out / n).exists()]
+
+
+def _check_output_dir(recipe: Recipe, out: Path, resume: bool, force: bool, main_process: bool) -> None:
+    """A fresh run never replaces another run's files unless ``force``; ``resume`` continues the same recipe."""
+    found = run_contents(out)
+    if resume and not found:
+        log.warning("--resume: %s holds no run (no recipe.yaml, checkpoint or metrics): starting a new run there; "
+                    "check the path if you meant to continue another one", out)
+    elif resume:
         check_resume(recipe, out)  # a changed recipe is refused naming the keys; safe changes are recorded
+    elif found and not force:
+        listed = ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise RecipeError("output_dir", f"{out} already holds a run ({listed}): pass --resume to continue it, "
+                                        "--force to delete it and start afresh, or give a new output_dir")
+    elif found and main_process:
+        log.warning("--force: deleting the run in %s (%s) to start afresh", out, ", ".join(p.name for p in found))
+        for path in found:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def build_data(recipe: Recipe, teacher, texts: list[str], device: str, world: int) -> tuple[dict, torch.Tensor]:
@@ -193,18 +224,43 @@ def _mix(recipe: Recipe, teacher, base, device: str) -> None:
         raise RecipeError("data.mixture", str(err)) from None
 
 
+def _load_checkpoint(path: Path):
+    """The student saved in the run's checkpoint ``path``; CheckpointError when its files are unreadable."""
+    from ..checkpoint import CheckpointError  # noqa: PLC0415
+    from ..convert.teacher import UnreadableModel, load_weights  # noqa: PLC0415
+    from ..models import TransMambaForCausalLM  # noqa: PLC0415
+
+    try:
+        return load_weights(TransMambaForCausalLM, path)
+    except (UnreadableModel, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({str(err).splitlines()[0][:200]}): remove that "
+                              "folder to resume from an earlier checkpoint, or start a new run in another "
+                              "output_dir") from None
+
+
+def _load_given_student(path: str):
+    """The recipe's ``student:`` (checked against the teacher by ``resolve_plan``); its unreadable weights name
+    the key."""
+    from ..convert.teacher import UnreadableModel, load_weights  # noqa: PLC0415
+    from ..models import TransMambaForCausalLM  # noqa: PLC0415
+
+    try:
+        return load_weights(TransMambaForCausalLM, path)
+    except (UnreadableModel, OSError) as err:
+        raise RecipeError("student", str(err).splitlines()[0]) from None
+
+
 def build_student(recipe: Recipe, teacher, point: ResumePoint, transpoints: list[int], out: Path, device: str,
                   main_process: bool):
     """The student to train: from the resume checkpoint, from ``recipe.student``, or seeded (and calibrated)."""
     from ..convert import seed_student  # noqa: PLC0415
-    from ..models import TransMambaForCausalLM  # noqa: PLC0415
 
     if point.path is not None:
         log.info("resuming from %s (stage %d, step %d)", point.path, point.stage_idx, point.step)
-        student = TransMambaForCausalLM.from_pretrained(point.path)
+        student = _load_checkpoint(point.path)
         student.config.transpoints = list(transpoints)
     elif recipe.student:
-        student = TransMambaForCausalLM.from_pretrained(recipe.student)
+        student = _load_given_student(recipe.student)
         student.config.transpoints = list(transpoints)
     else:
         student = seed_student(teacher.model, transpoints, recipe.transpoints, recipe.teacher, seed=recipe.seed,
@@ -253,7 +309,7 @@ def run_stages(recipe: Recipe, student, teacher, data: dict, heldout, transpoint
     return student, None
 
 
-def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
+def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -> dict:
     from accelerate import Accelerator  # noqa: PLC0415
 
     from ..convert import load_teacher  # noqa: PLC0415
@@ -262,9 +318,9 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
     device = _device(recipe)
     out = Path(recipe.output_dir)
     names = [s.name for s in recipe.stages]
-    _check_output_dir(recipe, out, names, resume)
     dtype = getattr(torch, recipe.run_dtype(device))
     accelerator = Accelerator(cpu=device == "cpu")
+    _check_output_dir(recipe, out, resume, force, accelerator.is_main_process)
     if device == "cuda":  # this process's GPU (cuda:<local rank> under accelerate launch): "cuda" means it below
         torch.cuda.set_device(accelerator.local_process_index)
     if teacher is None:

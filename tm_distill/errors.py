@@ -1,0 +1,18 @@
+"""``UserError``: a problem with what the user gave (a path, a file, a value), not a bug.
+
+Its message is one line that names the input and the fix; the CLI prints it as ``Error: ...`` and exits 1,
+without a traceback. It imports nothing, so any module can raise it.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A bad input or an unusable environment the user can fix; ``str(err)`` is the one-line message."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+__all__ = ["UserError"]
