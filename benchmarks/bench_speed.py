@@ -36,7 +36,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tm_distill.convert import map_teacher_key, parse_transpoints, seed_student  # noqa: E402
 from tm_distill.models import TransMambaCache  # noqa: E402
-from tm_distill.models.cache import CACHE_KWARG  # noqa: E402
+from tm_distill.models.cache import CACHE_KWARG, output_cache  # noqa: E402
 from tm_distill.ops.graphs import DecodeGraph, capturable_reason  # noqa: E402
 
 SHAPES = {
@@ -158,7 +158,7 @@ def prefill(rec, shape, teacher, students, T, args):
             cache = TransMambaCache(L, max_length=T + args.max_new) if who == "student" else None
             with torch.no_grad():
                 o = model(ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
-            out["cache"] = o.past_key_values
+            out["cache"] = output_cache(o)
         return run
 
     entries = [(who, sched, model, run_of(who, model)) for who, sched, model in models_of(teacher, students)]

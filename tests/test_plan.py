@@ -196,3 +196,13 @@ def test_plan_command_on_real_teacher(tmp_path, real_text):
     switched = [i for i, p in enumerate(tps) if p == 0]
     assert kept and switched
     assert min(float(sens[i, 0]) for i in kept) >= max(float(sens[i, 0]) for i in switched) * 0.5
+
+
+def test_plan_device_option_is_the_other_commands(tmp_path):
+    """--device as convert, generate and eval take it: free text (cpu, cuda, cuda:N), default cpu, checked."""
+    help_text = CliRunner().invoke(cli, ["plan", "--help"]).output
+    assert "cpu, cuda, cuda:1, ..." in help_text and "[default: cpu]" in help_text
+    for command in ("convert", "generate", "eval"):
+        assert "[default: cpu]" in CliRunner().invoke(cli, [command, "--help"]).output
+    bad = CliRunner().invoke(cli, ["plan", "smollm2-135m", "--budget", "kv=25%", "--device", "gpu0"])
+    assert bad.exit_code == 1 and "'gpu0' is not a device" in bad.output and "Traceback" not in bad.output

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .atomic import atomic_folder
 from .errors import UserError
-from .convert.teacher import load_weights, parse_device, parse_dtype, read_config
+from .convert.teacher import SHIPPED_TEACHER, load_weights, parse_device, parse_dtype, read_config
 from .models.configuration import TransMambaConfig
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,14 @@ STATE_FILE = "training_state.pt"
 
 class OutputExists(FileExistsError):
     pass
+
+
+class OutputInTheWay(OutputExists):
+    """``out_dir`` exists and replacing it was not asked for (a caller's own flag, e.g. the CLI's --force)."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"output {path} already exists: pass force=True to replace it")
+        self.path = path
 
 
 class StudentNotFound(FileNotFoundError):
@@ -56,7 +64,7 @@ def check_output(out_dir: str | Path, force: bool) -> Path:
     if not out.exists():
         return out
     if not force:
-        raise OutputExists(f"output {out} already exists: pass --force (force=True) to replace it")
+        raise OutputInTheWay(out)
     if out.is_dir() and any(out.iterdir()) and not ((out / "config.json").exists() or (out / META_FILE).exists()):
         raise OutputExists(f"output {out} is a non-empty folder that is not a checkpoint; refusing to replace it")
     if not out.is_dir():
@@ -121,9 +129,7 @@ def student_config_from(path: str | Path) -> TransMambaConfig:
     """The config of the student checkpoint at ``path``; clear errors for a missing folder or a non-student."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise StudentNotFound(
-            f"student {path} does not exist: create one with `tm-distill convert TEACHER {path} --transpoints SPEC`"
-        )
+        raise StudentNotFound(_missing_student(path))
     if not (path / "config.json").exists():
         raise StudentNotFound(f"{path} has no config.json: it is not a model checkpoint folder")
     config = read_config(path)
@@ -179,6 +185,15 @@ def check_student_of(student: TransMambaConfig, teacher, where: str | Path) -> N
                               f"{', '.join(diffs)}; convert this teacher with `tm-distill convert TEACHER OUT`")
 
 
+def _missing_student(path: Path) -> str:
+    """Why ``path`` is no student and the command that makes one (a teacher source is converted, not inspected)."""
+    example = "--transpoints cycle=0,64,128,256"
+    if str(path) == SHIPPED_TEACHER or path.suffix == ".gguf":
+        return (f"{path} is a teacher, not a student folder: convert it first, e.g. "
+                f"`tm-distill convert {path} runs/student {example}`, then give runs/student")
+    return f"student {path} does not exist: create one with `tm-distill convert TEACHER {path} {example}`"
+
+
 def load_student(path: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"):
     """Load a student checkpoint: (model in eval mode, tokenizer). dtype None keeps the checkpoint's."""
     device = parse_device(device)
@@ -192,6 +207,7 @@ def load_student(path: str | Path, dtype: str | torch.dtype | None = None, devic
     return model, tokenizer
 
 
-__all__ = ["CheckpointError", "META_FILE", "NotAStudent", "OutputExists", "SHAPE_FIELDS", "STATE_FILE", "StudentMismatch",
-           "StudentNotFound", "WEIGHT_FILES", "check_output", "check_student_of", "check_student_weights", "load_student", "read_metadata", "read_training_state", "save_checkpoint", "save_student",
+__all__ = ["CheckpointError", "META_FILE", "NotAStudent", "OutputExists", "OutputInTheWay", "SHAPE_FIELDS", "STATE_FILE",
+           "StudentMismatch", "StudentNotFound", "WEIGHT_FILES", "check_output", "check_student_of",
+           "check_student_weights", "load_student", "read_metadata", "read_training_state", "save_checkpoint", "save_student",
            "student_config_from"]

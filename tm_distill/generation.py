@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .chat import render_chat
+from .models.cache import CACHE_KWARG, output_cache
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,11 @@ def greedy_generate(
     _sync(device)
     prefill = time.perf_counter() - start
     tokens = [int(token)]
-    cache = out.past_key_values
+    cache = output_cache(out)
     start = time.perf_counter()
     while len(tokens) < max_new_tokens and (eos_token_id is None or tokens[-1] != eos_token_id):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=token, use_cache=True, **{CACHE_KWARG: cache})
+        cache = output_cache(out)
         token = out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(int(token))
     _sync(device)
@@ -90,10 +91,10 @@ def sample_generate(
 
     out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
     tokens = [draw(out.logits[:, -1])]
-    cache = out.past_key_values
+    cache = output_cache(out)
     for _ in range(new_tokens - 1):
-        out = model(input_ids=tokens[-1], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=tokens[-1], use_cache=True, **{CACHE_KWARG: cache})
+        cache = output_cache(out)
         tokens.append(draw(out.logits[:, -1]))
     return torch.cat([input_ids, *tokens], dim=1)
 
@@ -180,8 +181,6 @@ def generate_texts(
     extra = {}
     cache = decode_cache(model, len(encoded), width + max_new_tokens)
     if cache is not None:
-        from .models.cache import CACHE_KWARG  # noqa: PLC0415
-
         extra[CACHE_KWARG] = cache
     out = model.generate(
         batch, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=sample,

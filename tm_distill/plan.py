@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 CANDIDATE_FRACTIONS: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5)
 AUTO_KEYS = ("kv_budget", "context", "method", "recall")
 METHODS = ("sensitivity", "importance")
+# `tm-distill plan`'s calibration defaults, which `convert --transpoints auto:...` uses too (one schedule for both).
+PLAN_SEQ_LEN = 128
+PLAN_WINDOWS = 2
 
 
 class AutoSpecError(TransPointSpecError):
@@ -427,6 +430,6 @@ def _resolve_by_importance(auto: AutoSpec, teacher_model, tokenizer, texts, seq_
     return plan.transpoints, plan.explain()
 
 
-__all__ = ["AUTO_KEYS", "AutoPlan", "AutoSpec", "AutoSpecError", "CANDIDATE_FRACTIONS", "calibration_windows",
+__all__ = ["AUTO_KEYS", "PLAN_SEQ_LEN", "PLAN_WINDOWS", "AutoPlan", "AutoSpec", "AutoSpecError", "CANDIDATE_FRACTIONS", "calibration_windows",
            "candidate_points", "check_budget", "choose_transpoints", "measure_sensitivity", "parse_auto_spec",
            "plan_transpoints", "resolve_auto", "METHODS"]

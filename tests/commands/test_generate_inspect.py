@@ -114,3 +114,13 @@ def test_inspect_errors(tmp_path, smol):
     assert result.exit_code == 1 and "not a TransMamba student" in error_line(result)
     assert run("inspect", tmp_path / "missing").exit_code == 1
     assert "Examples:" in run("inspect", "--help").output and "Examples:" in run("generate", "--help").output
+
+
+def test_inspect_of_a_teacher_suggests_the_convert_command(tmp_path):
+    result = run("inspect", "smollm2-135m")
+    assert result.exit_code == 1
+    assert error_line(result) == ("Error: smollm2-135m is a teacher, not a student folder: convert it first, e.g. "
+                                  "`tm-distill convert smollm2-135m runs/student --transpoints cycle=0,64,128,256`, "
+                                  "then give runs/student")
+    missing = run("inspect", tmp_path / "nope")
+    assert f"`tm-distill convert TEACHER {tmp_path / 'nope'} --transpoints" in error_line(missing)

@@ -94,7 +94,7 @@ def test_existing_output_is_refused_before_any_work(tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "config.json").write_text("{}")
-    with pytest.raises(OutputExists, match="--force"):  # checked before the (missing) teacher is looked at
+    with pytest.raises(OutputExists, match="pass force=True"):  # checked before the (missing) teacher is looked at
         convert("no/such-teacher", out, "all=4", progress=False)
     assert (out / "config.json").read_text() == "{}"
 

@@ -167,6 +167,16 @@ def test_layers_without_ssm_rows_are_left_as_seeded(tiny_teacher):
     assert torch.equal(student.model.layers[1].mixer.A_log, before)
 
 
+def test_progress_shows_every_layer_and_the_time_left(tiny_teacher, capsys):
+    student = seed_student(tiny_teacher, [0, 12, ATTENTION_ONLY], seed=3)
+    calibrate_student(student, tiny_teacher, _windows(), heldout=_windows(1, seed=1), progress=True)
+    err = capsys.readouterr().err
+    assert "teacher activations" in err and "held-out activations" in err
+    assert "calibrate layers: 100%" in err and "2/2 [" in err and "<00:00" in err  # elapsed<left per step
+    calibrate_student(seed_student(tiny_teacher, [0, 12, ATTENTION_ONLY], seed=3), tiny_teacher, _windows())
+    assert capsys.readouterr().err == ""  # quiet unless asked
+
+
 def test_z_gate_is_refused(tiny_teacher):
     student = seed_student(tiny_teacher, [0, 12, 24], use_z_gate=True)
     with pytest.raises(CalibrationError, match="z gate"):

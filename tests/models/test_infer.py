@@ -151,3 +151,24 @@ def test_prefill_scans_its_memory_converters_together(student, monkeypatch):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_our_calls_print_no_cache_deprecation_line(student, monkeypatch):
+    """transformers >= 5.24 warns once per process when a cache travels as `past_key_values` (argument, output
+    field or attribute); our forward, generate() and decoding loops use its current name (CACHE_KWARG)."""
+    import transformers.utils.generic as generic
+
+    from tm_distill.generation import greedy_generate, sample_generate
+
+    said = []
+    monkeypatch.setattr(generic.logger, "warning_once", lambda msg, *a, **k: said.append(str(msg)))
+    teacher = tiny_llama(num_kv_heads=2, num_layers=len(TPS), seed=3)
+    prompt = _prompts([6])[0][None]
+    with torch.no_grad():
+        for model in (student, teacher):
+            greedy_generate(model, prompt, 5)
+            sample_generate(model, prompt, 3, generator=torch.Generator().manual_seed(0))
+            model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None)
+        student.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0, eos_token_id=None,
+                         **{CACHE_KWARG: TransMambaCache(len(TPS), max_length=12)})
+    assert not [m for m in said if "deprecated" in m], said

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..plan import PLAN_SEQ_LEN, PLAN_WINDOWS
+
 
 def _auto_spec(budget: str, context: int | None, method: str = "sensitivity") -> str:
     key, sep, value = budget.partition("=")
@@ -20,10 +22,10 @@ def _auto_spec(budget: str, context: int | None, method: str = "sensitivity") ->
 @click.option("--context", type=int, default=None, help="Tokens at which the budget holds (default: --seq-len).")
 @click.option("--calib", default="shakespeare", show_default=True,
               help="Calibration text: a corpus name, or a .txt/.jsonl/.parquet file or folder.")
-@click.option("--windows", type=int, default=2, show_default=True, help="Calibration windows.")
-@click.option("--seq-len", type=int, default=128, show_default=True, help="Tokens per calibration window.")
+@click.option("--windows", type=int, default=PLAN_WINDOWS, show_default=True, help="Calibration windows.")
+@click.option("--seq-len", type=int, default=PLAN_SEQ_LEN, show_default=True, help="Tokens per calibration window.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the SSM init the layers are measured with.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--method", type=click.Choice(["sensitivity", "importance"]), default="sensitivity", show_default=True,
               help="sensitivity: each seeded layer alone; importance: rank the layers of a briefly distilled all-SSM "
                    "student by the KL and recall drops when a layer keeps attention (or a TransPoint).")
@@ -43,10 +45,9 @@ def plan(teacher: str, budget: str, context: int | None, calib: str, windows: in
       tm-distill plan smollm2-135m --budget kv=10% --context 8192 --windows 8 --seq-len 256
       tm-distill plan smollm2-135m --budget kv=25% --context 4096 --method importance --device cuda
     """
-    import torch  # noqa: PLC0415
-
     from ..convert import TeacherNotFound, TransPointSpecError, load_teacher  # noqa: PLC0415
     from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
+    from ..convert.teacher import DeviceError  # noqa: PLC0415
     from ..data.loading import DataSourceError, load_texts  # noqa: PLC0415
     from ..plan import parse_auto_spec, resolve_auto  # noqa: PLC0415
 
@@ -57,13 +58,11 @@ def plan(teacher: str, budget: str, context: int | None, calib: str, windows: in
         raise click.BadParameter(str(err), param_hint="--budget/--context") from None
     if windows < 1 or seq_len < 2:
         raise click.BadParameter("need --windows >= 1 and --seq-len >= 2", param_hint="--windows/--seq-len")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         loaded = load_teacher(teacher, device=device)
         texts = load_texts(calib)
         _, explanation = resolve_auto(spec, loaded.model, loaded.tokenizer, texts, seq_len, windows=windows,
                                       seed=seed, importance={"train_seconds": train_seconds})
-    except (TeacherNotFound, UnsupportedTeacher, DataSourceError, TransPointSpecError, ValueError) as err:
+    except (TeacherNotFound, UnsupportedTeacher, DataSourceError, TransPointSpecError, DeviceError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     click.echo(explanation)

@@ -20,7 +20,8 @@ from ..atomic import remove_stale_temps
 from ..checkpoint import OutputExists, check_output, save_student
 from ..models.configuration import TransMambaConfig
 from ..ops import BACKENDS, FEATURE_MAPS
-from .calibrate import CalibrationError, calibrate_student, calibration_windows
+from .calibrate import DEFAULT_CALIBRATION_DATA, CalibrationError, calibrate_student, calibration_windows
+from .dtype import teacher_dtype
 from .seed import seed_student
 from .teacher import SHIPPED_TEACHER, TeacherNotFound, load_teacher, parse_device, parse_dtype, resolve_source
 from .transpoints import parse_transpoints
@@ -107,12 +108,32 @@ def check_apart(teacher_source: str, out: Path) -> None:
                            "the teacher; give the student its own path, e.g. runs/student")
 
 
-# Over 60 lines with its 11-line docstring of the options; the body is 37 lines.
+def _schedule(spec: str, teacher, calibrate: str | None, seed: int, device) -> tuple[list[int], str]:
+    """Per-layer TransPoints of ``spec`` and, for ``auto:...``, the plan's explanation (planned on the calibration
+    data, or the shipped corpus, with `tm-distill plan`'s defaults: the same schedule `plan` prints)."""
+    if not spec.strip().startswith("auto"):
+        return parse_transpoints(spec, teacher.model.config.num_hidden_layers), ""
+    from ..data.loading import load_texts  # noqa: PLC0415
+    from ..plan import PLAN_SEQ_LEN, PLAN_WINDOWS, resolve_auto  # noqa: PLC0415
+
+    texts = load_texts(calibrate or DEFAULT_CALIBRATION_DATA)
+    return resolve_auto(spec, teacher.model, teacher.tokenizer, texts, PLAN_SEQ_LEN, windows=PLAN_WINDOWS, seed=seed,
+                        device=device)
+
+
+def _calibrate(student, teacher, data: str, windows: int | None, seq_len: int | None, heldout: int, progress: bool):
+    seq_len = seq_len or min(2048, teacher.model.config.max_position_embeddings)
+    check_calibration_length(seq_len, teacher.model.config)
+    calib, held = calibration_windows(data, teacher.tokenizer, seq_len, windows, heldout)
+    return calibrate_student(student, teacher.model, calib, heldout=held, data=data, progress=progress)
+
+
+# Over 60 lines with its 13-line docstring of the options; the body is 37 lines.
 def convert(
     teacher_source: str,
     out_dir: str | Path,
     transpoints_spec: str,
-    dtype: str | torch.dtype = "float32",
+    dtype: str | torch.dtype | None = None,
     force: bool = False,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -126,56 +147,55 @@ def convert(
     """Convert a Llama-family teacher into a seeded TransMamba student checkpoint at ``out_dir``.
 
     teacher_source: HF folder, hub id, .gguf file or 'smollm2-135m'. transpoints_spec: see
-    ``parse_transpoints``. ssm_options: TransMambaConfig switches (``SSM_OPTIONS``), e.g. use_z_gate=True.
-    calibrate: a data source (``load_texts``: corpus name, file, folder, dataset) to fit the SSM additions to
-    the teacher's attention on (``convert.calibrate``), or None to keep the plain init. calibrate_windows
-    (default: 4096 tokens' worth) windows of calibrate_seq_len tokens (default min(2048, the teacher's
-    context)) from its training split;
-    calibrate_heldout held-out windows for the before/after errors. Nothing is written unless the whole
-    conversion succeeds.
+    ``parse_transpoints``, or ``auto:kv_budget=25%`` (planned first, as `tm-distill plan` does).
+    dtype: of the saved student; None: the teacher's (``teacher_dtype``). The teacher is loaded in it too (never
+    a second fp32 copy), except a GGUF, computed in fp32 as de-quantized. ssm_options: TransMambaConfig
+    switches (``SSM_OPTIONS``), e.g. use_z_gate=True. calibrate: a data source (``load_texts``: corpus name,
+    file, folder, dataset) to fit the SSM additions to the teacher's attention on (``convert.calibrate``), or
+    None to keep the plain init. calibrate_windows (default: 4096 tokens' worth) windows of calibrate_seq_len
+    tokens (default min(2048, the teacher's context)) from its training split; calibrate_heldout held-out
+    windows for the before/after errors. Nothing is written unless the whole conversion succeeds.
     """
     check_apart(teacher_source, Path(out_dir))  # before any work
     out = check_output(out_dir, force)
-    torch_dtype = parse_dtype(dtype)
+    gguf = teacher_source == SHIPPED_TEACHER or str(teacher_source).endswith(".gguf")
+    save_dtype = teacher_dtype(teacher_source) if dtype is None else parse_dtype(dtype)
+    load_dtype = torch.float32 if gguf else save_dtype
     parse_device(device)
     remove_stale_temps(out)  # what a killed conversion to this path left behind
     check_ssm_options(ssm_options)
     if calibrate is not None and ssm_options.get("use_z_gate"):
         raise CalibrationError("calibration fits the SSM's output gain, which the z gate's RMSNorm removes: "
                                "drop --z-gate or --calibrate")
-    gguf = teacher_source == SHIPPED_TEACHER or str(teacher_source).endswith(".gguf")
     desc = "load teacher" + (" (a GGUF is de-quantized once, ~15 s)" if gguf else "")
     steps = tqdm(total=3 if calibrate is None else 4, desc=desc, disable=not progress,
                  bar_format="{desc} [{n}/{total}] {elapsed}")
     with steps:
-        teacher = load_teacher(teacher_source, dtype=torch_dtype, device=device)  # never a second fp32 copy
-        transpoints = parse_transpoints(transpoints_spec, teacher.model.config.num_hidden_layers)
+        teacher = load_teacher(teacher_source, dtype=load_dtype, device=device)
         steps.update()
-        steps.set_description("seed student")
+        steps.set_description("plan TransPoints" if transpoints_spec.strip().startswith("auto") else "seed student")
+        transpoints, why = _schedule(transpoints_spec, teacher, calibrate, seed, device)
         recorded = SHIPPED_TEACHER if teacher_source == SHIPPED_TEACHER else teacher.source
         student = seed_student(
-            teacher.model, transpoints, transpoints_spec, recorded, seed=seed, dtype=torch_dtype, **ssm_options
+            teacher.model, transpoints, transpoints_spec, recorded, seed=seed, dtype=load_dtype, **ssm_options
         )
         steps.update()
         record = None
         if calibrate is not None:
             steps.set_description(f"calibrate on {calibrate}")
-            seq_len = calibrate_seq_len or min(2048, teacher.model.config.max_position_embeddings)
-            check_calibration_length(seq_len, teacher.model.config)
-            windows, held = calibration_windows(calibrate, teacher.tokenizer, seq_len, calibrate_windows,
-                                                calibrate_heldout)
-            record = calibrate_student(student, teacher.model, windows, heldout=held, data=calibrate)
+            record = _calibrate(student, teacher, calibrate, calibrate_windows, calibrate_seq_len,
+                                calibrate_heldout, progress)
             steps.update()
         steps.set_description(f"write {out}")
-        metadata = _metadata(teacher_source, teacher, transpoints_spec, transpoints, torch_dtype, seed, ssm_options,
-                             record)
-        path = save_student(student, teacher.tokenizer, out, metadata, force=force)
+        metadata = _metadata(teacher_source, teacher, transpoints_spec, transpoints, save_dtype, seed, ssm_options,
+                             record, why)
+        path = save_student(student.to(save_dtype), teacher.tokenizer, out, metadata, force=force)
         steps.update()
     return path
 
 
 def _metadata(teacher_source: str, teacher, transpoints_spec: str, transpoints: list[int], dtype: torch.dtype,
-              seed: int, ssm_options: dict, record) -> dict:
+              seed: int, ssm_options: dict, record, explanation: str = "") -> dict:
     """What ``tm_distill.json`` records about a converted student: its teacher, schedule and calibration."""
     return {
         "tool": "tm-distill",
@@ -186,6 +206,7 @@ def _metadata(teacher_source: str, teacher, transpoints_spec: str, transpoints: 
                     "model_type": teacher.model.config.model_type},
         "transpoint_spec": transpoints_spec,
         "transpoints": transpoints,
+        "transpoint_explanation": explanation,
         "dtype": str(dtype).removeprefix("torch."),
         "seed": seed,
         "ssm_options": ssm_options,

@@ -345,11 +345,14 @@ def calibrate_layer(
 
 
 @torch.no_grad()
-def capture_windows(teacher, windows: Tensor, layers: Sequence[int]) -> list[TeacherActivations]:
+def capture_windows(teacher, windows: Tensor, layers: Sequence[int], progress: bool = False,
+                    desc: str = "teacher activations") -> list[TeacherActivations]:
     """One teacher forward per window (n, t): attention inputs and per-head outputs of ``layers``."""
+    from tqdm.auto import tqdm  # noqa: PLC0415
+
     device = next(teacher.parameters()).device
     captured = []
-    for row in windows:
+    for row in tqdm(windows, desc=desc, unit="window", disable=not progress, leave=False):
         acts = capture_teacher(teacher, row[None].to(device), layers, heads=True)
         acts.attn_outputs.clear()  # rebuilt from head_outputs where needed; frees memory now
         captured.append(acts)
@@ -371,7 +374,8 @@ def calibrate_student(
     heldout: (m, t) windows calibration does not see, for before/after errors (optional). data: a description
     of the windows' source, recorded. sequential: fit layer l on the inputs the student, calibrated below l,
     gives it (targets stay the teacher's); False: on the teacher's inputs. Writes the fitted parameters into
-    ``student`` and returns the record, also kept as ``student.config.calibration`` (summary).
+    ``student`` and returns the record, also kept as ``student.config.calibration`` (summary). progress: bars
+    for the teacher's forwards and one step per layer, with the time left.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
@@ -388,12 +392,14 @@ def calibrate_student(
         log.warning("layers %s have no SSM row in %d-token windows: left as seeded", record.skipped, t)
     if not layers:
         return record
-    held = capture_windows(teacher, heldout, layers) if heldout is not None and len(heldout) else []
+    held = capture_windows(teacher, heldout, layers, progress, "held-out activations") \
+        if heldout is not None and len(heldout) else []
     held_before = {i: _relative(layer_error(student, held, i)) for i in layers}
-    captured = capture_windows(teacher, windows, layers)
+    captured = capture_windows(teacher, windows, layers, progress)
     grid = torch.tensor([float(v) for v in decay_lengths], dtype=torch.float64)
     stream = [student.model.embed_tokens(w[None].to(student.device)) for w in windows] if sequential else None
-    for i in tqdm(range(layers[-1] + 1), desc="calibrate layers", disable=not progress):
+    # One bar step per layer (tqdm's rate gives the time left); a layer without an SSM row only passes the stream on.
+    for i in tqdm(range(layers[-1] + 1), desc="calibrate layers", unit="layer", disable=not progress):
         block = student.model.layers[i]
         if i in layers:
             inputs = [block.input_layernorm(h) for h in stream] if sequential else None

@@ -26,12 +26,19 @@ import torch
 from transformers import GenerationMixin
 from transformers.cache_utils import Cache
 
-# transformers 5.24 renamed generate()'s and the models' `past_key_values` to `cache` (the old name warns);
-# earlier 5.x releases know only `past_key_values`. Pass a cache as **{CACHE_KWARG: cache}.
+# transformers 5.24 renamed generate()'s and the models' `past_key_values` to `cache`, and the model outputs'
+# field with it (the old names still work but print a deprecation line); earlier 5.x releases know only
+# `past_key_values`. Pass a cache as **{CACHE_KWARG: cache}, build an output with it, read one with
+# ``output_cache``: our own calls then never trigger the warning.
 CACHE_KWARG = (
     "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
     else "past_key_values"
 )
+
+
+def output_cache(output):
+    """The cache a model output carries (``output.cache``, or ``output.past_key_values`` before 5.24)."""
+    return getattr(output, CACHE_KWARG)
 
 
 @dataclass
@@ -155,4 +162,4 @@ class TransMambaCache(Cache):
         raise NotImplementedError("a TransMamba cache holds SSM state and cannot be cropped (assisted decoding)")
 
 
-__all__ = ["CACHE_KWARG", "LayerState", "TransMambaCache"]
+__all__ = ["CACHE_KWARG", "LayerState", "TransMambaCache", "output_cache"]

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from ..ops import fused
-from .cache import TransMambaCache
+from .cache import CACHE_KWARG, TransMambaCache, output_cache
 from .configuration import TransMambaConfig
 from .converter import Converters
 from .mixer import GatedRMSNorm, TransMambaMixer
@@ -68,7 +68,7 @@ class TransMambaPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["TransMambaDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_KWARG]
     _supports_sdpa = True
     _is_stateful = True
 
@@ -177,8 +177,8 @@ class TransMambaModel(TransMambaPreTrainedModel):
             past_key_values.seen_tokens = offset + t
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            **{CACHE_KWARG: past_key_values if use_cache else None},
         )
 
 
@@ -273,7 +273,7 @@ class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
                     past_key_values.graphs = False
             if past_key_values.decode_graph is not None:
                 logits = past_key_values.decode_graph(input_ids).clone()  # the graph's buffer is reused next step
-                return CausalLMOutputWithPast(logits=logits, past_key_values=past_key_values)
+                return CausalLMOutputWithPast(logits=logits, **{CACHE_KWARG: past_key_values})
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -294,7 +294,7 @@ class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **{CACHE_KWARG: output_cache(outputs)}
         )
 
 

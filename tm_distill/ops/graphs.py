@@ -12,7 +12,7 @@ other. A dynamic cache is captured only once every layer is past its TransPoint 
 Usage::
 
     cache = TransMambaCache(n_layers, max_length=prompt_len + new_tokens)
-    logits = model(prompt, past_key_values=cache, use_cache=True).logits   # prefill, eager
+    logits = model(prompt, cache=cache, use_cache=True).logits   # prefill, eager (CACHE_KWARG)
     step = DecodeGraph(model, cache)
     for _ in range(n):
         logits = step(next_ids)                  # next_ids: (batch, 1) -> logits (batch, 1, vocab)

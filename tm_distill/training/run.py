@@ -123,7 +123,7 @@ def _calibrate(recipe: Recipe, student, teacher, out: Path, write: bool) -> dict
             heldout_fraction=recipe.data.heldout_fraction, seed=recipe.seed, text_field=recipe.data.text_field)
     except CalibrationError as err:
         raise RecipeError("calibrate", str(err)) from None
-    record = calibrate_student(student, teacher.model, windows, heldout=held, data=source).to_dict()
+    record = calibrate_student(student, teacher.model, windows, heldout=held, data=source, progress=write).to_dict()
     log.info("calibrated seeding:\n%s", calibration_table(record))
     if write:
         out.mkdir(parents=True, exist_ok=True)
