@@ -1,9 +1,10 @@
 """A student checkpoint on disk: the one place that writes and reads it, for `convert` and for training alike.
 
-A checkpoint is a plain Hugging Face folder (safetensors, config.json with the TransPoints, tokenizer with
-its chat template, generation_config.json) plus ``tm_distill.json`` (``META_FILE``), a small record of where
-it came from (teacher, stage, step, metrics), and, for a training checkpoint, ``training_state.pt``
-(``STATE_FILE``: optimizer, scheduler, RNG, step, data position) for ``--resume``.
+A checkpoint is a plain Hugging Face folder (safetensors, config.json with the TransPoints and an ``auto_map``,
+the modeling code that ``auto_map`` names (``models.remote_code``), tokenizer with its chat template,
+generation_config.json) plus ``tm_distill.json`` (``META_FILE``), a small record of where it came from (teacher,
+stage, step, metrics), and, for a training checkpoint, ``training_state.pt`` (``STATE_FILE``: optimizer,
+scheduler, RNG, step, data position) for ``--resume``.
 
 Writes are atomic: everything goes into a temporary sibling folder (``.tmp-<name>-*``) that is renamed into
 place with ``os.replace``, so an error or a crash never leaves a half-written checkpoint under a real name.
@@ -22,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from .atomic import atomic_folder
 from .convert.teacher import load_weights, parse_device, parse_dtype, read_config
 from .models.configuration import TransMambaConfig
+from .models.remote_code import write_code
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ def save_checkpoint(
     dest = Path(dest)
     with atomic_folder(dest) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        write_code(tmp)  # loadable without tm_distill: AutoModelForCausalLM(..., trust_remote_code=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if training_state is not None:
