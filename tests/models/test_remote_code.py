@@ -1,20 +1,12 @@
-"""A student folder carries its modeling code: plain transformers loads it where tm_distill is not installed.
-
-The fresh-process tests run Python isolated (``-I -S``): site-packages is put on ``sys.path`` by hand, so its
-``.pth`` files, among them the editable install's finder for tm_distill, are never run, and the working
-directory is a temporary folder, not the repository.
-"""
+"""A student folder carries its modeling code: plain transformers loads it where tm_distill is not installed
+(the fresh processes of ``tests/isolated.py``)."""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
 import json
-import os
 import re
-import site
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import tiny_llama
+from tests.isolated import run_without_tm_distill
 from tm_distill.checkpoint import save_student
 from tm_distill.convert import parse_transpoints, seed_student
 from tm_distill.models import TransMambaForCausalLM
@@ -30,17 +23,10 @@ from tm_distill.models.remote_code import (ENTRY_POINTS, RemoteCodeError, _relat
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Runs in the fresh process: argv[1] is JSON {"site": [...], "jobs": [[folder, prompt ids, new tokens], ...],
+# Runs without tm_distill (tests/isolated.py): argv[2] is JSON {"jobs": [[folder, prompt ids, new tokens], ...],
 # "device": ..., "dtype": ...}.
 CHILD = r"""
-import json, sys
-args = json.loads(sys.argv[1])
-sys.path.extend(args["site"])
-try:
-    import tm_distill
-    sys.exit("tm_distill is importable in the fresh process: the test would prove nothing")
-except ModuleNotFoundError:
-    pass
+args = json.loads(sys.argv[2])
 import torch
 from transformers import AutoModelForCausalLM
 out = {"generated": [], "classes": []}
@@ -61,13 +47,8 @@ print("\nRESULT " + json.dumps(out))
 
 
 def run_fresh(jobs: list, tmp_path: Path, device: str = "cpu", dtype: str = "float32") -> dict:
-    """Run CHILD in a process where tm_distill is not importable; its JSON output."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    payload = json.dumps({"site": site.getsitepackages(), "jobs": jobs, "device": device, "dtype": dtype})
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", CHILD, payload], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    """Generate with each job's folder in a process where tm_distill is not importable; CHILD's JSON output."""
+    proc = run_without_tm_distill(CHILD, tmp_path, json.dumps({"jobs": jobs, "device": device, "dtype": dtype}))
     return json.loads(proc.stdout.rpartition("\nRESULT ")[2])
 
 
