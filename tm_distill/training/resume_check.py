@@ -3,7 +3,7 @@
 The run's ``recipe.yaml`` is compared with the recipe given to ``--resume``. A key may differ only where the
 work already done stays what the recipe says:
 
-- anywhere: ``device``, ``max_time``, and each stage's ``checkpoint_every``, ``keep_last``, ``log_every``,
+- anywhere: ``device``, ``max_time``, ``report_to``, and each stage's ``checkpoint_every``, ``keep_last``, ``log_every``,
   ``eval_every`` (bookkeeping);
 - a stage that has not started yet (no checkpoint of it or of a later stage): any of its keys but ``name``;
 - the stage in progress: ``optimizer.lr`` and ``precision`` (to recover from a divergence), and, when it is
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 RECIPE_FILE = "recipe.yaml"
 CHANGES_FILE = "recipe_changes.jsonl"
-SAFE_TOP = {"device", "max_time"}
+SAFE_TOP = {"device", "max_time", "report_to"}
 SAFE_STAGE = {"checkpoint_every", "keep_last", "log_every", "eval_every"}
 RECOVERY = {"optimizer.lr", "precision"}  # the stage in progress, e.g. after a divergence
 LENGTH = {"steps", "tokens"}  # the last stage in progress, longer only

@@ -26,6 +26,7 @@ from .loop import StageRun, TrainingStopped, train_stage
 from .metrics import MetricsWriter
 from .resolve import resolve_plan
 from .resume_check import check_resume
+from .tracking import Trackers, accelerator_options
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
     names = [s.name for s in recipe.stages]
     _check_output_dir(recipe, out, names, resume)
     dtype = getattr(torch, recipe.run_dtype(device))
-    accelerator = Accelerator(cpu=device == "cpu")
+    accelerator = Accelerator(cpu=device == "cpu", **accelerator_options(recipe))
     if device == "cuda":  # this process's GPU (cuda:<local rank> under accelerate launch): "cuda" means it below
         torch.cuda.set_device(accelerator.local_process_index)
     if teacher is None:
@@ -275,7 +276,9 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
     def keep(row: dict) -> bool:
         return row["stage_idx"] < point.stage_idx or (row["stage_idx"] == point.stage_idx and row["step"] <= point.step)
 
-    metrics = MetricsWriter(out, keep=keep if resume else None, enabled=accelerator.is_main_process)
+    trackers = (Trackers(accelerator, [s.steps for s in plan.stages]).start(recipe)
+                if recipe.report_to and accelerator.is_main_process else None)
+    metrics = MetricsWriter(out, keep=keep if resume else None, enabled=accelerator.is_main_process, trackers=trackers)
     meta = {"recipe": recipe.name, "teacher": recipe.teacher, "transpoints": transpoints,
             "transpoint_spec": recipe.transpoints, "transpoint_explanation": why}
     try:
