@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_folder, atomic_write_file, link_or_copy
+from ..card import write_card
 from ..checkpoint import read_metadata
 from ..recipe import Recipe, RecipeError, dump_recipe, parse_duration
 from .checkpoint import ResumePoint, clean_temp, find_resume_point, stage_dir
@@ -291,6 +292,7 @@ def _run(recipe: Recipe, *, resume: bool, on_step, teacher, stop) -> dict:
         last = stopped.checkpoint if stopped is not None else stage_dir(out, len(names) - 1, names[-1]) / "final"
         _copy_atomic(last, out / "final")
         _write_json(out / SUMMARY_FILE, summary)
+        write_card(out / "final", training=_training_record(recipe, plan, summary, stopped))
     if stopped is not None:
         raise stopped
     return summary
@@ -311,6 +313,20 @@ def _summary(recipe: Recipe, plan, student, teacher, heldout, transpoints, seede
         summary["stopped"] = {"reason": stopped.reason, "stage": stopped.stage, "step": stopped.step,
                               "checkpoint": str(stopped.checkpoint)}
     return summary
+
+
+def _training_record(recipe: Recipe, plan, summary: dict, stopped) -> dict:
+    """What the run trained, for OUTPUT/final's model card: stages with the steps and tokens done, the recipe."""
+    stages = [{"name": p.name, "steps": p.steps, "tokens": p.tokens} for p in plan.stages]
+    if stopped is not None:  # the last stage stopped early (max_time, a signal): count the steps it did
+        last = stages[-1]
+        last["tokens"], last["steps"] = last["tokens"] // max(last["steps"], 1) * stopped.step, stopped.step
+    return {"recipe": recipe.to_dict(), "student": recipe.student, "stages": stages,
+            "tokens_trained": sum(s["tokens"] for s in stages),
+            "stopped": f"{stopped.reason} at step {stopped.step}" if stopped is not None else None,
+            "heldout_kl": {"seeded": summary["heldout_kl_seeded"], "distilled": summary["heldout_kl_distilled"],
+                           "windows": summary["heldout_windows"], "seq_len": summary["heldout_seq_len"],
+                           "data": recipe.data.heldout_source or recipe.data.source}}
 
 
 def kl_line(summary: dict) -> str:
