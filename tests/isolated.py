@@ -2,8 +2,9 @@
 
 The process runs isolated (``python -I -S``): site-packages is put on ``sys.path`` by hand, so its ``.pth``
 files, among them the editable install's finder for tm_distill, never run; the working directory is a temporary
-folder, not the repository, and ``PYTHON*`` variables are dropped. Before ``code`` runs, ``import tm_distill``
-must fail, or the run stops: a test that used it would prove nothing.
+folder, not the repository, and ``PYTHON*`` variables are dropped; an import hook refuses tm_distill should a
+regular install sit in site-packages. Before ``code`` runs, ``import tm_distill`` must fail, or the run stops: a
+test that used it would prove nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ from pathlib import Path
 PRELUDE = r"""
 import json, sys
 sys.path.extend(json.loads(sys.argv[1]))
+
+
+class NoTmDistill:  # a regular (not editable) install would sit in site-packages itself
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tm_distill":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+
+sys.meta_path.insert(0, NoTmDistill())
 try:
     import tm_distill
     sys.exit("tm_distill is importable in the isolated process")
