@@ -1,9 +1,10 @@
 """A student checkpoint on disk: the one place that writes and reads it, for `convert` and for training alike.
 
-A checkpoint is a plain Hugging Face folder (safetensors, config.json with the TransPoints, tokenizer with
-its chat template, generation_config.json) plus ``tm_distill.json`` (``META_FILE``), a small record of where
-it came from (teacher, stage, step, metrics), and, for a training checkpoint, ``training_state.pt``
-(``STATE_FILE``: optimizer, scheduler, RNG, step, data position) for ``--resume``.
+A checkpoint is a plain Hugging Face folder (safetensors, config.json with the TransPoints and an ``auto_map``,
+the modeling code that ``auto_map`` names (``models.remote_code``), tokenizer with its chat template,
+generation_config.json) plus ``tm_distill.json`` (``META_FILE``), a small record of where it came from (teacher,
+stage, step, metrics), and, for a training checkpoint, ``training_state.pt`` (``STATE_FILE``: optimizer,
+scheduler, RNG, step, data position) for ``--resume``.
 
 Writes are atomic: everything goes into a temporary sibling folder (``.tmp-<name>-*``) that is renamed into
 place with ``os.replace``, so an error or a crash never leaves a half-written checkpoint under a real name.
@@ -20,9 +21,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .atomic import atomic_folder
+from .card import write_card
 from .errors import UserError
 from .convert.teacher import SHIPPED_TEACHER, load_weights, parse_device, parse_dtype, read_config
 from .models.configuration import TransMambaConfig
+from .models.remote_code import write_code
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +77,37 @@ def check_output(out_dir: str | Path, force: bool) -> Path:
 
 def save_checkpoint(
     dest: str | Path, model, tokenizer=None, training_state: dict | None = None, metadata: dict | None = None,
-    state_dict: dict[str, torch.Tensor] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None, card: bool = False,
 ) -> Path:
     """Write a checkpoint to ``dest`` atomically (temp folder + os.replace); an existing ``dest`` is replaced.
 
     model: the student (``save_pretrained``); state_dict: weights to save instead of the model's own (e.g.
-    with LoRA merged); training_state: what ``--resume`` needs; metadata: small JSON-able facts.
+    with LoRA merged); training_state: what ``--resume`` needs; metadata: small JSON-able facts; card: write
+    the model card (README.md) too, for a final student folder.
     """
     dest = Path(dest)
     with atomic_folder(dest) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        write_code(tmp)  # loadable without tm_distill: AutoModelForCausalLM(..., trust_remote_code=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(metadata or {}, indent=2, default=str) + "\n")
+        if card:
+            write_card(tmp)
     log.info("saved checkpoint %s", dest)
     return dest
 
 
 def save_student(model, tokenizer, out_dir: str | Path, metadata: dict | None = None, force: bool = False) -> Path:
-    """Write model (+ generation config), tokenizer and ``tm_distill.json`` to ``out_dir`` atomically.
+    """Write model (+ generation config), tokenizer, ``tm_distill.json`` and the model card to ``out_dir``
+    atomically.
 
     An existing ``out_dir`` is an error unless ``force``; then it is replaced only once the new checkpoint
     is complete. Returns the output path.
     """
-    return save_checkpoint(check_output(out_dir, force), model, tokenizer, metadata=metadata)
+    return save_checkpoint(check_output(out_dir, force), model, tokenizer, metadata=metadata, card=True)
 
 
 def read_metadata(path: str | Path) -> dict:

@@ -22,6 +22,7 @@ COMMANDS = {
     "validate": "tm_distill.commands.distill:validate",
     "plan": "tm_distill.commands.plan:plan",
     "eval": "tm_distill.commands.eval:eval_cmd",
+    "serve": "tm_distill.commands.serve:serve",
     "fetch-data": "tm_distill.commands.data:fetch_data",
 }
 

@@ -348,6 +348,9 @@ class Recipe:
                                            DistributedConfig)
     max_time: str | None = _help("wall-clock budget of one `distill` call (e.g. 8m, 1h30m): at the end the run "
                                  "checkpoints and stops, leaving final/ when it is in the last stage", None)
+    report_to: list[str] = _help("experiment trackers (accelerate's: tensorboard, wandb, mlflow, ...) that get "
+                                 "every metrics.jsonl row and the recipe as hyperparameters; local ones write "
+                                 "under OUTPUT/trackers", [])
 
     def __post_init__(self):
         _check(bool(self.teacher), "teacher", "a recipe needs a teacher (HF folder, hub id, .gguf, smollm2-135m)")

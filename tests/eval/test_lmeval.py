@@ -62,3 +62,45 @@ def test_unknown_task_names_the_fix(smol, task_dir):
     pytest.importorskip("lm_eval")
     with pytest.raises(ValueError, match="no_such_task"):
         lmeval.run_lm_eval({"teacher": smol.model}, smol.tokenizer, ["no_such_task"], task_dir=task_dir)
+
+
+LM_EVAL_CLI = r"""
+sys.argv = ["lm_eval", *sys.argv[2:]]
+from lm_eval.__main__ import cli_evaluate
+cli_evaluate()
+"""
+
+
+def test_lm_eval_hf_model_runs_a_student_without_tm_distill(smol, task_dir, tmp_path):
+    """`lm_eval --model hf --model_args pretrained=STUDENT,trust_remote_code=True`, in a process where tm_distill
+    cannot be imported, gives the package model's log-likelihoods on every choice (SSM rows from token 4 on)."""
+    pytest.importorskip("lm_eval")
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from tests.isolated import run_without_tm_distill
+    from tm_distill.checkpoint import save_student
+    from tm_distill.convert import parse_transpoints, seed_student
+
+    spec = "cycle=0,4,8,attn"
+    student = seed_student(smol.model, parse_transpoints(spec, smol.model.config.num_hidden_layers), spec).eval()
+    folder = save_student(student, smol.tokenizer, tmp_path / "student")
+    out = tmp_path / "lm_eval_out"
+    run_without_tm_distill(LM_EVAL_CLI, tmp_path, "--model", "hf", "--model_args",
+                           f"pretrained={folder},trust_remote_code=True", "--tasks", "tiny_qa", "--include_path",
+                           str(task_dir), "--device", "cpu", "--output_path", str(out), "--log_samples")
+    (samples_file,) = out.rglob("samples_tiny_qa_*.jsonl")
+    got = {row["doc_id"]: [float(ll) for ll, _ in row["filtered_resps"]]
+           for row in map(json.loads, samples_file.read_text().splitlines())}
+    (results_file,) = out.rglob("results_*.json")
+    acc = json.loads(results_file.read_text())["results"]["tiny_qa"]["acc,none"]
+
+    lm = HFLM(pretrained=student, tokenizer=smol.tokenizer, backend="causal", batch_size=1, device="cpu")
+    res = lm_eval.simple_evaluate(model=lm, tasks=["tiny_qa"], task_manager=TaskManager(include_path=str(task_dir)),
+                                  log_samples=True, bootstrap_iters=0)
+    want = {row["doc_id"]: [float(ll) for ll, _ in row["filtered_resps"]] for row in res["samples"]["tiny_qa"]}
+    assert sorted(got) == sorted(want) == list(range(len(QUESTIONS)))
+    for doc in want:
+        assert got[doc] == pytest.approx(want[doc], abs=1e-4)
+    assert acc == res["results"]["tiny_qa"]["acc,none"]

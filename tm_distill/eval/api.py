@@ -234,7 +234,9 @@ def run_eval(
     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, plots: bool = True,
     progress: bool = True,
 ) -> dict:
-    """Load the teacher and student folders, evaluate, and write report.json / report.md / plots to out_dir."""
+    """Load the teacher and student folders, evaluate, write report.json / report.md / plots to out_dir, and put
+    each student's headline numbers on its model card (``card.record_evaluation``)."""
+    from ..card import record_evaluation  # noqa: PLC0415
     from ..convert import load_teacher  # noqa: PLC0415
     from ..checkpoint import NotAStudent, StudentMismatch, StudentNotFound, check_student_of, load_student  # noqa: PLC0415
     from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
@@ -247,13 +249,15 @@ def run_eval(
     except DeviceError as err:
         raise EvalInputError(str(err)) from None
     loaded: dict[str, torch.nn.Module] = {}
+    folders: dict[str, Path] = {}
     for path in students:
         try:
             model, _ = load_student(path, dtype=dtype, device=device)
         except (StudentNotFound, NotAStudent, StudentMismatch, UnreadableModel) as err:
             raise EvalInputError(str(err)) from err
         model.name_or_path = str(Path(path).expanduser().resolve())
-        loaded[student_name(path, set(loaded))] = model
+        name = student_name(path, set(loaded))
+        loaded[name], folders[name] = model, Path(path).expanduser()
     try:
         t = load_teacher(teacher, dtype=dtype, device=device)
     except (TeacherNotFound, UnreadableModel, UnsupportedTeacher) as err:
@@ -269,6 +273,8 @@ def run_eval(
     report = evaluate(t.model, t.tokenizer, loaded, heldout, options, teacher_source=teacher, data_source=str(data),
                       data_split=split, progress=progress)
     write_report(report, out_dir, plots=plots)
+    for name, folder in folders.items():  # each student's card gets the numbers measured on it
+        record_evaluation(folder, report, name, out_dir)
     return report
 
 

@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from ..ops import FEATURE_MAPS, fused, ssd_scan, ssd_state, ssd_update
+from ..ops import FEATURE_MAPS, ssd_scan, ssd_state, ssd_update
+from ..ops.fused import rotary, use_fused
 from .cache import LayerState
 from .configuration import TransMambaConfig
 from .kv import decode_attention, write_static
@@ -261,7 +262,7 @@ class TransMambaMixer(nn.Module):
         """
         offset = where.offset
         cos, sin = (e[:, :n_attn] for e in position_embeddings)
-        rotate = fused.rotary if fused.use_fused(q) else apply_rotary_pos_emb
+        rotate = rotary if use_fused(q) else apply_rotary_pos_emb
         q_rot, k_rot = rotate(q[:, :n_attn].transpose(1, 2), k[:, :n_attn].transpose(1, 2), cos, sin)  # (b, h, n, d)
         v_new = v[:, :n_attn].transpose(1, 2)
         keep = state is not None and where.next_first < self.transpoint

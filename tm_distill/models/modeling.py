@@ -17,7 +17,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from ..ops import fused
+from ..ops.fused import rms_norm, use_fused
 from .cache import CACHE_KWARG, TransMambaCache, output_cache
 from .configuration import TransMambaConfig
 from .converter import Converters
@@ -31,8 +31,8 @@ class RMSNorm(LlamaRMSNorm):
     """transformers' ``LlamaRMSNorm``; at inference on CUDA one fused kernel (``ops.fused``)."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if fused.use_fused(hidden_states):
-            return fused.rms_norm(hidden_states, self.weight, self.variance_epsilon)
+        if use_fused(hidden_states):
+            return rms_norm(hidden_states, self.weight, self.variance_epsilon)
         return super().forward(hidden_states)
 
 

@@ -1,4 +1,5 @@
-"""Training metrics: one JSON object per logged step in OUTPUT/metrics.jsonl, and TensorBoard when installed."""
+"""Training metrics: one JSON object per logged step in OUTPUT/metrics.jsonl, and the recipe's trackers
+(``report_to``: TensorBoard, W&B, ... through accelerate, ``training.tracking``)."""
 
 from __future__ import annotations
 
@@ -47,44 +48,37 @@ def json_safe(row: dict) -> dict:
 
 
 class MetricsWriter:
-    """Append rows to OUTPUT/metrics.jsonl (and TensorBoard scalars under OUTPUT/tensorboard if available).
+    """Append rows to OUTPUT/metrics.jsonl and hand them to the run's trackers (``training.tracking.Trackers``).
 
     keep: on resume, a predicate choosing which existing rows stay (rows logged after the checkpoint the
     run resumes from are dropped, so the file reads as one uninterrupted run). enabled: False on non-main
-    processes.
+    processes. trackers: None without ``report_to``; closed with the writer.
     """
 
-    def __init__(self, output_dir: str | Path, keep: Callable[[dict], bool] | None = None, enabled: bool = True):
+    def __init__(self, output_dir: str | Path, keep: Callable[[dict], bool] | None = None, enabled: bool = True,
+                 trackers=None):
         self.enabled = enabled
         self.path = Path(output_dir) / METRICS_FILE
-        self._tb = None
+        self.trackers = trackers
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         rows = read_metrics(output_dir) if keep is not None else []
         self.path.write_text("".join(json.dumps(r) + "\n" for r in rows if keep(r)) if keep else "")
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415  (optional: needs tensorboard)
-
-            self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
-        except ImportError:
-            log.debug("tensorboard not installed; metrics go to %s only", self.path)
 
     def write(self, row: dict, global_step: int | None = None) -> None:
+        """One row; ``global_step``: the stage's step the trackers place it at (None: the file only)."""
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
-        if self._tb is not None and global_step is not None:
-            prefix = f"{row.get('stage_idx', 0)}-{row.get('stage', 'stage')}"
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    self._tb.add_scalar(f"{prefix}/{key}", value, global_step)
+        if self.trackers is not None and global_step is not None:
+            self.trackers.log(row, global_step)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
 
 __all__ = ["METRICS_FILE", "MetricsFileError", "MetricsWriter", "json_safe", "read_metrics"]

@@ -1,7 +1,8 @@
 """Check a recipe against its teacher and resolve the plan (stages, steps, tokens, TransPoints), no training.
 
 ``validate`` runs this; ``distill`` runs it before any work, so a missing teacher, a sequence longer than
-the teacher supports, or a TransPoint spec that does not fit the model fails first, naming the key.
+the teacher supports, a TransPoint spec that does not fit the model, or a tracker that is not installed fails
+first, naming the key.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..convert.calibrate import default_windows
 from ..convert.teacher import CustomCodeRefused, TeacherNotFound, check_no_custom_code, resolve_source
 from ..convert.transpoints import TransPointSpecError, describe_transpoints, parse_transpoints
 from ..recipe import Recipe, RecipeError
+from .tracking import check_trackers
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +194,7 @@ def resolve_plan(recipe: Recipe, config: PretrainedConfig | None, processes: int
     ``processes`` processes (a stage's ``tokens`` is the run's budget: more processes, fewer steps)."""
     _check_output_dir(recipe.output_dir, recipe.teacher)
     _check_ssm(recipe.ssm)
+    check_trackers(recipe.report_to)
     _check_teacher_family(config)
     _check_student(recipe.student, config)
     n_layers = getattr(config, "num_hidden_layers", None) if config is not None else None

@@ -3,8 +3,9 @@
 The run's ``recipe.yaml`` is compared with the recipe given to ``--resume``. A key may differ only where the
 work already done stays what the recipe says:
 
-- anywhere: ``device``, ``max_time``, ``output_dir`` (compared as resolved paths: ``runs/x/`` and an absolute
-  path are the same folder; a run moved elsewhere continues where it is), and each stage's ``checkpoint_every``, ``keep_last``, ``log_every``,
+- anywhere: ``device``, ``max_time``, ``report_to``, ``output_dir`` (compared as resolved paths: ``runs/x/`` and an
+  absolute path are the same folder; a run moved elsewhere continues where it is), and each stage's
+  ``checkpoint_every``, ``keep_last``, ``log_every``,
   ``eval_every`` (bookkeeping);
 - a stage that has not started yet (no checkpoint of it or of a later stage): any of its keys but ``name``;
 - the stage in progress: ``optimizer.lr`` and ``precision`` (to recover from a divergence), and, when it is
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 RECIPE_FILE = "recipe.yaml"
 CHANGES_FILE = "recipe_changes.jsonl"
-SAFE_TOP = {"device", "max_time"}
+SAFE_TOP = {"device", "max_time", "report_to"}
 SAFE_STAGE = {"checkpoint_every", "keep_last", "log_every", "eval_every"}
 RECOVERY = {"optimizer.lr", "precision"}  # the stage in progress, e.g. after a divergence
 LENGTH = {"steps", "tokens"}  # the last stage in progress, longer only
@@ -142,7 +143,7 @@ def check_resume(recipe: Recipe, output_dir: str | Path) -> list[Change]:
         raise RecipeError("", (
             f"--resume continues the run in {out} with the recipe it started with ({path}), but these keys "
             f"differ:\n{lines}\nRevert them (or leave out the overrides), or start a new run with another "
-            "output_dir. Safe to change on resume: device, max_time, output_dir; checkpoint_every, keep_last, log_every, "
+            "output_dir. Safe to change on resume: device, max_time, report_to, output_dir; checkpoint_every, keep_last, log_every, "
             "eval_every; the lr and "
             "precision of the stage in progress; steps/tokens of the last stage (longer only); any key of a "
             "stage that has not started."))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_folder, atomic_write_file, link_or_copy
+from ..card import write_card
 from ..checkpoint import read_metadata
 from ..recipe import Recipe, RecipeError, dump_recipe, parse_duration
 from .checkpoint import ResumePoint, clean_temp, find_resume_point, stage_dir, stage_folders
@@ -27,6 +28,7 @@ from .loop import StageRun, TrainingDiverged, TrainingStopped, train_stage
 from .metrics import METRICS_FILE, MetricsWriter
 from .resolve import resolve_plan
 from .resume_check import CHANGES_FILE, RECIPE_FILE, check_resume
+from .tracking import Trackers, accelerator_options
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +321,7 @@ def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -
     out = Path(recipe.output_dir)
     names = [s.name for s in recipe.stages]
     dtype = getattr(torch, recipe.run_dtype(device))
-    accelerator = Accelerator(cpu=device == "cpu")
+    accelerator = Accelerator(cpu=device == "cpu", **accelerator_options(recipe))
     _check_output_dir(recipe, out, resume, force, accelerator.is_main_process)
     if device == "cuda":  # this process's GPU (cuda:<local rank> under accelerate launch): "cuda" means it below
         torch.cuda.set_device(accelerator.local_process_index)
@@ -348,7 +350,9 @@ def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -
     def keep(row: dict) -> bool:
         return row["stage_idx"] < point.stage_idx or (row["stage_idx"] == point.stage_idx and row["step"] <= point.step)
 
-    metrics = MetricsWriter(out, keep=keep if resume else None, enabled=accelerator.is_main_process)
+    trackers = (Trackers(accelerator, [s.steps for s in plan.stages]).start(recipe)
+                if recipe.report_to and accelerator.is_main_process else None)
+    metrics = MetricsWriter(out, keep=keep if resume else None, enabled=accelerator.is_main_process, trackers=trackers)
     meta = {"recipe": recipe.name, "teacher": recipe.teacher, "transpoints": transpoints,
             "transpoint_spec": recipe.transpoints, "transpoint_explanation": why,
             "mixture": {str(n): d.meta["mixture"] for n, d in data.items() if "mixture" in d.meta} or None}
@@ -362,6 +366,7 @@ def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -
         last = stopped.checkpoint if stopped is not None else stage_dir(out, len(names) - 1, names[-1]) / "final"
         _copy_atomic(last, out / "final")
         _write_json(out / SUMMARY_FILE, summary)
+        write_card(out / "final", training=_training_record(recipe, plan, summary, stopped))
     if stopped is not None:
         raise stopped
     return summary
@@ -382,6 +387,20 @@ def _summary(recipe: Recipe, plan, student, teacher, heldout, transpoints, seede
         summary["stopped"] = {"reason": stopped.reason, "stage": stopped.stage, "step": stopped.step,
                               "checkpoint": str(stopped.checkpoint)}
     return summary
+
+
+def _training_record(recipe: Recipe, plan, summary: dict, stopped) -> dict:
+    """What the run trained, for OUTPUT/final's model card: stages with the steps and tokens done, the recipe."""
+    stages = [{"name": p.name, "steps": p.steps, "tokens": p.tokens} for p in plan.stages]
+    if stopped is not None:  # the last stage stopped early (max_time, a signal): count the steps it did
+        last = stages[-1]
+        last["tokens"], last["steps"] = last["tokens"] // max(last["steps"], 1) * stopped.step, stopped.step
+    return {"recipe": recipe.to_dict(), "student": recipe.student, "stages": stages,
+            "tokens_trained": sum(s["tokens"] for s in stages),
+            "stopped": f"{stopped.reason} at step {stopped.step}" if stopped is not None else None,
+            "heldout_kl": {"seeded": summary["heldout_kl_seeded"], "distilled": summary["heldout_kl_distilled"],
+                           "windows": summary["heldout_windows"], "seq_len": summary["heldout_seq_len"],
+                           "data": recipe.data.heldout_source or recipe.data.source}}
 
 
 def kl_line(summary: dict) -> str:

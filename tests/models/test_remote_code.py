@@ -1,0 +1,197 @@
+"""A student folder carries its modeling code: plain transformers loads it where tm_distill is not installed
+(the fresh processes of ``tests/isolated.py``)."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import tiny_llama
+from tests.isolated import run_without_tm_distill
+from tm_distill.checkpoint import save_student
+from tm_distill.convert import parse_transpoints, seed_student
+from tm_distill.models import TransMambaForCausalLM
+from tm_distill.models.remote_code import (ENTRY_POINTS, RemoteCodeError, _relative_imports, auto_map, code_files,
+                                           flat_name)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Runs without tm_distill (tests/isolated.py): argv[2] is JSON {"jobs": [[folder, prompt ids, new tokens], ...],
+# "device": ..., "dtype": ...}.
+CHILD = r"""
+args = json.loads(sys.argv[2])
+import torch
+from transformers import AutoModelForCausalLM
+out = {"generated": [], "classes": []}
+try:
+    AutoModelForCausalLM.from_pretrained(args["jobs"][0][0])
+    out["refused"] = ""
+except ValueError as err:  # custom code needs trust_remote_code=True
+    out["refused"] = str(err)
+for folder, prompt, new in args["jobs"]:
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, dtype=getattr(torch, args["dtype"]))
+    model = model.to(args["device"]).eval()
+    ids = model.generate(torch.tensor([prompt], device=args["device"]), max_new_tokens=new, do_sample=False)
+    out["generated"].append(ids[0].tolist())
+    out["classes"].append(type(model).__module__ + "." + type(model).__name__)
+out["tm_distill_imported"] = "tm_distill" in sys.modules
+print("\nRESULT " + json.dumps(out))
+"""
+
+
+def run_fresh(jobs: list, tmp_path: Path, device: str = "cpu", dtype: str = "float32") -> dict:
+    """Generate with each job's folder in a process where tm_distill is not importable; CHILD's JSON output."""
+    proc = run_without_tm_distill(CHILD, tmp_path, json.dumps({"jobs": jobs, "device": device, "dtype": dtype}))
+    return json.loads(proc.stdout.rpartition("\nRESULT ")[2])
+
+
+def _student(spec: str, layers: int = 4, **options):
+    teacher = tiny_llama(num_kv_heads=2, num_layers=layers)
+    return seed_student(teacher, parse_transpoints(spec, layers), spec, "tiny", seed=1, **options).eval()
+
+
+def _save(model, folder: Path) -> Path:
+    save_student(model, None, folder)
+    return folder
+
+
+def test_student_generates_the_same_tokens_without_tm_distill(tmp_path):
+    prompt = torch.randint(0, 97, (7,), generator=torch.Generator().manual_seed(0)).tolist()
+    students = {  # the decode crosses TransPoints 0, 5 and 9; one layer stays attention
+        "plain": _student("0,5,9,attn"),
+        "options": _student("0,5,9,attn", use_z_gate=True, use_conv=True, bc_feature_map="silu", ssm_c_scale=True),
+    }
+    jobs, want = [], []
+    for name, model in students.items():
+        folder = _save(model, tmp_path / name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder).eval()  # tm_distill's own classes
+        assert type(loaded) is TransMambaForCausalLM
+        want.append(loaded.generate(torch.tensor([prompt]), max_new_tokens=14, do_sample=False)[0].tolist())
+        jobs.append([str(folder), prompt, 14])
+    got = run_fresh(jobs, tmp_path)
+    assert got["generated"] == want
+    assert all(c.startswith("transformers_modules.") and c.endswith("modeling_transmamba.TransMambaForCausalLM")
+               for c in got["classes"]), got["classes"]
+    assert not got["tm_distill_imported"]
+    assert "trust_remote_code=True" in got["refused"]  # custom code is opt-in, as for any Hub model
+
+
+def test_a_student_folder_carries_code_and_auto_map(tmp_path):
+    folder = _save(_student("cycle=0,8"), tmp_path / "s")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"] == auto_map()
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_transmamba.TransMambaForCausalLM"
+    assert sorted(p.name for p in folder.glob("*.py")) == sorted(code_files())
+    for name, text in code_files().items():
+        assert (folder / name).read_text() == text
+
+
+def test_old_students_without_code_still_load_with_the_package(tmp_path):
+    model = _student("cycle=0,8")
+    folder = _save(model, tmp_path / "old")
+    for path in folder.glob("*.py"):  # what convert wrote before checkpoints carried their code
+        path.unlink()
+    config = json.loads((folder / "config.json").read_text())
+    del config["auto_map"]
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+def _normalized(module: str, tree: ast.AST) -> str:
+    """ast.dump of a package module with each relative import written as the flat import it must become."""
+    path = Path(importlib.util.find_spec(module).origin)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            node.module = flat_name(importlib.util.resolve_name("." * node.level + (node.module or ""), package))
+            node.level = 1
+    return ast.dump(tree)
+
+
+def _modules_saved() -> dict[str, str]:
+    """flat file name -> package module, for every module of models/ and ops/."""
+    out = {}
+    for sub in ("models", "ops"):
+        for path in (ROOT / "tm_distill" / sub).glob("*.py"):
+            module = f"tm_distill.{sub}" + ("" if path.stem == "__init__" else f".{path.stem}")
+            out[f"{flat_name(module)}.py"] = module
+    return out
+
+
+def test_saved_code_is_the_package_code_with_flat_imports():
+    """One source of truth: each saved file is its package module, statement for statement, imports flattened;
+    the saved set is closed (every flat import names a saved file) and contains every entry point."""
+    files, modules = code_files(), _modules_saved()
+    assert {f"{flat_name(m)}.py" for m, _ in ENTRY_POINTS.values()} <= set(files)
+    for name, text in files.items():
+        module = modules[name]
+        source = Path(importlib.util.find_spec(module).origin).read_text()
+        assert ast.dump(ast.parse(text)) == _normalized(module, ast.parse(source)), name
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and f"{node.module}.py" in files, (name, node.module)
+    # the loader finds dependencies by `from .name import` lines: every saved file is reached from the entries
+    reached, todo = set(), [f"{flat_name(m)}.py" for m, _ in ENTRY_POINTS.values()]
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo += [f"{m}.py" for m in re.findall(r"^\s*from\s+\.(\S+)\s+import", files[name], re.MULTILINE)]
+    assert reached == set(files)
+
+
+def test_no_hand_kept_copy_of_the_saved_files_in_the_repository():
+    names = set(code_files())
+    kept = [p for d in ("tm_distill", "tests", "benchmarks", "scripts", "recipes", "docs") if (ROOT / d).exists()
+            for p in (ROOT / d).rglob("*.py") if p.name in names]
+    assert not kept
+
+
+@pytest.mark.parametrize("source, message", [
+    ("from ..ops import fused\n", "imports module tm_distill.ops.fused as an object"),
+    ("import tm_distill.ops\n", "imports tm_distill by name"),
+    ("from tm_distill.ops import ssd_scan\n", "imports tm_distill by name"),
+    ("def f():\n    from ..training.loop import train_stage\n", "imports tm_distill.training.loop"),
+])
+def test_model_code_that_a_checkpoint_cannot_carry_is_refused(source, message):
+    path = ROOT / "tm_distill" / "models" / "mixer.py"
+    with pytest.raises(RemoteCodeError, match=message.replace(".", r"\.")):
+        _relative_imports("tm_distill.models.mixer", path, source)
+
+
+@pytest.mark.gpu
+def test_self_contained_student_matches_the_package_on_cuda(tmp_path):
+    """On CUDA (mamba-ssm and Triton installed): the same greedy tokens with and without tm_distill, and the
+    loaded-by-code model decodes at the package model's speed (within 10%)."""
+    import time
+
+    model = _student("cycle=0,64,128,attn", layers=8).to("cuda", torch.bfloat16)
+    folder = _save(model, tmp_path / "gpu")
+    prompt = torch.randint(0, 97, (1, 100), generator=torch.Generator().manual_seed(0)).cuda()
+    package = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).cuda().eval()
+    remote = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, trust_remote_code=True).cuda().eval()
+    assert type(remote).__module__.startswith("transformers_modules.")
+
+    def timed(m):
+        m.generate(prompt, max_new_tokens=8, do_sample=False)  # warm up the kernels
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = m.generate(prompt, max_new_tokens=128, do_sample=False)
+        torch.cuda.synchronize()
+        return out, time.perf_counter() - start
+
+    (want, t_package), (got, t_remote) = timed(package), timed(remote)
+    assert torch.equal(want, got)
+    assert t_remote <= 1.1 * t_package, (t_remote, t_package)
+    fresh = run_fresh([[str(folder), prompt[0].tolist(), 128]], tmp_path, "cuda", "bfloat16")  # and in a process without tm_distill
+    assert fresh["generated"][0] == want[0].tolist()
