@@ -31,6 +31,15 @@ def test_every_shipped_recipe_loads_and_validates():
         assert any(line.startswith("transpoints:") for line in plan.lines())
 
 
+def test_no_shipped_recipe_trains_on_the_held_out_domain():
+    """python-docs is the comparison's held-out domain: no training source, calibration or mixture entry reads it."""
+    for path in RECIPES:
+        recipe = load_recipe(path)
+        used = [recipe.data.source, recipe.data.heldout_source, recipe.calibrate and recipe.calibrate.data]
+        used += [v for e in recipe.data.mixture or [] for v in (e.source, e.prefixes, e.filler)]
+        assert "python-docs" not in used, path
+
+
 def test_cpu_demo_resolves_against_the_real_teacher():
     recipe = load_recipe(next(p for p in RECIPES if p.name == "cpu-demo.yaml"))
     plan = resolve_plan(recipe, teacher_config(recipe.teacher))
