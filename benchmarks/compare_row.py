@@ -120,8 +120,15 @@ def trained_student(row: str, teacher_path: str, out: Path, max_time: str | None
             "tokens_per_s": speed, "tokens_trained": trained,
             "recipe": (RECIPES / ROWS[row]).relative_to(ROOT).as_posix(),
             "transpoint_explanation": read_metadata(summary["final"]).get("transpoint_explanation", ""),
-            "mixture": read_metadata(summary["final"]).get("mixture")}
+            "mixture": read_metadata(summary["final"]).get("mixture"), "teacher_data": teacher_data_manifests()}
     return Path(summary["final"]), info
+
+
+def teacher_data_manifests() -> list[dict]:
+    """The manifests of the teacher-written data in this machine's cache (what was sampled, how fast)."""
+    from tm_distill.convert.teacher import cache_dir  # noqa: PLC0415
+
+    return [json.loads(p.read_text()) for p in sorted((cache_dir() / "teacher-data").glob("*/manifest.json"))]
 
 
 def teacher_sample_file(teacher_path: str, path: Path) -> Path:
