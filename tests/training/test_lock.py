@@ -99,3 +99,12 @@ def test_the_processes_of_one_launch_share_the_lock(holder, monkeypatch):
     assert lock_holder(out) is None  # rank 1 of that launch: its own run
     monkeypatch.setenv("MASTER_PORT", "29501")
     assert lock_holder(out)["pid"] == proc.pid  # another launch is refused
+
+
+def test_a_run_that_wrote_nothing_leaves_no_empty_folder(tmp_path):
+    with pytest.raises(ValueError), RunLock(tmp_path / "runs" / "a"):
+        raise ValueError("bad data, found before anything was written")
+    assert not (tmp_path / "runs").exists()
+    with RunLock(tmp_path / "runs" / "b"):
+        (tmp_path / "runs" / "b" / "metrics.jsonl").write_text("")
+    assert sorted(p.name for p in (tmp_path / "runs" / "b").iterdir()) == ["metrics.jsonl"]

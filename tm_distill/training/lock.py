@@ -143,12 +143,14 @@ class RunLock:
         self.path = self.out / LOCK_FILE
         self.enabled = enabled
         self._fd: int | None = None
+        self._created: list[Path] = []  # folders made for the run, removed again if it leaves them empty
 
     def __enter__(self) -> RunLock:
         if not self.enabled:
             return self
         if self.out.exists() and not self.out.is_dir():
             raise OutputNotWritable(f"output_dir {self.out} is a file, not a folder: give a new folder path")
+        self._created = [p for p in (self.out, *self.out.parents) if not p.exists()]
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             for _ in range(5):  # a run releasing the lock unlinks the file: retry on the new one
@@ -156,8 +158,17 @@ class RunLock:
                 if self._acquire(fd):
                     return self
         except OSError as err:
+            self._remove_created()
             raise _not_writable(self.out, err) from None
         raise RunFolderBusy(busy_message(self.out, {}))
+
+    def _remove_created(self) -> None:
+        """A run that failed before writing anything leaves no empty folder behind."""
+        for folder in self._created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run wrote something), or gone
+                break
 
     def _acquire(self, fd: int) -> bool:
         """Lock ``fd`` and record this process in it; False when the file was replaced meanwhile (retry)."""
@@ -190,6 +201,7 @@ class RunLock:
             pass
         os.close(self._fd)
         self._fd = None
+        self._remove_created()
 
 
 __all__ = ["LOCK_FILE", "OutputNotWritable", "RunFolderBusy", "RunLock", "busy_message", "lock_holder", "write_failure"]
