@@ -209,7 +209,7 @@ def load_student(path: str | Path, dtype: str | torch.dtype | None = None, devic
     model = load_weights(AutoModelForCausalLM, path, dtype=parse_dtype(dtype) if dtype is not None else "auto")
     model = model.to(device).eval()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise StudentNotFound(f"{path} has no usable tokenizer ({err}); re-create it with `tm-distill convert`") from err
     return model, tokenizer

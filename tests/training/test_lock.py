@@ -86,3 +86,25 @@ def test_write_failures_for_space_or_permission(tmp_path, monkeypatch):
     monkeypatch.setattr(lock.shutil, "disk_usage", lambda path: SimpleNamespace(free=1024))
     assert "the disk is full (0 MiB free)" in str(write_failure(torch_full, tmp_path))
     assert write_failure(RuntimeError("shape mismatch"), tmp_path) is None
+
+
+def test_the_processes_of_one_launch_share_the_lock(holder, monkeypatch):
+    out, proc = holder
+    lockfile = out / LOCK_FILE
+    record = json.loads(lockfile.read_text())
+    lockfile.write_text(json.dumps({**record, "job": "127.0.0.1:29500"}))  # as rank 0 of a torchrun launch records
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    assert lock_holder(out) is None  # rank 1 of that launch: its own run
+    monkeypatch.setenv("MASTER_PORT", "29501")
+    assert lock_holder(out)["pid"] == proc.pid  # another launch is refused
+
+
+def test_a_run_that_wrote_nothing_leaves_no_empty_folder(tmp_path):
+    with pytest.raises(ValueError), RunLock(tmp_path / "runs" / "a"):
+        raise ValueError("bad data, found before anything was written")
+    assert not (tmp_path / "runs").exists()
+    with RunLock(tmp_path / "runs" / "b"):
+        (tmp_path / "runs" / "b" / "metrics.jsonl").write_text("")
+    assert sorted(p.name for p in (tmp_path / "runs" / "b").iterdir()) == ["metrics.jsonl"]

@@ -41,6 +41,14 @@ def busy_message(out: Path, holder: dict) -> str:
             "it to end or stop it, or give another output_dir")
 
 
+def _job() -> str | None:
+    """The multi-process launch (torchrun, ``accelerate launch``) this process is part of, by its rendezvous
+    address; None for a single process. The processes of one run share its lock."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and os.environ.get("MASTER_PORT"):
+        return f"{os.environ.get('MASTER_ADDR', '')}:{os.environ['MASTER_PORT']}"
+    return None
+
+
 def _read(fd: int) -> dict:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
@@ -69,8 +77,8 @@ def _try_lock(fd: int, shared: bool = False) -> bool | None:
 
 
 def lock_holder(output_dir: str | Path) -> dict | None:
-    """Who holds ``output_dir``'s lock ({"pid", "host", "started"}), or None when no live run does (or this
-    process holds it)."""
+    """Who holds ``output_dir``'s lock ({"pid", "host", "started", "job"}), or None when no live run does (or
+    this process, or the multi-process run it is part of, holds it)."""
     path = Path(output_dir).expanduser() / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -79,6 +87,8 @@ def lock_holder(output_dir: str | Path) -> dict | None:
     try:
         holder = _read(fd)
         if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            return None
+        if holder.get("job") is not None and holder.get("job") == _job():  # another process of this very run
             return None
         got = _try_lock(fd, shared=True)  # a probe: conflicts with a run's exclusive lock only
         if got is None:
@@ -133,12 +143,14 @@ class RunLock:
         self.path = self.out / LOCK_FILE
         self.enabled = enabled
         self._fd: int | None = None
+        self._created: list[Path] = []  # folders made for the run, removed again if it leaves them empty
 
     def __enter__(self) -> RunLock:
         if not self.enabled:
             return self
         if self.out.exists() and not self.out.is_dir():
             raise OutputNotWritable(f"output_dir {self.out} is a file, not a folder: give a new folder path")
+        self._created = [p for p in (self.out, *self.out.parents) if not p.exists()]
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             for _ in range(5):  # a run releasing the lock unlinks the file: retry on the new one
@@ -146,8 +158,17 @@ class RunLock:
                 if self._acquire(fd):
                     return self
         except OSError as err:
+            self._remove_created()
             raise _not_writable(self.out, err) from None
         raise RunFolderBusy(busy_message(self.out, {}))
+
+    def _remove_created(self) -> None:
+        """A run that failed before writing anything leaves no empty folder behind."""
+        for folder in self._created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run wrote something), or gone
+                break
 
     def _acquire(self, fd: int) -> bool:
         """Lock ``fd`` and record this process in it; False when the file was replaced meanwhile (retry)."""
@@ -164,7 +185,7 @@ class RunLock:
             os.close(fd)
             return False
         me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+              "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "job": _job()}
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, json.dumps(me).encode())
@@ -180,6 +201,7 @@ class RunLock:
             pass
         os.close(self._fd)
         self._fd = None
+        self._remove_created()
 
 
 __all__ = ["LOCK_FILE", "OutputNotWritable", "RunFolderBusy", "RunLock", "busy_message", "lock_holder", "write_failure"]
