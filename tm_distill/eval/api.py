@@ -69,6 +69,24 @@ class EvalOptions:
             raise EvalInputError(f"batch_size={self.batch_size} must be >= 1")
 
 
+# EvalOptions' defaults are sized for a GPU; on a CPU they take ~13 minutes for one student on 2 cores (2048-token
+# retrieval prompts dominate). `tm-distill eval --device cpu` uses these unless an option is given.
+CPU_DEFAULTS = {"retrieval_lengths": [512], "trials": 1, "speed_lengths": [256]}
+
+
+def cost_line(options: EvalOptions, students: int, device: str) -> str:
+    """What an eval will run, said before it starts: held-out tokens, retrieval prompts, speed lengths."""
+    parts = [f"eval on {device}: teacher + {students} student(s); held-out {options.windows} x {options.seq_len} tokens"]
+    if options.retrieval_lengths:
+        prompts = len(options.retrieval_tasks) * len(options.retrieval_lengths) * len(options.depths) * options.trials
+        parts.append(f"retrieval {prompts} prompts per model at {','.join(map(str, options.retrieval_lengths))} tokens")
+    if options.speed:
+        parts.append(f"speed at {','.join(map(str, options.speed_lengths))} tokens (+{options.decode_tokens} decoded)")
+    if options.tasks:
+        parts.append(f"lm-eval {','.join(options.tasks)}")
+    return "; ".join(parts)
+
+
 def check_context(options: EvalOptions, max_positions: int | None) -> None:
     """Every length the report uses must fit the teacher's context (max_position_embeddings)."""
     if max_positions is None:
@@ -278,5 +296,5 @@ def run_eval(
     return report
 
 
-__all__ = ["EvalInputError", "EvalOptions", "apply_transpoints", "check_context", "evaluate", "load_heldout", "run_eval",
+__all__ = ["CPU_DEFAULTS", "EvalInputError", "EvalOptions", "apply_transpoints", "check_context", "cost_line", "evaluate", "load_heldout", "run_eval",
            "student_name"]

@@ -37,12 +37,22 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines + [""]
 
 
+_SCHEDULE_WIDTH = 40
+
+
 def _schedule(model: dict) -> str:
+    """The TransPoints column: the spec the student was made with when it is short (cycle=..., all=N), else the
+    per-layer list cut after a whole entry, with the layer count."""
     tps = model.get("transpoints")
     if not tps:
         return "teacher (attention)"
+    spec = model.get("transpoint_spec") or ""
+    if spec and not spec.startswith("auto") and len(spec) <= _SCHEDULE_WIDTH:
+        return spec
     text = describe_transpoints(tps)
-    return text if len(text) <= 40 else text[:37] + "..."
+    if len(text) <= _SCHEDULE_WIDTH:
+        return text
+    return text[:_SCHEDULE_WIDTH].rsplit(",", 1)[0] + f",... ({len(tps)} layers)"
 
 
 def _metrics_section(report: dict) -> list[str]:
@@ -137,6 +147,10 @@ def _speed_section(report: dict) -> list[str]:
     lines = ["## Speed and memory", "",
              f"Device: {s['device']}; {s['decode_tokens']} greedy tokens after a random prompt. Peak memory: "
              f"{s['memory_method']}.", ""]
+    if s.get("load_average") is not None:  # a CPU: the timings are the machine's, under its load at the time
+        lines[-2] += (f" On a CPU the timings depend on what else runs on it (load average {s['load_average']:.1f} on "
+                      f"{s['cpu_count']} cores while timing): compare rows of this table with each other, not with "
+                      "other runs; docs/benchmarks.md measures speed on a GPU.")
     rows = []
     for name, per_len in s["results"].items():
         for row in per_len:

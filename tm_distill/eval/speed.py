@@ -8,6 +8,8 @@ counted there. ``memory_method`` in the result says which.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from tqdm.auto import tqdm
 
@@ -34,7 +36,8 @@ def measure_speed(
 
     models: name -> causal LM; lengths: prompt lengths in tokens; decode_tokens: tokens generated after the
     prompt (greedy; decode speed counts decode_tokens - 1 single-token steps).
-    Returns {"device", "memory_method", "lengths", "decode_tokens", "results": {name: [row per length]}}
+    Returns {"device", "load_average" (1-minute, on a CPU; None on CUDA), "cpu_count", "memory_method",
+    "lengths", "decode_tokens", "results": {name: [row per length]}}
     with rows {"length", "prefill_tokens_per_s", "decode_tokens_per_s", "peak_memory_bytes",
     "parameter_bytes", "cache_bytes"}.
     """
@@ -73,8 +76,11 @@ def measure_speed(
             bar.update(1)
         results[name] = rows
     bar.close()
+    busy = None if on_cuda or not hasattr(os, "getloadavg") else os.getloadavg()[0]  # CPU timings share the cores
     return {
         "device": str(device) if not on_cuda else torch.cuda.get_device_name(device),
+        "load_average": busy,
+        "cpu_count": os.cpu_count(),
         "memory_method": "torch.cuda.max_memory_allocated" if on_cuda else "parameter bytes + cache bytes",
         "lengths": list(lengths),
         "decode_tokens": decode_tokens,

@@ -7,8 +7,9 @@ Layout under a run's output folder::
     OUTPUT/final/                    the last stage's result
 
 Only what ``--resume`` needs is kept (``drop_superseded``): a stage's step checkpoints go once its final/ is
-written, and a stage's final/ goes once the next stage has written a checkpoint of its own, so a finished
-run holds the last stage's final/ and OUTPUT/final/ (hard links to the same files where possible).
+written, and a stage's final/ (and its emptied folder) goes once the next stage has written a checkpoint of its
+own, so a finished run holds the last stage's final/ and OUTPUT/final/ (hard links to the same files where
+possible), and OUTPUT/seed/ when the run calibrated its seed.
 
 Each checkpoint is a loadable HF student (config.json with its TransPoints, safetensors, tokenizer) plus
 ``training_state.pt`` (optimizer, scheduler, python/numpy/torch RNG, step, data position, stage index) and
@@ -111,13 +112,15 @@ def newest_checkpoint(output_dir: str | Path) -> Path | None:
 
 def drop_superseded(output_dir: str | Path, stage_idx: int) -> None:
     """Delete what resuming no longer needs once stage ``stage_idx`` has written a checkpoint: every earlier
-    stage's folder content, and the stage's own step checkpoints when its final/ exists."""
+    stage's folder (emptied, then removed), and the stage's own step checkpoints when its final/ exists."""
     for idx, folder in stage_folders(output_dir):
         if idx < stage_idx:
             for path in [p for _, p in step_checkpoints(folder)] + [folder / "final"]:
                 if path.exists():
                     log.info("removing %s: stage %d has a newer checkpoint", path, stage_idx)
                     shutil.rmtree(path, ignore_errors=True)
+            if not any(folder.iterdir()):  # anything else in it is not ours to delete
+                folder.rmdir()
         elif idx == stage_idx and (folder / "final" / STATE_FILE).exists():
             for _, path in step_checkpoints(folder):
                 shutil.rmtree(path, ignore_errors=True)

@@ -74,6 +74,7 @@ class StageRun:
     window (packed documents) or None; transpoints: the recipe's target TransPoints (one per layer).
     on_step: called as on_step(stage_idx, step, loss) after each completed step (tests use it to crash).
     stop: the run's stop flag (signals, max_time), or None. param_dtype: dtype of the frozen weights.
+    save_dtype: dtype of the stage's final/ checkpoint on disk (None: the training dtypes, exact to resume from).
     evaluate: called every ``cfg.eval_every`` steps (e.g. the held-out KL); its numbers join that step's row.
     """
 
@@ -90,6 +91,7 @@ class StageRun:
     stop: StopFlag | None = None
     param_dtype: torch.dtype = torch.float32
     evaluate: Callable[[], dict[str, float]] | None = None
+    save_dtype: torch.dtype | None = None  # of the stage's final/ on disk (the run's last stage); None: as trained
 
 
 @dataclass
@@ -358,16 +360,17 @@ def _finish_stage(par: Replicated, run: StageRun, accelerator, row: dict, total:
     stage.student.eval()
     if accelerator.is_main_process:
         final_state = {"stage_idx": run.stage_idx, "stage": run.cfg.name, "step": total, "done": True}
-        _save(par, stage_dir(run.output_dir, run.stage_idx, run.cfg.name) / "final", run, final_state, row)
+        _save(par, stage_dir(run.output_dir, run.stage_idx, run.cfg.name) / "final", run, final_state, row,
+              run.save_dtype)
         drop_superseded(run.output_dir, run.stage_idx)
     accelerator.wait_for_everyone()
     return row
 
 
-def _save(par: Replicated, dest, run: StageRun, state: dict, row: dict) -> None:
+def _save(par: Replicated, dest, run: StageRun, state: dict, row: dict, dtype: torch.dtype | None = None) -> None:
     meta = {**run.metadata, "stage": run.cfg.name, "stage_idx": run.stage_idx, "step": state["step"],
             "metrics": row}
-    save_checkpoint(dest, par.stage.student, run.tokenizer, state, meta, state_dict=par.export_state())
+    save_checkpoint(dest, par.stage.student, run.tokenizer, state, meta, state_dict=par.export_state(), dtype=dtype)
 
 
 __all__ = ["StageRun", "StepResult", "TrainingDiverged", "TrainingStopped", "build_optimizer", "lr_factor",

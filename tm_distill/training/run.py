@@ -33,6 +33,7 @@ from .tracking import Trackers, accelerator_options
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+SEED_DIR = "seed"  # the calibrated seed the stages start from
 _SEEDED_FILE = "seeded_kl.json"
 _CALIBRATION_FILE = "calibration.json"
 
@@ -252,9 +253,32 @@ def _load_given_student(path: str):
         raise RecipeError("student", str(err).splitlines()[0]) from None
 
 
+def save_dtype(recipe: Recipe, teacher) -> torch.dtype:
+    """The dtype of the students the run leaves (``recipe.save_dtype``; "teacher": the teacher's own)."""
+    from ..convert.dtype import teacher_dtype  # noqa: PLC0415
+
+    if recipe.save_dtype == "teacher":
+        return teacher_dtype(recipe.teacher, teacher.model.config)
+    return getattr(torch, recipe.save_dtype)
+
+
+def _save_seed(recipe: Recipe, student, teacher, out: Path, converted_kl: float | None) -> None:
+    """OUTPUT/seed: the calibrated seed the stages start from, so an eval compares like with like."""
+    from ..checkpoint import save_checkpoint  # noqa: PLC0415
+
+    meta = {"recipe": recipe.name, "teacher": recipe.teacher, "stage": "seeded", "transpoints": student.config.transpoints,
+            "transpoint_spec": recipe.transpoints, "calibration": student.config.calibration,
+            "heldout_kl_converted": converted_kl}
+    save_checkpoint(out / SEED_DIR, student, teacher.tokenizer, metadata=meta, dtype=save_dtype(recipe, teacher))
+
+
 def build_student(recipe: Recipe, teacher, point: ResumePoint, transpoints: list[int], out: Path, device: str,
-                  main_process: bool):
-    """The student to train: from the resume checkpoint, from ``recipe.student``, or seeded (and calibrated)."""
+                  main_process: bool, heldout: torch.Tensor | None = None):
+    """The student to train: from the resume checkpoint, from ``recipe.student``, or seeded (and calibrated).
+
+    A calibrated seed is saved as OUTPUT/seed (main process), with the held-out KL of the plain seed before
+    calibration (``heldout``: the windows; kept in seeded_kl.json too) when ``heldout`` is given.
+    """
     from ..convert import seed_student  # noqa: PLC0415
 
     if point.path is not None:
@@ -268,22 +292,28 @@ def build_student(recipe: Recipe, teacher, point: ResumePoint, transpoints: list
         student = seed_student(teacher.model, transpoints, recipe.transpoints, recipe.teacher, seed=recipe.seed,
                                dtype=torch.float32, **recipe.ssm)
         if recipe.calibrate is not None:
+            converted = None if heldout is None else heldout_kl(student, teacher.model, heldout, transpoints)
             _calibrate(recipe, student, teacher, out, main_process)
+            if main_process:
+                _save_seed(recipe, student, teacher, out, converted)
     return student.to(device)
 
 
 def _starting_kl(recipe: Recipe, student, teacher, heldout, transpoints, out: Path, resume: bool,
-                 main_process: bool) -> float:
-    """The held-out KL of the student before training (kept from the first call when resuming)."""
+                 main_process: bool) -> dict:
+    """The held-out KL of the student before training, and of the plain seed before calibration when the run
+    calibrated it (None otherwise): {"heldout_kl", "heldout_kl_converted"}, kept from the first call on resume."""
     seeded_file = out / _SEEDED_FILE
     if seeded_file.exists() and resume:
-        return json.loads(seeded_file.read_text())["heldout_kl"]
-    seeded_kl = heldout_kl(student, teacher.model, heldout, transpoints)
+        return {"heldout_kl_converted": None, **json.loads(seeded_file.read_text())}
+    seed_meta = read_metadata(out / SEED_DIR) if recipe.calibrate is not None and not recipe.student else {}
+    kls = {"heldout_kl": heldout_kl(student, teacher.model, heldout, transpoints),
+           "heldout_kl_converted": seed_meta.get("heldout_kl_converted")}
     if main_process:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(seeded_file, {"heldout_kl": seeded_kl})
+        _write_json(seeded_file, kls)
         atomic_write_file(out / "recipe.yaml", lambda tmp: Path(tmp).write_text(dump_recipe(recipe)))
-    return seeded_kl
+    return kls
 
 
 def run_stages(recipe: Recipe, student, teacher, data: dict, heldout, transpoints: list[int], point: ResumePoint,
@@ -299,7 +329,8 @@ def run_stages(recipe: Recipe, student, teacher, data: dict, heldout, transpoint
         run = StageRun(idx, cfg, tokens.train, transpoints, recipe.seed, str(out), teacher.tokenizer, meta, on_step,
                        doc_ids=tokens.train_doc_ids, stop=stop, param_dtype=dtype,
                        evaluate=lambda s=stage: {"heldout_kl": heldout_kl(s.student, teacher.model, heldout,
-                                                                           transpoints)})
+                                                                           transpoints)},
+                       save_dtype=save_dtype(recipe, teacher) if idx == len(recipe.stages) - 1 else None)
         state = point.state if idx == point.stage_idx else None
         try:
             train_stage(stage, run, accelerator, metrics, resume_state=state, distributed=recipe.distributed)
@@ -341,11 +372,11 @@ def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -
         transpoints, why = _resolve_transpoints(recipe, teacher, texts, recipe.data.seq_len, device)
     if why:
         log.info("auto TransPoints: %s", why)
-    student = build_student(recipe, teacher, point, transpoints, out, device, accelerator.is_main_process)
+    student = build_student(recipe, teacher, point, transpoints, out, device, accelerator.is_main_process, heldout)
     if recipe.distributed.teacher == "shard" and accelerator.num_processes > 1:  # after seeding copied its weights
         shard_teacher(teacher.model, accelerator)
     seeded_kl = _starting_kl(recipe, student, teacher, heldout, transpoints, out, resume, accelerator.is_main_process)
-    log.info("held-out KL of the starting student: %.5f", seeded_kl)
+    log.info("held-out KL of the starting student: %.5f", seeded_kl["heldout_kl"])
 
     def keep(row: dict) -> bool:
         return row["stage_idx"] < point.stage_idx or (row["stage_idx"] == point.stage_idx and row["step"] <= point.step)
@@ -372,13 +403,20 @@ def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -
     return summary
 
 
-def _summary(recipe: Recipe, plan, student, teacher, heldout, transpoints, seeded_kl: float, stopped) -> dict:
+def _change(before: float | None, after: float) -> float | None:
+    return None if before is None else 100.0 * (after - before) / before if before > 0 else 0.0
+
+
+def _summary(recipe: Recipe, plan, student, teacher, heldout, transpoints, kls: dict, stopped) -> dict:
     out = Path(recipe.output_dir)
     final_kl = heldout_kl(student, teacher.model, heldout, transpoints)
-    change = 100.0 * (final_kl - seeded_kl) / seeded_kl if seeded_kl > 0 else 0.0
+    seeded_kl, converted_kl = kls["heldout_kl"], kls["heldout_kl_converted"]
+    seed = str(out / SEED_DIR) if (out / SEED_DIR).exists() else recipe.student
     summary = {"recipe": recipe.name, "teacher": recipe.teacher, "transpoints": transpoints,
                "heldout_windows": int(heldout.shape[0]), "heldout_seq_len": recipe.data.seq_len,
-               "heldout_kl_seeded": seeded_kl, "heldout_kl_distilled": final_kl, "heldout_kl_change_pct": change,
+               "heldout_kl_converted": converted_kl, "heldout_kl_seeded": seeded_kl, "heldout_kl_distilled": final_kl,
+               "heldout_kl_calibration_pct": _change(converted_kl, seeded_kl),
+               "heldout_kl_change_pct": _change(seeded_kl, final_kl), "seed": seed,
                "stages": [{"name": p.name, "steps": p.steps, "tokens": p.tokens} for p in plan.stages],
                "calibration": getattr(student.config, "calibration", None) and {
                    k: student.config.calibration[k] for k in ("data", "windows", "seq_len", "seconds", "means")},
@@ -404,9 +442,14 @@ def _training_record(recipe: Recipe, plan, summary: dict, stopped) -> dict:
 
 
 def kl_line(summary: dict) -> str:
-    """'held-out KL: seeded X -> distilled Y (-Z%)'."""
-    return (f"held-out KL: seeded {summary['heldout_kl_seeded']:.4f} -> distilled "
-            f"{summary['heldout_kl_distilled']:.4f} ({summary['heldout_kl_change_pct']:+.1f}%)")
+    """'held-out KL: seeded X -> distilled Y (-Z%)'; a calibrated run says what calibration and training each gave:
+    'held-out KL: converted W -> calibrated seed X (calibration -V%) -> distilled Y (training -Z%)'."""
+    trained = f"distilled {summary['heldout_kl_distilled']:.4f}"
+    if summary.get("heldout_kl_converted") is None:
+        return f"held-out KL: seeded {summary['heldout_kl_seeded']:.4f} -> {trained} ({summary['heldout_kl_change_pct']:+.1f}%)"
+    return (f"held-out KL: converted {summary['heldout_kl_converted']:.4f} -> calibrated seed "
+            f"{summary['heldout_kl_seeded']:.4f} (calibration {summary['heldout_kl_calibration_pct']:+.1f}%) -> "
+            f"{trained} (training {summary['heldout_kl_change_pct']:+.1f}%)")
 
 
-__all__ = ["SUMMARY_FILE", "heldout_kl", "kl_line", "run_recipe"]
+__all__ = ["SEED_DIR", "SUMMARY_FILE", "heldout_kl", "save_dtype", "kl_line", "run_recipe"]
