@@ -36,7 +36,7 @@ def test_a_converted_student_gets_a_card_with_its_teachers_license(tmp_path):
     assert "not trained (0 tokens)" in card and "plain init (no calibration)" in card
     assert "Not evaluated yet" in card and f"--teacher {teacher}" in card
     assert 'from_pretrained("path/to/this/folder", trust_remote_code=True)' in card
-    assert json.loads((folder / "tm_distill.json").read_text())["teacher_facts"] == {"license": "mit"}
+    assert json.loads((folder / "tm_distill.json").read_text()) == {}  # the metadata given, nothing added
 
 
 def test_step_checkpoints_get_no_card(tmp_path):
@@ -62,9 +62,10 @@ def test_the_card_is_rendered_again_from_the_records(tmp_path):
     record = {"recipe": {"name": "r", "stages": []}, "student": None, "stages": [
         {"name": "logits", "steps": 3, "tokens": 192}], "tokens_trained": 192, "stopped": None,
         "heldout_kl": {"seeded": 2.5, "distilled": 1.25, "windows": 4, "seq_len": 32, "data": "text"}}
+    (folder / CARD_FILE).write_text("---\nlicense: mit\n---\nan older card\n")
     write_card(folder, training=record)
     meta = json.loads((folder / "tm_distill.json").read_text())
     card = (folder / CARD_FILE).read_text()
-    assert card == render_card(config, meta) and meta["training"] == record
+    assert card == render_card(config, meta, {"license": "mit"}) and meta["training"] == record
     assert "Tokens trained: **192**" in card and "2.5000 before training, **1.2500** after" in card
     assert "distillation" in _front(card)["tags"]

@@ -2,8 +2,9 @@
 
 ``convert`` writes it with the seeded student, ``distill`` into OUTPUT/final, and ``tm-distill eval`` adds the
 numbers it measured on the folder. The card is rendered from the folder's own records only (config.json and
-tm_distill.json, where ``distill`` adds ``training`` and ``eval`` adds ``evaluation``), so it states no number
-that was not measured on that folder's weights; it is re-rendered whole on every update.
+tm_distill.json, where ``distill`` adds ``training`` and ``eval`` adds ``evaluation``; the teacher's hub id and
+license stay in the card's front matter), so it states no number that was not measured on that folder's
+weights; it is re-rendered whole on every update.
 """
 
 from __future__ import annotations
@@ -194,9 +195,8 @@ def evaluation_record(report: dict, name: str, report_dir: str | Path) -> dict:
     return record
 
 
-def render_card(config: dict, meta: dict) -> str:
-    """README.md for a student with config.json ``config`` and tm_distill.json ``meta``."""
-    facts = meta.get("teacher_facts") or {}
+def render_card(config: dict, meta: dict, facts: dict) -> str:
+    """README.md for a student with config.json ``config``, tm_distill.json ``meta`` and its teacher's ``facts``."""
     teacher = facts.get("base_model") or config.get("teacher") or "its teacher"
     lines = [*_intro(config, teacher), *_usage(), *_transpoints(config), *_training(config, meta),
              *_evaluation(meta, config.get("teacher") or "TEACHER")]
@@ -210,18 +210,22 @@ def _meta_path(folder: Path) -> Path:
 
 
 def write_card(folder: str | Path, **records) -> Path:
-    """Add ``records`` (e.g. ``training=``, ``evaluation=``) to the folder's tm_distill.json and (re)write its
-    README.md. Files are replaced, never written in place (a run's final/ hard-links its stage's files)."""
+    """(Re)write the folder's README.md, first adding ``records`` (``training=``, ``evaluation=``) to its
+    tm_distill.json. The teacher's hub id and license are the existing card's, or looked up when there is none.
+    Files are replaced, never written in place (a run's final/ hard-links its stage's files)."""
     folder = Path(folder)
-    meta_path = _meta_path(folder)
+    meta_path, card_path = _meta_path(folder), folder / CARD_FILE
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     config = json.loads((folder / "config.json").read_text())
-    if "teacher_facts" not in meta:
-        meta["teacher_facts"] = teacher_facts(config.get("teacher") or "")
-    meta.update(records)
-    atomic_write_file(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str) + "\n"))
-    text = render_card(config, meta)
-    return atomic_write_file(folder / CARD_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    if card_path.exists():
+        facts = {k: v for k, v in _front_matter(card_path).items() if k in ("base_model", "license")}
+    else:
+        facts = teacher_facts(config.get("teacher") or "")
+    if records:
+        meta.update(records)
+        atomic_write_file(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str) + "\n"))
+    text = render_card(config, meta, facts)
+    return atomic_write_file(card_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def record_evaluation(folder: str | Path, report: dict, name: str, report_dir: str | Path) -> Path | None:
