@@ -108,24 +108,33 @@ def distill_briefly(student, teacher, windows: Tensor, *, steps: int, seconds: f
     return {"steps": done, "seconds": round(time.perf_counter() - start, 2), "loss": loss}
 
 
+def _answer_nll(model, probe: Probe, batch_size: int = 4) -> float:
+    """NLL per answer token of probe.recall under ``model`` (a causal LM with .model and .lm_head): the
+    vocabulary projection only at the positions that predict an answer token."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for rows, mask in zip(probe.recall.split(batch_size), probe.answers.split(batch_size)):
+        rows, mask = rows.to(device), mask.to(device)[:, :-1]
+        hidden = model.model(input_ids=rows).last_hidden_state[:, :-1][mask]
+        logp = F.log_softmax(model.lm_head(hidden).float(), -1)
+        total += float(-logp.gather(-1, rows[:, 1:][mask][:, None]).sum())
+        count += int(mask.sum())
+    return total / max(count, 1)
+
+
 @torch.no_grad()
 def measure(student, teacher, probe: Probe, transpoints: list[int], teacher_logp: list[Tensor],
             batch_size: int = 4) -> tuple[float, float]:
     """(KL(teacher || student) per token on probe.kl, student NLL per answer token on probe.recall)."""
     device = next(student.parameters()).device
-    kl_sum, kl_n, nll_sum, nll_n = 0.0, 0, 0.0, 0
+    kl_sum, kl_n = 0.0, 0
     with use_transpoints(student, transpoints), _autocast(device):
         for rows, t_logp in zip(probe.kl.split(batch_size), teacher_logp):
             logp = F.log_softmax(student(input_ids=rows.to(device)).logits.float(), -1)
             kl_sum += float(F.kl_div(logp, t_logp, reduction="sum", log_target=True))
             kl_n += rows.numel()
-        for rows, mask in zip(probe.recall.split(batch_size), probe.answers.split(batch_size)):
-            rows, mask = rows.to(device), mask.to(device)
-            logp = F.log_softmax(student(input_ids=rows).logits.float(), -1)[:, :-1]
-            nll = -logp.gather(-1, rows[:, 1:, None])[..., 0]
-            nll_sum += float(nll[mask[:, :-1]].sum())
-            nll_n += int(mask[:, :-1].sum())
-    return kl_sum / max(kl_n, 1), nll_sum / max(nll_n, 1)
+        nll = _answer_nll(student, probe, batch_size)
+    return kl_sum / max(kl_n, 1), nll
 
 
 @dataclass
@@ -291,15 +300,8 @@ def plan_by_importance(
 
 @torch.no_grad()
 def _teacher_recall_nll(model, probe: Probe) -> float:
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    with _autocast(device):
-        for rows, mask in zip(probe.recall.split(4), probe.answers.split(4)):
-            rows, mask = rows.to(device), mask.to(device)
-            logp = F.log_softmax(model(input_ids=rows).logits.float(), -1)[:, :-1]
-            nll = -logp.gather(-1, rows[:, 1:, None])[..., 0]
-            total, count = total + float(nll[mask[:, :-1]].sum()), count + int(mask[:, :-1].sum())
-    return total / max(count, 1)
+    with _autocast(next(model.parameters()).device):
+        return _answer_nll(model, probe)
 
 
 __all__ = ["FRACTIONS", "ImportancePlan", "Probe", "build_probe", "choose", "distill_briefly", "measure",
