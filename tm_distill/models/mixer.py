@@ -311,7 +311,8 @@ class TransMambaMixer(nn.Module):
         raw_dt: dt before its bias and softplus (for a scan that folds them in: ``dt_bias``, ``dt_softplus``);
             only without padding.
 
-        Returns x (b, t, nq, d), dt (b, t, nq) fp32, A (nq,) fp32, B (b, t, nkv, d), C (b, t, nq, d).
+        Returns x (b, t, nq, d), dt (b, t, nq) and A (nq,) in fp32 (fp64 for fp64 inputs), B (b, t, nkv, d),
+        C (b, t, nq, d).
         """
         b, t = q.shape[:2]
         if self.config.ssm_rope:
@@ -337,14 +338,15 @@ class TransMambaMixer(nn.Module):
         if self.config.ssm_c_scale:
             C = C * self.scaling
         x = v.repeat_interleave(self.num_heads // self.num_kv_heads, dim=2)
-        A = -torch.exp(self.A_log.float())
+        cd = torch.promote_types(hidden_states.dtype, torch.float32)  # fp32; fp64 for an fp64 reference run
+        A = -torch.exp(self.A_log.to(cd))
         if raw_dt:
             if real is not None:
                 raise ValueError("raw_dt needs every token real: padding zeroes Δ after its softplus")
             return x, self.dt_proj(hidden_states), A, B, C
-        dt = F.softplus(self.dt_proj(hidden_states).float() + self.dt_bias.float())
+        dt = F.softplus(self.dt_proj(hidden_states).to(cd) + self.dt_bias.to(cd))
         if real is not None:
-            dt = dt * real[..., None].float()  # padding leaves the state untouched
+            dt = dt * real[..., None].to(cd)  # padding leaves the state untouched
         return x, dt, A, B, C
 
     def _conv(self, xbc: torch.Tensor, state: LayerState | None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
