@@ -208,25 +208,25 @@ def build_token_dataset(
     Returns TokenData(train (n, seq_len), heldout (m, seq_len), meta).
     """
     texts, eos, n_held = _check_inputs(texts, tokenizer, seq_len, heldout_fraction, max_tokens)
-    params = {"seq_len": seq_len, "heldout_fraction": heldout_fraction, "seed": seed, "max_tokens": max_tokens,
-              "pack": pack}
+    # The cache holds every window and max_tokens cuts them after; max_tokens=None in the key keeps the keys
+    # of uncapped entries cached before.
+    params = {"seq_len": seq_len, "heldout_fraction": heldout_fraction, "seed": seed, "max_tokens": None, "pack": pack}
     key = _cache_key(texts, tokenizer, params)
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = path / f"{key}.pt"
-    cached = _read_cache(path)
-    if cached is not None:
-        return cached
+    data = _read_cache(path) or _tokenize(texts, tokenizer, eos, n_held, params, key, path)
+    return cap_windows(data, max_tokens)
 
+
+def _tokenize(texts: list[str], tokenizer, eos: int, n_held: int, params: dict, key: str, path: Path) -> TokenData:
+    """``build_token_dataset``'s work when the cache has no copy: every window (uncapped), stored at ``path``."""
+    seq_len, seed, pack = params["seq_len"], params["seed"], params["pack"]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     docs = [list(d) + [eos] for d in ids]
     train_idx, held_idx = _split_documents(docs, n_held, seq_len, seed, pack)
     n_held = len(held_idx)
     train, train_doc, dropped = _windows([docs[i] for i in train_idx], seq_len, pack)
     heldout, held_doc, held_dropped = _windows([docs[i] for i in held_idx], seq_len, pack)
-    if max_tokens is not None and train.shape[0] > max_tokens // seq_len:
-        keep = max_tokens // seq_len
-        dropped += (train.shape[0] - keep) * seq_len
-        train, train_doc = train[:keep], train_doc[:keep]
     if train.shape[0] == 0:
         raise TokenDataError(
             f"{len(train_idx)} training document(s) give no full window of seq_len={seq_len} "
@@ -239,8 +239,7 @@ def build_token_dataset(
             f"({sum(len(docs[i]) for i in held_idx)} tokens): raise heldout_fraction or lower seq_len"
         )
     meta = {
-        "seq_len": seq_len, "pack": pack, "seed": seed, "heldout_fraction": heldout_fraction,
-        "max_tokens": max_tokens, "eos_token_id": int(eos), "vocab_size": len(tokenizer),
+        **params, "eos_token_id": int(eos), "vocab_size": len(tokenizer),
         "tokenizer": str(getattr(tokenizer, "name_or_path", "")), "num_documents": len(docs),
         "train_documents": len(train_idx), "heldout_documents": n_held, "train_tokens": int(train.numel()),
         "heldout_tokens": int(heldout.numel()), "dropped_tokens": int(dropped + held_dropped), "cache_key": key,
@@ -253,6 +252,18 @@ def build_token_dataset(
     log.info("tokenized %d documents: %d train / %d held-out windows of %d", len(docs), train.shape[0],
              heldout.shape[0], seq_len)
     return TokenData(train, heldout, {**meta, "from_cache": False}, train_doc, held_doc)
+
+
+def cap_windows(data: TokenData, max_tokens: int | None) -> TokenData:
+    """A new TokenData holding at most ``max_tokens // seq_len`` of ``data``'s training windows (the first ones;
+    held-out windows uncapped; None: all). The tensors are views of ``data``'s, the meta a copy that counts the
+    cut windows as dropped."""
+    keep = data.train.shape[0] if max_tokens is None else min(data.train.shape[0], max_tokens // data.seq_len)
+    cut = (data.train.shape[0] - keep) * data.seq_len
+    meta = {**data.meta, "max_tokens": max_tokens, "train_tokens": keep * data.seq_len,
+            "dropped_tokens": data.meta["dropped_tokens"] + cut}
+    ids = data.train_doc_ids[:keep] if data.train_doc_ids is not None else None
+    return TokenData(data.train[:keep], data.heldout, meta, ids, data.heldout_doc_ids)
 
 
 def training_documents(texts: Sequence[str], tokenizer, seq_len: int, *, heldout_fraction: float = 0.05,
@@ -319,5 +330,5 @@ def iterate_batches(
         step += 1
 
 
-__all__ = ["CACHE_LIMIT_ENV", "TokenData", "TokenDataError", "build_token_dataset", "cache_limit", "default_cache_dir",
-           "document_positions", "iterate_batches", "training_documents"]
+__all__ = ["CACHE_LIMIT_ENV", "TokenData", "TokenDataError", "build_token_dataset", "cache_limit", "cap_windows",
+           "default_cache_dir", "document_positions", "iterate_batches", "training_documents"]
