@@ -48,7 +48,8 @@ def plan(teacher: str, budget: str, context: int | None, calib: str, windows: in
     from ..convert import TeacherNotFound, TransPointSpecError, load_teacher  # noqa: PLC0415
     from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
     from ..convert.teacher import DeviceError  # noqa: PLC0415
-    from ..data.loading import DataSourceError, load_texts  # noqa: PLC0415
+    from ..data.loading import DataSourceError  # noqa: PLC0415
+    from ..data.windows import load_documents  # noqa: PLC0415
     from ..plan import parse_auto_spec, resolve_auto  # noqa: PLC0415
 
     spec = _auto_spec(budget, context, method)
@@ -60,8 +61,8 @@ def plan(teacher: str, budget: str, context: int | None, calib: str, windows: in
         raise click.BadParameter("need --windows >= 1 and --seq-len >= 2", param_hint="--windows/--seq-len")
     try:
         loaded = load_teacher(teacher, device=device)
-        texts = load_texts(calib)
-        _, explanation = resolve_auto(spec, loaded.model, loaded.tokenizer, texts, seq_len, windows=windows,
+        docs = load_documents(calib, loaded.tokenizer, whole_if_one=True)  # planned on its training split
+        _, explanation = resolve_auto(spec, loaded.model, loaded.tokenizer, docs, seq_len, windows=windows,
                                       seed=seed, importance={"train_seconds": train_seconds})
     except (TeacherNotFound, UnsupportedTeacher, DataSourceError, TransPointSpecError, DeviceError, ValueError) as err:
         raise click.ClickException(str(err)) from None

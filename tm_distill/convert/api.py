@@ -109,15 +109,16 @@ def check_apart(teacher_source: str, out: Path) -> None:
 
 
 def _schedule(spec: str, teacher, calibrate: str | None, seed: int, device) -> tuple[list[int], str]:
-    """Per-layer TransPoints of ``spec`` and, for ``auto:...``, the plan's explanation (planned on the calibration
-    data, or the shipped corpus, with `tm-distill plan`'s defaults: the same schedule `plan` prints)."""
+    """Per-layer TransPoints of ``spec`` and, for ``auto:...``, the plan's explanation (planned on the training
+    split of the calibration data, or the shipped corpus, with `tm-distill plan`'s defaults: the same schedule
+    `plan` prints)."""
     if not spec.strip().startswith("auto"):
         return parse_transpoints(spec, teacher.model.config.num_hidden_layers), ""
-    from ..data.loading import load_texts  # noqa: PLC0415
+    from ..data.windows import load_documents  # noqa: PLC0415
     from ..plan import PLAN_SEQ_LEN, PLAN_WINDOWS, resolve_auto  # noqa: PLC0415
 
-    texts = load_texts(calibrate or DEFAULT_CALIBRATION_DATA)
-    return resolve_auto(spec, teacher.model, teacher.tokenizer, texts, PLAN_SEQ_LEN, windows=PLAN_WINDOWS, seed=seed,
+    docs = load_documents(calibrate or DEFAULT_CALIBRATION_DATA, teacher.tokenizer, whole_if_one=True)
+    return resolve_auto(spec, teacher.model, teacher.tokenizer, docs, PLAN_SEQ_LEN, windows=PLAN_WINDOWS, seed=seed,
                         device=device)
 
 
