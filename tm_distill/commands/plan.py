@@ -21,7 +21,8 @@ def _auto_spec(budget: str, context: int | None, method: str = "sensitivity") ->
 @click.option("--budget", required=True, help="Memory budget: kv=25% keeps at most 25% of the teacher's KV cache.")
 @click.option("--context", type=int, default=None, help="Tokens at which the budget holds (default: --seq-len).")
 @click.option("--calib", default="shakespeare", show_default=True,
-              help="Calibration text: a corpus name, or a .txt/.jsonl/.parquet file or folder.")
+              help="Calibration text: a corpus name, or a .txt/.jsonl/.parquet file or folder (planned on its "
+                   "training split: 5% of the documents, seed 0, are held out as eval holds them out).")
 @click.option("--windows", type=int, default=PLAN_WINDOWS, show_default=True, help="Calibration windows.")
 @click.option("--seq-len", type=int, default=PLAN_SEQ_LEN, show_default=True, help="Tokens per calibration window.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the SSM init the layers are measured with.")
