@@ -71,9 +71,9 @@ def test_no_heldout_window_reaches_planning_or_calibration(monkeypatch, tiny_rec
     `auto:` planning measures and calibration fits hold none, while the held-out windows do."""
     from types import SimpleNamespace
 
-    import tm_distill.convert.calibrate as calibrate
-    import tm_distill.importance as importance
     import tm_distill.plan as plan_module
+    from tm_distill import importance
+    from tm_distill.convert import calibrate
     from tm_distill.recipe import recipe_from_dict
     from tm_distill.training import run_recipe
 
