@@ -35,6 +35,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tm_distill.convert import map_teacher_key, parse_transpoints, seed_student  # noqa: E402
+from tm_distill.eval.speed import copy_bandwidth, read_bytes_per_step  # noqa: E402
 from tm_distill.models import TransMambaCache  # noqa: E402
 from tm_distill.models.cache import CACHE_KWARG, output_cache  # noqa: E402
 from tm_distill.ops.graphs import DecodeGraph, capturable_reason  # noqa: E402
@@ -85,15 +86,6 @@ def param_bytes(model) -> int:
         if p.data_ptr() not in seen:
             seen.add(p.data_ptr())
             total += p.numel() * p.element_size()
-    return total
-
-
-def read_bytes_per_step(model) -> int:
-    """Weight bytes one batch-1 decode step must read: all of them but an untied input embedding (one row)."""
-    total = param_bytes(model)
-    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-    if emb.data_ptr() != head.data_ptr():
-        total -= emb.numel() * emb.element_size()
     return total
 
 
@@ -334,11 +326,7 @@ def decode(rec, shape, teacher, students, T, batches, args):
 
 def ceilings() -> dict:
     """Measured HBM copy bandwidth (bytes read + written) and bf16 matmul rate on this device."""
-    a = torch.empty(2**30, dtype=torch.uint8, device="cuda").random_()
-    b = torch.empty_like(a)
-    ms = timed(lambda: b.copy_(a), 3, 10)
-    bw = 2 * a.numel() / ms * 1e3
-    del a, b
+    bw = copy_bandwidth(torch.device("cuda"))
     x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     y = torch.randn_like(x)
     ms = timed(lambda: x @ y, 3, 10)
