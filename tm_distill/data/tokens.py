@@ -226,7 +226,8 @@ def build_token_dataset(
     if max_tokens is not None and train.shape[0] > max_tokens // seq_len:
         keep = max_tokens // seq_len
         dropped += (train.shape[0] - keep) * seq_len
-        train, train_doc = train[:keep], train_doc[:keep]
+        # copies: a slice keeps (and torch.save writes) the whole uncapped tokenization it views
+        train, train_doc = train[:keep].clone(), train_doc[:keep].clone()
     if train.shape[0] == 0:
         raise TokenDataError(
             f"{len(train_idx)} training document(s) give no full window of seq_len={seq_len} "
