@@ -18,12 +18,13 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from .atomic import atomic_folder
 from .card import write_card
 from .errors import UserError
-from .convert.teacher import SHIPPED_TEACHER, load_weights, parse_device, parse_dtype, read_config
+from .convert.teacher import (SHIPPED_TEACHER, CustomCodeRefused, UnreadableModel, load_tokenizer, load_weights,
+                              parse_device, parse_dtype, read_config)
 from .models.configuration import TransMambaConfig
 from .models.remote_code import write_code
 
@@ -233,9 +234,11 @@ def load_student(path: str | Path, dtype: str | torch.dtype | None = None, devic
     model = load_weights(AutoModelForCausalLM, path, dtype=parse_dtype(dtype) if dtype is not None else "auto")
     model = model.to(device).eval()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise StudentNotFound(f"{path} has no usable tokenizer ({err}); re-create it with `tm-distill convert`") from err
+        tokenizer = load_tokenizer(path, f"the tokenizer of student {path}")
+    except CustomCodeRefused:
+        raise
+    except UnreadableModel as err:
+        raise StudentNotFound(f"{err}; re-create it with `tm-distill convert`") from None
     return model, tokenizer
 
 

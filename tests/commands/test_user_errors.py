@@ -55,6 +55,11 @@ def folders(root, smol):
     for name, model_type in (("custom", "evilllama"), ("custom-llama", "llama")):
         _copy(root, "teacher", name, lambda c, t=model_type: c.update(model_type=t, auto_map=auto_map))
         (root / name / "modeling_evil.py").write_text(_CODE)
+    for name, src in (("custom-tok", "teacher"), ("student-custom-tok", "student")):
+        tok_config = json.loads((root / src / "tokenizer_config.json").read_text())
+        tok_config.update(auto_map={"AutoTokenizer": ["tok_evil.EvilTokenizer", None]}, tokenizer_class="EvilTokenizer")
+        (_copy(root, src, name) / "tokenizer_config.json").write_text(json.dumps(tok_config))
+        (root / name / "tok_evil.py").write_text(_CODE)
     weights = load_file(root / "teacher" / "model.safetensors")
     for name, payload in (("bin-planted", {**weights, "x": _Planted(root / "bin-code-ran")}),
                           ("bin-garbage", None)):
@@ -86,6 +91,22 @@ def test_a_teacher_with_custom_code_is_never_run_nor_prompted(folders, tmp_path,
     # a model_type transformers ships loads with transformers' code; the folder's auto_map is ignored
     assert run("convert", folders / "custom-llama", tmp_path / "s2", "--transpoints", "all=4").exit_code == 0
     assert not marker.exists()
+
+
+def test_a_tokenizer_with_custom_code_is_never_run_nor_prompted(folders, tmp_path, monkeypatch):
+    marker = tmp_path / "code-ran"
+    monkeypatch.setenv("TM_MARKER", str(marker))
+    fragment = "needs its own Python code (auto_map in tokenizer_config.json): tm-distill never runs code"
+    result = run("convert", folders / "custom-tok", tmp_path / "s", "--transpoints", "all=4")
+    assert_clean_error(result, f"the tokenizer of teacher '{folders / 'custom-tok'}' {fragment}")
+    student = folders / "student-custom-tok"
+    for args in (("generate", student, "--prompt", "Hi"),
+                 ("eval", student, "--teacher", folders / "teacher", "--out", tmp_path / "r")):
+        result = run(*args)
+        assert_clean_error(result, f"the tokenizer of student {student} {fragment}")
+        assert "[y/N]" not in result.output and len(result.output.strip().splitlines()[-1]) > 80
+        assert "trust_remote_code" not in result.output  # transformers' own multi-line advice is not passed on
+    assert not marker.exists() and not (tmp_path / "s").exists() and not (tmp_path / "r").exists()
 
 
 # ------------------------------------------------------------------------------- weights and files
