@@ -136,9 +136,20 @@ def save_student(model, tokenizer, out_dir: str | Path, metadata: dict | None = 
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The checkpoint's ``tm_distill.json`` ({} when it has none)."""
+    """The checkpoint's ``tm_distill.json`` ({} when it has none); CheckpointError naming it when it is no JSON
+    object (cut short, overwritten)."""
     meta = Path(path) / META_FILE
-    return json.loads(meta.read_text()) if meta.exists() else {}
+    if not meta.exists():
+        return {}
+    try:
+        record = json.loads(meta.read_text())
+    except ValueError as err:  # bad JSON or bytes that are not UTF-8 alike
+        record = err
+    if not isinstance(record, dict):
+        reason = str(record).splitlines()[0][:200] if isinstance(record, ValueError) else "not a JSON object"
+        raise CheckpointError(f"{meta} cannot be read ({reason}): the checkpoint is corrupt; copy it again from a good "
+                              "copy, or in a run remove that checkpoint folder to resume from an earlier one")
+    return record
 
 
 def read_training_state(path: str | Path) -> dict:

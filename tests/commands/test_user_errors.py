@@ -45,6 +45,7 @@ def folders(root, smol):
     _copy(root, "student", "student-vocab", lambda c: c.update(vocab_size=c["vocab_size"] + 5))
     _copy(root, "student", "student-conv", lambda c: c.update(conv_kernel=-2))
     (_copy(root, "student", "student-noweights") / "model.safetensors").unlink()
+    (_copy(root, "student", "student-meta") / "tm_distill.json").write_text('{"teacher": "cut sh')
     torch.manual_seed(1)
     other = LlamaConfig(vocab_size=len(smol.tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
@@ -135,6 +136,17 @@ def test_broken_student_folders(folders, tmp_path, name, fragment):
     assert_clean_error(run("eval", student, "--teacher", folders / "teacher", "--out", tmp_path / "r"), fragment)
     assert_clean_error(run("validate", write_recipe(folders, tmp_path, student=str(student))), "student: ", fragment)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_damaged_tm_distill_json(folders, tmp_path):
+    student = folders / "student-meta"
+    assert_clean_error(run("inspect", student), f"{student / 'tm_distill.json'} cannot be read (Unterminated string",
+                       "the checkpoint is corrupt")
+    card = (student / "README.md").read_bytes()
+    result = run("eval", student, "--teacher", folders / "teacher", "--out", tmp_path / "r", "--seq-len", "32",
+                 "--windows", "1", "--passkey-lengths", "none", "--speed-lengths", "none")
+    assert result.exit_code == 0, result.output  # the report stands; only the card is left as it was
+    assert (tmp_path / "r" / "report.json").is_file() and (student / "README.md").read_bytes() == card
 
 
 # --------------------------------------------------------------------------------- student: in a recipe
