@@ -169,8 +169,8 @@ def _write_json(path: Path, data: dict) -> None:
 
 def run_contents(out: Path) -> list[Path]:
     """What in ``out`` belongs to a run, whatever its recipe: stage folders, final/, metrics, summary, ..."""
-    names = ("final", METRICS_FILE, SUMMARY_FILE, RECIPE_FILE, CHANGES_FILE, _SEEDED_FILE, _CALIBRATION_FILE,
-             "tensorboard")
+    names = ("final", SEED_DIR, METRICS_FILE, SUMMARY_FILE, RECIPE_FILE, CHANGES_FILE, _SEEDED_FILE,
+             _CALIBRATION_FILE, "tensorboard")
     return [p for _, p in stage_folders(out)] + [out / n for n in names if (out / n).exists()]
 
 
