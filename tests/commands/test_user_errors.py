@@ -118,6 +118,20 @@ def test_bin_weights_that_are_not_plain_tensors_are_refused_unrun(folders, tmp_p
     assert not (folders / "bin-code-ran").exists()
 
 
+def test_bin_weights_that_transformers_blocks_on_an_old_torch(folders, tmp_path, monkeypatch):
+    import transformers.modeling_utils
+
+    def blocked():  # what transformers raises before reading any .bin on torch < 2.6 (CVE-2025-32434)
+        raise ValueError("Due to a serious vulnerability issue in `torch.load`, even with `weights_only=True`, we now "
+                         "require users to upgrade torch to at least v2.6 in order to use the function.\nSee ...")
+
+    monkeypatch.setattr(transformers.modeling_utils, "check_torch_load_is_safe", blocked)
+    result = run("convert", folders / "bin-planted", tmp_path / "s", "--transpoints", "all=4")
+    assert_clean_error(result, f"the .bin weights in {folders / 'bin-planted'} cannot be read safely with torch",
+                       "pip install -U 'torch>=2.6', or save them as model.safetensors")
+    assert not (tmp_path / "s").exists() and not (folders / "bin-code-ran").exists()
+
+
 def test_a_gguf_cut_inside_its_header(folders, tmp_path):
     fragment = "the file is cut short or corrupt"
     assert_clean_error(run("convert", folders / "cut.gguf", tmp_path / "s", "--transpoints", "all=4"), fragment)

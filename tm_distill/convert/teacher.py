@@ -123,6 +123,12 @@ def load_weights(loader, folder: str | Path, **kwargs):
         raise UnreadableModel(f"the .bin weights in {folder} are not plain tensors (corrupt, not a PyTorch file, or "
                               "holding pickled objects, which tm-distill never loads): save them as model.safetensors "
                               "from a trusted copy") from None
+    except ValueError as err:
+        if "torch.load" not in str(err):
+            raise
+        raise UnreadableModel(f"the .bin weights in {folder} cannot be read safely with torch {torch.__version__} "
+                              "(transformers refuses torch.load before torch 2.6): pip install -U 'torch>=2.6', or "
+                              "save them as model.safetensors from a trusted copy") from None
     except RuntimeError as err:
         if "mismatched_sizes" not in str(err) and "size mismatch" not in str(err):
             raise
