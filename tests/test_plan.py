@@ -206,3 +206,8 @@ def test_plan_device_option_is_the_other_commands(tmp_path):
         assert "[default: cpu]" in CliRunner().invoke(cli, [command, "--help"]).output
     bad = CliRunner().invoke(cli, ["plan", "smollm2-135m", "--budget", "kv=25%", "--device", "gpu0"])
     assert bad.exit_code == 1 and "'gpu0' is not a device" in bad.output and "Traceback" not in bad.output
+
+
+def test_train_seconds_nan_is_refused():
+    result = CliRunner().invoke(cli, ["plan", "smollm2-135m", "--budget", "kv=25%", "--train-seconds", "nan"])
+    assert result.exit_code == 2 and "Invalid value for '--train-seconds': nan is not a number of seconds" in result.output

@@ -224,3 +224,11 @@ def test_malformed_override_values_and_unusable_seeds_name_the_key(override, fra
 def test_a_quoted_override_is_text():
     assert recipe_from_dict(_raw(), ['data.source="*.txt"']).data.source == "*.txt"
     assert recipe_from_dict(_raw(), ["seed=4294967295"]).seed == 2**32 - 1
+
+
+def test_a_recipe_file_that_is_not_yaml_is_one_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("teacher: smollm2-135m\nstages: [{name: logits, steps: 4}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"{path} is not valid YAML: expected ',' or ']', but got '<stream end>' at line 3, column 1"

@@ -538,7 +538,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except safe_yaml.TooLarge as err:
         raise RecipeError("", f"{path}: {err}") from None
     except yaml.YAMLError as err:
-        raise RecipeError("", f"{path} is not valid YAML: {err}") from None
+        raise RecipeError("", f"{path} is not valid YAML: {safe_yaml.describe(err)}") from None
     except UnicodeDecodeError:
         raise RecipeError("", f"{path} is not a text file (binary content): give a YAML recipe, e.g. "
                               "recipes/smollm2-135m/cpu-demo.yaml") from None

@@ -16,6 +16,12 @@ def _auto_spec(budget: str, context: int | None, method: str = "sensitivity") ->
         f",method={method}" if method != "sensitivity" else "")
 
 
+def _a_number(ctx, param, value: float) -> float:
+    if value != value:  # FloatRange lets nan through (nan < 1 is false); the clock never stays under nan: no training
+        raise click.BadParameter("nan is not a number of seconds: give e.g. 45")
+    return value
+
+
 @click.command()
 @click.argument("teacher")
 @click.option("--budget", required=True, help="Memory budget: kv=25% keeps at most 25% of the teacher's KV cache.")
@@ -29,7 +35,7 @@ def _auto_spec(budget: str, context: int | None, method: str = "sensitivity") ->
 @click.option("--method", type=click.Choice(["sensitivity", "importance"]), default="sensitivity", show_default=True,
               help="sensitivity: each seeded layer alone; importance: rank the layers of a briefly distilled all-SSM "
                    "student by the KL and recall drops when a layer keeps attention (or a TransPoint).")
-@click.option("--train-seconds", type=click.FloatRange(min=1), default=45.0, show_default=True,
+@click.option("--train-seconds", type=click.FloatRange(min=1), default=45.0, show_default=True, callback=_a_number,
               help="importance: time for the brief distillation.")
 def plan(teacher: str, budget: str, context: int | None, calib: str, windows: int, seq_len: int, seed: int,
          device: str, method: str, train_seconds: float) -> None:

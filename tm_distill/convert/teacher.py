@@ -123,6 +123,12 @@ def load_weights(loader, folder: str | Path, **kwargs):
         raise UnreadableModel(f"the .bin weights in {folder} are not plain tensors (corrupt, not a PyTorch file, or "
                               "holding pickled objects, which tm-distill never loads): save them as model.safetensors "
                               "from a trusted copy") from None
+    except ValueError as err:
+        if "torch.load" not in str(err):
+            raise
+        raise UnreadableModel(f"the .bin weights in {folder} cannot be read safely with torch {torch.__version__} "
+                              "(transformers refuses torch.load before torch 2.6): pip install -U 'torch>=2.6', or "
+                              "save them as model.safetensors from a trusted copy") from None
     except RuntimeError as err:
         if "mismatched_sizes" not in str(err) and "size mismatch" not in str(err):
             raise
@@ -244,17 +250,25 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | 
         model = load_weights(AutoModelForCausalLM, folder, dtype=dtype).to(device).eval()
     except OSError as err:  # missing weight files
         raise TeacherNotFound(f"cannot load teacher {source!r}: {err}") from err
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        if "custom code" in str(err):
-            raise CustomCodeRefused(f"the tokenizer of teacher {source!r} needs its own Python code (auto_map in "
-                                    "tokenizer_config.json): tm-distill never runs code from a model folder; save the "
-                                    "tokenizer with a class transformers ships") from None
-        raise UnreadableModel(f"cannot load the tokenizer of teacher {source!r}: {err}") from err
+    tokenizer = load_tokenizer(folder, f"the tokenizer of teacher {source!r}")
     return Teacher(model=model, tokenizer=tokenizer, source=resolved)
 
 
+def load_tokenizer(folder: str | Path, what: str):
+    """``AutoTokenizer`` of ``folder`` without the folder's own code: a tokenizer whose ``auto_map`` names its own
+    Python is CustomCodeRefused (never prompted, never run), any other failure UnreadableModel; ``what`` names it
+    in the one-line message."""
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        if "custom code" in str(err):
+            raise CustomCodeRefused(f"{what} needs its own Python code (auto_map in tokenizer_config.json): "
+                                    "tm-distill never runs code from a model folder; save the tokenizer with a class "
+                                    "transformers ships") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnreadableModel(f"cannot load {what}: {reason}") from None
+
+
 __all__ = ["CustomCodeRefused", "DTYPES", "DeviceError", "check_no_custom_code", "SHIPPED_TEACHER", "TOKENIZER_FILES", "Teacher", "TeacherNotFound", "UnreadableModel",
-           "cache_dir", "check_tokenizer_files", "load_teacher", "load_weights", "parse_device", "parse_dtype",
+           "cache_dir", "check_tokenizer_files", "load_teacher", "load_tokenizer", "load_weights", "parse_device", "parse_dtype",
            "gguf_cache_path", "read_config", "resolve_source", "shipped_teacher_path"]

@@ -226,7 +226,7 @@ def build_token_dataset(
     if max_tokens is not None and train.shape[0] > max_tokens // seq_len:
         keep = max_tokens // seq_len
         dropped += (train.shape[0] - keep) * seq_len
-        train, train_doc = train[:keep], train_doc[:keep]
+        train, train_doc = train[:keep].clone(), train_doc[:keep].clone()  # a view would keep (and cache) it all
     if train.shape[0] == 0:
         raise TokenDataError(
             f"{len(train_idx)} training document(s) give no full window of seq_len={seq_len} "

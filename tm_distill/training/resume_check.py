@@ -131,9 +131,10 @@ def check_resume(recipe: Recipe, output_dir: str | Path) -> list[Change]:
         return []  # the run stopped before writing it: nothing was done that a recipe must match
     try:
         old = recipe_from_dict(safe_yaml.load(path.read_text()) or {})
-    except (RecipeError, yaml.YAMLError) as err:
-        raise RecipeError("", f"cannot read the run's {path} ({err}): resume with the tm-distill version that "
-                              "started the run, or start a new run in another output_dir") from None
+    except (RecipeError, yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = safe_yaml.describe(err) if isinstance(err, yaml.YAMLError) else " ".join(str(err).split())
+        raise RecipeError("", f"cannot read the run's {path} ({reason[:200]}): resume with the tm-distill version "
+                              "that started the run, or start a new run in another output_dir") from None
     if Path(old.output_dir).expanduser().resolve() == out.expanduser().resolve():
         old.output_dir = recipe.output_dir  # the same folder, written another way (runs/x/, an absolute path)
     next_stage, _, steps_done = locate_resume_point(out, [s.name for s in old.stages])

@@ -21,7 +21,7 @@ from ..atomic import atomic_folder, atomic_write_file, link_or_copy
 from ..card import write_card
 from ..checkpoint import read_metadata
 from ..recipe import Recipe, RecipeError, dump_recipe, parse_duration
-from .checkpoint import ResumePoint, clean_temp, find_resume_point, stage_dir, stage_folders
+from .checkpoint import ResumePoint, clean_temp, find_resume_point, read_seeded_kl, stage_dir, stage_folders
 from .data import check_batches, heldout_windows
 from .distributed import shard_teacher
 from .loop import StageRun, TrainingDiverged, TrainingStopped, train_stage
@@ -169,8 +169,8 @@ def _write_json(path: Path, data: dict) -> None:
 
 def run_contents(out: Path) -> list[Path]:
     """What in ``out`` belongs to a run, whatever its recipe: stage folders, final/, metrics, summary, ..."""
-    names = ("final", METRICS_FILE, SUMMARY_FILE, RECIPE_FILE, CHANGES_FILE, _SEEDED_FILE, _CALIBRATION_FILE,
-             "tensorboard")
+    names = ("final", SEED_DIR, METRICS_FILE, SUMMARY_FILE, RECIPE_FILE, CHANGES_FILE, _SEEDED_FILE,
+             _CALIBRATION_FILE, "tensorboard")
     return [p for _, p in stage_folders(out)] + [out / n for n in names if (out / n).exists()]
 
 
@@ -305,7 +305,7 @@ def _starting_kl(recipe: Recipe, student, teacher, heldout, transpoints, out: Pa
     calibrated it (None otherwise): {"heldout_kl", "heldout_kl_converted"}, kept from the first call on resume."""
     seeded_file = out / _SEEDED_FILE
     if seeded_file.exists() and resume:
-        return {"heldout_kl_converted": None, **json.loads(seeded_file.read_text())}
+        return {"heldout_kl_converted": None, **read_seeded_kl(seeded_file)}
     seed_meta = read_metadata(out / SEED_DIR) if recipe.calibrate is not None and not recipe.student else {}
     kls = {"heldout_kl": heldout_kl(student, teacher.model, heldout, transpoints),
            "heldout_kl_converted": seed_meta.get("heldout_kl_converted")}
