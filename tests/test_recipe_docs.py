@@ -94,3 +94,11 @@ def test_resume_table_and_message_name_every_key_with_a_rule():
             assert key.removeprefix("stages[i].") in message
     meta = {f.name: f.metadata["resume"] for f in dataclasses.fields(StageConfig)}
     assert meta["steps"] == "longer" and meta["batch_size"] is None
+
+
+def test_an_unknown_resume_rule_is_refused_where_the_key_is_declared():
+    from tm_distill.recipe import _help
+
+    with pytest.raises(ValueError, match="resume='sometimes'"):
+        _help("a new key", 1, resume="sometimes")
+    assert _help("a new key", 1, resume="any").metadata == {"help": "a new key", "resume": "any"}
