@@ -20,7 +20,8 @@ INLINE_CODE = re.compile(r"(?<!`)`([^`]+)`(?!`)")
 
 
 def _texts() -> dict[str, str]:
-    out = {str(p.relative_to(ROOT)): p.read_text() for p in [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]}
+    docs = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
+    out = {str(p.relative_to(ROOT)): p.read_text() for p in docs}
     for path in sorted((ROOT / "benchmarks").glob("*.py")):
         out[str(path.relative_to(ROOT))] = ast.get_docstring(ast.parse(path.read_text())) or ""
     return out

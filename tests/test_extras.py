@@ -34,7 +34,7 @@ def test_plots_without_matplotlib_say_how_to_install_or_skip(monkeypatch, tmp_pa
 
     _hide(monkeypatch, "matplotlib")
     report = {"models": {"s": {"kind": "student", "layer_error": [0.1, 0.2]}}}
-    with pytest.raises(MissingExtra, match=r"--no-plots` skips them\) needs matplotlib.*pip install 'tm-distill\[plots\]'"):
+    with pytest.raises(MissingExtra, match=r"--no-plots` skips them\) needs matplotlib.*tm-distill\[plots\]"):
         plot_layer_error(report, tmp_path / "layer_error.png")
     assert not (tmp_path / "layer_error.png").exists()
 
