@@ -4,9 +4,9 @@
     python benchmarks/bench_speed.py --shapes 8b --out $OUT/speed_8b.json
     python benchmarks/bench_speed.py --smoke --out /tmp/speed_smoke.json      # tiny, CPU, seconds (CI)
 
-What issue 14's targets need, by default: prefill at 512, 2k, 8k and 128k tokens (batch 1); decode at 2k, 8k and
-32k tokens of context, batch 1 and 16; the teacher and the attn25, cycle and all=2048 students, each shape in
-one process. Teacher = transformers' LlamaForCausalLM (SDPA); student = tm_distill.convert.seed_student(teacher).
+What the speed targets (docs/benchmarks.md) need, by default: prefill at 512, 2k, 8k and 128k tokens (batch 1);
+decode at 2k, 8k and 32k tokens of context, batch 1 and 16; the teacher and the attn25, cycle and all=2048
+students, each shape in one process. Teacher = transformers' LlamaForCausalLM (SDPA); student = tm_distill.convert.seed_student(teacher).
 Prefill: one sequence of `context` tokens into the cache generation uses (static for the student, with room for
 `--max-new` more tokens: a layer whose TransPoint lies beyond runs no Memory Converter), logits of the last token
 only. Decode: one token per step on a cache that already holds `context` tokens, filled with random

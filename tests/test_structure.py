@@ -7,8 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tm_distill"
 MAX_LINES = 60
-# Functions over MAX_LINES lines, with why. The training loop and run orchestration are being reshaped for
-# multi-GPU in their own change (issue 15, item 2), which splits them.
+# Functions over MAX_LINES lines, with why.
 LONG_FUNCTIONS = {
     # each has a comment above it saying why
     "convert/api.py:convert": "a long docstring; 37-line body",

@@ -1,4 +1,4 @@
-"""`tm-distill distill` / `validate` on the inputs a new user gives (issue 13): one text file, held-out text from
+"""`tm-distill distill` / `validate` on the inputs a new user gives: one text file, held-out text from
 elsewhere, missing/empty/unsupported data, bad TransPoint specs and SSM options, a file as output_dir, a
 binary recipe. Each is a clean error naming the input (or it works), and nothing is written."""
 

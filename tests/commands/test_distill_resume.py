@@ -1,4 +1,4 @@
-"""`tm-distill distill --resume` after a failure (issue 13): a diverged run resumes with a lower lr from a finite
+"""`tm-distill distill --resume` after a failure: a diverged run resumes with a lower lr from a finite
 checkpoint; a changed recipe is refused naming the keys, safe changes are allowed and recorded; a run keeps only
 what resuming needs."""
 

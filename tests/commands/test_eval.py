@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 
 import pytest
@@ -95,6 +96,18 @@ def test_tasks_without_lm_eval_says_how_to_install(student_dir, tmp_path, monkey
     monkeypatch.setattr(lmeval, "lm_eval_available", lambda: False)
     result = run("eval", student_dir, "--teacher", "smollm2-135m", "--out", tmp_path / "r", "--tasks", "arc_easy")
     assert result.exit_code != 0 and "pip install 'tm-distill[eval]'" in result.output
+
+
+def test_without_matplotlib_eval_asks_for_the_extra_or_no_plots(student_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    out = tmp_path / "report"
+    refused = run("eval", student_dir, "--teacher", "smollm2-135m", "--out", out, *FAST)
+    assert refused.exit_code == 1 and not out.exists()  # refused before any work
+    assert refused.output.strip() == ("Error: the report's plots (--no-plots skips them) needs matplotlib, which is "
+                                      "not installed: pip install 'tm-distill[plots]'")
+    result = run("eval", student_dir, "--teacher", "smollm2-135m", "--out", out, *FAST, "--no-plots")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "report.json").read_text())["plots"] == [] and not list(out.glob("*.png"))
 
 
 @pytest.mark.slow

@@ -147,6 +147,16 @@ def _check_ssm(options: dict) -> None:
         raise RecipeError(f"ssm.{err.key}", err.message) from None
 
 
+def _check_lora(recipe: Recipe) -> None:
+    """``trainable: lora`` needs peft, an extra: refused before any work when it is not installed."""
+    from ..extras import available, install_hint  # noqa: PLC0415
+
+    for i, stage in enumerate(recipe.stages):
+        if stage.trainable == "lora" and not available("peft"):
+            raise RecipeError(f"stages[{i}].trainable", f"lora needs peft, which is not installed: "
+                                                        f"{install_hint('peft')}")
+
+
 def _check_teacher_family(config: PretrainedConfig | None) -> None:
     from ..convert.seed import UnsupportedTeacher, teacher_adapter  # noqa: PLC0415
 
@@ -195,6 +205,7 @@ def resolve_plan(recipe: Recipe, config: PretrainedConfig | None, processes: int
     _check_output_dir(recipe.output_dir, recipe.teacher)
     _check_ssm(recipe.ssm)
     check_trackers(recipe.report_to)
+    _check_lora(recipe)
     _check_teacher_family(config)
     _check_student(recipe.student, config)
     n_layers = getattr(config, "num_hidden_layers", None) if config is not None else None
