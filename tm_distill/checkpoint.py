@@ -22,10 +22,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .atomic import atomic_folder
 from .card import write_card
+from .convert.teacher import SHIPPED_TEACHER, load_weights, read_config
 from .errors import UserError
-from .convert.teacher import SHIPPED_TEACHER, load_weights, parse_device, parse_dtype, read_config
 from .models.configuration import TransMambaConfig
 from .models.remote_code import write_code
+from .runtime import parse_device, parse_dtype
 
 log = logging.getLogger(__name__)
 

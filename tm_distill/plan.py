@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 
 from .convert.seed import seed_student
 from .convert.transpoints import TransPointSpecError, describe_transpoints
+from .models.capture import record_activations
 from .models.configuration import ATTENTION_ONLY
 from .models.modeling import use_transpoints
-from .stages.capture import record_activations
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import click
 from ..checkpoint import OutputInTheWay, read_metadata
 from ..convert.api import convert as convert_teacher
 from ..convert.calibrate import DEFAULT_CALIBRATION_DATA, calibration_table
-from ..convert.teacher import DTYPES
 from ..convert.transpoints import describe_transpoints
 from ..ops import FEATURE_MAPS
+from ..runtime import DTYPES
 
 # Errors a user can cause; anything else is a bug and keeps its traceback.
 USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, PermissionError)

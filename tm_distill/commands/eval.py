@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..convert.teacher import DTYPES
+from ..runtime import DTYPES
 from ..eval.api import CPU_DEFAULTS, EvalOptions
 
 DEFAULTS = EvalOptions()  # the option defaults are the library's (sized for a GPU); CPU_DEFAULTS on a CPU
@@ -121,7 +121,7 @@ def eval_cmd(students, teacher, data, text_field, out_dir, seq_len, windows, hel
       tm-distill eval runs/cpu-demo/final --teacher smollm2-135m --tasks arc_easy --limit 100 --out runs/arc
       tm-distill eval runs/s --teacher smollm2-135m --tasks my_task --task-dir tasks/ --no-speed --out r
     """
-    from ..convert.teacher import parse_dtype  # noqa: PLC0415
+    from ..runtime import parse_dtype  # noqa: PLC0415
     from ..convert.transpoints import TransPointSpecError  # noqa: PLC0415
     from ..eval.api import EvalInputError, cost_line, run_eval  # noqa: PLC0415
     from ..eval.lmeval import LMEvalUnavailable, lm_eval_available, INSTALL_HINT  # noqa: PLC0415

@@ -47,9 +47,9 @@ def plan(teacher: str, budget: str, context: int | None, calib: str, windows: in
     """
     from ..convert import TeacherNotFound, TransPointSpecError, load_teacher  # noqa: PLC0415
     from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
-    from ..convert.teacher import DeviceError  # noqa: PLC0415
     from ..data.loading import DataSourceError, load_texts  # noqa: PLC0415
     from ..plan import parse_auto_spec, resolve_auto  # noqa: PLC0415
+    from ..runtime import DeviceError  # noqa: PLC0415
 
     spec = _auto_spec(budget, context, method)
     try:

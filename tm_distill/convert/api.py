@@ -20,10 +20,12 @@ from ..atomic import remove_stale_temps
 from ..checkpoint import OutputExists, check_output, save_student
 from ..models.configuration import TransMambaConfig
 from ..ops import BACKENDS, FEATURE_MAPS
+from ..runtime import parse_device, parse_dtype
+from ..version import __version__
 from .calibrate import DEFAULT_CALIBRATION_DATA, CalibrationError, calibrate_student, calibration_windows
 from .dtype import teacher_dtype
 from .seed import seed_student
-from .teacher import SHIPPED_TEACHER, TeacherNotFound, load_teacher, parse_device, parse_dtype, resolve_source
+from .teacher import SHIPPED_TEACHER, TeacherNotFound, load_teacher, resolve_source
 from .transpoints import parse_transpoints
 
 log = logging.getLogger(__name__)
@@ -199,7 +201,7 @@ def _metadata(teacher_source: str, teacher, transpoints_spec: str, transpoints: 
     """What ``tm_distill.json`` records about a converted student: its teacher, schedule and calibration."""
     return {
         "tool": "tm-distill",
-        "version": _version(),
+        "version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "stage": "seeded",
         "teacher": {"source": teacher_source, "resolved": teacher.source,
@@ -212,12 +214,6 @@ def _metadata(teacher_source: str, teacher, transpoints_spec: str, transpoints: 
         "ssm_options": ssm_options,
         "calibration": None if record is None else record.to_dict(),
     }
-
-
-def _version() -> str:
-    from .. import __version__  # noqa: PLC0415
-
-    return __version__
 
 
 __all__ = ["SSMOptionError", "SSM_OPTIONS", "check_apart", "check_calibration_length", "check_ssm_options", "convert"]

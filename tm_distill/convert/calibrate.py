@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+from ..models.capture import TeacherActivations, capture_teacher
 from ..models.configuration import ATTENTION_ONLY
 from ..ops import ssd_scan
-from ..stages.capture import TeacherActivations, capture_teacher
 
 log = logging.getLogger(__name__)
 

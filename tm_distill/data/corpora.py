@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..convert.teacher import cache_dir
+from ..runtime import cache_dir
 
 log = logging.getLogger(__name__)
 

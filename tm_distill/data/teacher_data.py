@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..atomic import atomic_write_file
-from ..convert.teacher import cache_dir
+from ..runtime import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -56,7 +56,7 @@ class TokenData:
 
 
 def default_cache_dir() -> Path:
-    from ..convert.teacher import cache_dir
+    from ..runtime import cache_dir
 
     return cache_dir() / "tokens"
 

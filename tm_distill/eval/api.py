@@ -255,10 +255,11 @@ def run_eval(
     """Load the teacher and student folders, evaluate, write report.json / report.md / plots to out_dir, and put
     each student's headline numbers on its model card (``card.record_evaluation``)."""
     from ..card import record_evaluation  # noqa: PLC0415
-    from ..convert import load_teacher  # noqa: PLC0415
     from ..checkpoint import NotAStudent, StudentMismatch, StudentNotFound, check_student_of, load_student  # noqa: PLC0415
+    from ..convert import load_teacher  # noqa: PLC0415
     from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
-    from ..convert.teacher import DeviceError, TeacherNotFound, UnreadableModel, parse_device  # noqa: PLC0415
+    from ..convert.teacher import TeacherNotFound, UnreadableModel  # noqa: PLC0415
+    from ..runtime import DeviceError, parse_device  # noqa: PLC0415
 
     if not students:
         raise EvalInputError("give at least one student folder (made by `tm-distill convert` or `distill`)")
