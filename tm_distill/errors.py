@@ -1,7 +1,10 @@
 """``UserError``: a problem with what the user gave (a path, a file, a value), not a bug.
 
-Its message is one line that names the input and the fix; the CLI prints it as ``Error: ...`` and exits 1,
-without a traceback. It imports nothing, so any module can raise it.
+Its message is one line that names the input and the fix; the CLI (``cli.LazyGroup.invoke``, the one place
+that catches it) prints it as ``Error: ...`` and exits 1, without a traceback. Every error class a user can
+cause derives from it, most also from the builtin they are (``ValueError``, ``FileNotFoundError``, ...), so
+library callers can catch either. It imports nothing, so any module can raise it; only ``models/`` and ``ops/``
+do not, since a checkpoint carries their code without the rest of the package (``models.remote_code``).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .convert.seed import seed_student
+from .data.tokens import TokenDataError
 from .convert.transpoints import TransPointSpecError, describe_transpoints
 from .models.capture import record_activations
 from .models.configuration import ATTENTION_ONLY
@@ -111,13 +112,13 @@ def calibration_windows(texts: Sequence[str], tokenizer, seq_len: int, windows: 
     """(k, seq_len) token windows, k <= windows, spread over the documents (from each one's middle).
 
     Documents are picked evenly across ``texts``; each gives ceil(windows / docs) consecutive windows.
-    Raises ValueError when the text holds not even one window.
+    Raises TokenDataError when the text holds not even one window.
     """
     if seq_len < 2 or windows < 1:
-        raise ValueError(f"calibration needs seq_len >= 2 and windows >= 1, got seq_len={seq_len}, windows={windows}")
+        raise TokenDataError(f"calibration needs seq_len >= 2 and windows >= 1, got seq_len={seq_len}, windows={windows}")
     docs = [t for t in texts if t.strip()]
     if not docs:
-        raise ValueError("calibration texts are empty: give real text (e.g. the shakespeare corpus)")
+        raise TokenDataError("calibration texts are empty: give real text (e.g. the shakespeare corpus)")
     picked = [docs[(i * len(docs)) // min(windows, len(docs))] for i in range(min(windows, len(docs)))]
     per_doc = math.ceil(windows / len(picked))
     out: list[Tensor] = []
@@ -128,7 +129,7 @@ def calibration_windows(texts: Sequence[str], tokenizer, seq_len: int, windows: 
         for w in range(min(per_doc, len(ids) // seq_len)):
             out.append(ids[w * seq_len:(w + 1) * seq_len])
     if not out:
-        raise ValueError(f"calibration texts hold no window of {seq_len} tokens: give longer texts or a smaller "
+        raise TokenDataError(f"calibration texts hold no window of {seq_len} tokens: give longer texts or a smaller "
                          "--seq-len")
     if len(out) < windows:
         log.warning("calibration: only %d of %d windows of %d tokens", len(out), windows, seq_len)

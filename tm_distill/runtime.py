@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -22,7 +24,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError, ValueError):
     """A device string torch does not know, or a device this machine does not have."""
 
 

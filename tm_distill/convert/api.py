@@ -18,6 +18,7 @@ from transformers import LlamaConfig
 
 from ..atomic import remove_stale_temps
 from ..checkpoint import OutputExists, check_output, save_student
+from ..errors import UserError
 from ..models.configuration import TransMambaConfig
 from ..ops import BACKENDS, FEATURE_MAPS
 from ..runtime import parse_device, parse_dtype
@@ -48,12 +49,12 @@ _SSM_RANGES = {
 _SSM_CHOICES = {"bc_feature_map": tuple(FEATURE_MAPS), "ssm_backend": BACKENDS}
 
 
-class SSMOptionError(ValueError):
+class SSMOptionError(UserError, ValueError):
     """A conversion option that is unknown or has a bad value; ``key`` names it."""
 
     def __init__(self, key: str, message: str):
-        self.key, self.message = key, message
         super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
 
 
 def check_ssm_options(options: dict) -> None:

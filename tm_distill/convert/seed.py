@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
+from ..errors import UserError
 from ..models import TransMambaConfig, TransMambaForCausalLM
 from ..models.mixer import SSM_PARAM_PATTERN
 
 
-class UnsupportedTeacher(ValueError):
+class UnsupportedTeacher(UserError, ValueError):
     pass
 
 

@@ -19,6 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..atomic import atomic_folder
+from ..errors import UserError
 from ..runtime import cache_dir, parse_device
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,11 @@ SHIPPED_TEACHER = "smollm2-135m"  # the alias users can type for the GGUF shippe
 _SHIPPED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class TeacherNotFound(FileNotFoundError):
+class TeacherNotFound(UserError, FileNotFoundError):
     pass
 
 
-class UnreadableModel(ValueError):
+class UnreadableModel(UserError, ValueError):
     """A model folder whose config, weights or tokenizer cannot be read (corrupt, truncated or not a model)."""
 
 

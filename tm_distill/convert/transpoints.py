@@ -11,10 +11,11 @@
 
 from __future__ import annotations
 
+from ..errors import UserError
 from ..models.configuration import ATTENTION_ONLY
 
 
-class TransPointSpecError(ValueError):
+class TransPointSpecError(UserError, ValueError):
     pass
 
 

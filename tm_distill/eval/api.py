@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..convert.transpoints import parse_transpoints
+from ..errors import UserError
 from .metrics import compare_models
 from .report import SCHEMA_VERSION, write_report
 from .retrieval import TASKS, build_samples_with_fallback, check_lengths, filler_from_windows, run_retrieval
@@ -22,7 +23,7 @@ from .retrieval import TASKS, build_samples_with_fallback, check_lengths, filler
 log = logging.getLogger(__name__)
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UserError, ValueError):
     """An input the report cannot be made from (missing model, data without text, a length too long)."""
 
 
