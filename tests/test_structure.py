@@ -180,6 +180,21 @@ def test_the_floor_walk_sees_function_local_and_relative_imports(tmp_path):
         "tm_distill.safe_yaml", "tm_distill.training", "tm_distill.training.run"}
 
 
+def _lines_with(text: str) -> list[str]:
+    return [f"{p.relative_to(PACKAGE).as_posix()}:{i}" for p in sorted(PACKAGE.rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if text in line]
+
+
+def test_one_resolver_owns_fixed_and_auto_transpoint_specs():
+    """``convert.transpoints.is_auto_spec`` alone tells an ``auto:`` spec from a fixed one, and only
+    ``plan.resolve_transpoints`` plans one: convert, plan, validate and distill all resolve through it."""
+    assert [line.split(":")[0] for line in _lines_with('startswith("auto')] == ["convert/transpoints.py"]
+    callers = {line.split(":")[0] for line in _lines_with("resolve_auto(")}
+    assert callers == {"plan.py"}, callers
+    users = {line.split(":")[0] for line in _lines_with("resolve_transpoints(")}
+    assert users >= {"plan.py", "convert/api.py", "training/resolve.py", "training/run.py", "commands/plan.py"}
+
+
 def long_functions() -> dict[str, int]:
     """'path:function' -> lines, for every function in tm_distill over MAX_LINES lines."""
     out = {}

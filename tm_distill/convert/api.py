@@ -27,7 +27,7 @@ from .calibrate import DEFAULT_CALIBRATION_DATA, CalibrationError, calibrate_stu
 from .dtype import teacher_dtype
 from .seed import seed_student
 from .teacher import SHIPPED_TEACHER, TeacherNotFound, load_teacher, resolve_source
-from .transpoints import parse_transpoints
+from .transpoints import is_auto_spec
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +114,11 @@ def check_apart(teacher_source: str, out: Path) -> None:
 def _schedule(spec: str, teacher, calibrate: str | None, seed: int, device) -> tuple[list[int], str]:
     """Per-layer TransPoints of ``spec`` and, for ``auto:...``, the plan's explanation (planned on the calibration
     data, or the shipped corpus, with `tm-distill plan`'s defaults: the same schedule `plan` prints)."""
-    if not spec.strip().startswith("auto"):
-        return parse_transpoints(spec, teacher.model.config.num_hidden_layers), ""
     from ..data.loading import load_texts  # noqa: PLC0415
-    from ..plan import PLAN_SEQ_LEN, PLAN_WINDOWS, resolve_auto  # noqa: PLC0415
+    from ..plan import resolve_transpoints  # noqa: PLC0415
 
-    texts = load_texts(calibrate or DEFAULT_CALIBRATION_DATA)
-    return resolve_auto(spec, teacher.model, teacher.tokenizer, texts, PLAN_SEQ_LEN, windows=PLAN_WINDOWS, seed=seed,
-                        device=device)
+    return resolve_transpoints(spec, teacher.model.config.num_hidden_layers, teacher=teacher, seed=seed,
+                               texts=lambda: load_texts(calibrate or DEFAULT_CALIBRATION_DATA), device=device)
 
 
 def _calibrate(student, teacher, data: str, windows: int | None, seq_len: int | None, heldout: int, progress: bool):
@@ -176,7 +173,7 @@ def convert(
     with steps:
         teacher = load_teacher(teacher_source, dtype=load_dtype, device=device)
         steps.update()
-        steps.set_description("plan TransPoints" if transpoints_spec.strip().startswith("auto") else "seed student")
+        steps.set_description("plan TransPoints" if is_auto_spec(transpoints_spec) else "seed student")
         transpoints, why = _schedule(transpoints_spec, teacher, calibrate, seed, device)
         recorded = SHIPPED_TEACHER if teacher_source == SHIPPED_TEACHER else teacher.source
         student = seed_student(

@@ -82,21 +82,21 @@ def _device(recipe: Recipe) -> str:
     return "cuda" if recipe.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
 
 
-def _resolve_transpoints(recipe: Recipe, teacher, texts: list[str], seq_len: int, device) -> tuple[list[int], str]:
-    from ..convert import parse_transpoints  # noqa: PLC0415
+def _resolve_transpoints(recipe: Recipe, teacher, texts: list[str], recorded: list[int] | None, device
+                         ) -> tuple[list[int], str]:
+    from ..plan import resolve_transpoints  # noqa: PLC0415
 
-    if recipe.transpoints.startswith("auto"):
+    def training_texts() -> list[str]:  # planning never reads the held-out documents
         from ..data.tokens import training_documents  # noqa: PLC0415
-        from ..plan import resolve_auto  # noqa: PLC0415
 
         with recipe_key("data"):
-            train = training_documents(texts, teacher.tokenizer, seq_len, heldout_fraction=recipe.data.heldout_fraction,
-                                       seed=recipe.seed)  # planning never reads the held-out documents
-        with recipe_key("transpoints"):
-            return resolve_auto(recipe.transpoints, teacher.model, teacher.tokenizer, train, seq_len, device=device,
-                                seed=recipe.seed)
+            return training_documents(texts, teacher.tokenizer, recipe.data.seq_len,
+                                      heldout_fraction=recipe.data.heldout_fraction, seed=recipe.seed)
+
     with recipe_key("transpoints"):
-        return parse_transpoints(recipe.transpoints, teacher.model.config.num_hidden_layers), ""
+        return resolve_transpoints(recipe.transpoints, teacher.model.config.num_hidden_layers, teacher=teacher,
+                                   texts=training_texts, seq_len=recipe.data.seq_len, seed=recipe.seed,
+                                   device=device, recorded=recorded)
 
 
 def _load_teacher(recipe: Recipe, dtype: torch.dtype, device: str):
@@ -376,10 +376,8 @@ def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -
     if accelerator.is_main_process:
         clean_temp(out)
     point = find_resume_point(out, names) if resume else ResumePoint(0, None, 0, None)
-    if point.path is not None and recipe.transpoints.startswith("auto"):  # keep what the run chose
-        transpoints, why = read_metadata(point.path)["transpoints"], "resumed: the schedule the run chose"
-    else:
-        transpoints, why = _resolve_transpoints(recipe, teacher, texts, recipe.data.seq_len, device)
+    recorded = read_metadata(point.path)["transpoints"] if point.path is not None else None  # what the run chose
+    transpoints, why = _resolve_transpoints(recipe, teacher, texts, recorded, device)
     if why:
         log.info("auto TransPoints: %s", why)
     student = build_student(recipe, teacher, point, transpoints, out, device, accelerator.is_main_process, heldout)
