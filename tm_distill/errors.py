@@ -11,11 +11,21 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A bad input or an unusable environment the user can fix; ``str(err)`` is the one-line message."""
+    """A bad input or an unusable environment the user can fix; ``str(err)`` is the one-line message.
 
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+    ``what``: the offending input (a recipe key, an option, a path), put in front as ``WHAT: problem``;
+    ``fix``: what to do instead, put after as ``problem: FIX``. Where the message already says them, as most
+    do, both stay None.
+    """
+
+    def __init__(self, message: str, *, what: str | None = None, fix: str | None = None):
+        text = f"{what}: {message}" if what else message
+        super().__init__(f"{text}: {fix}" if fix else text)
+        self.message, self.what, self.fix = message, what, fix
+
+    def one_line(self) -> str:
+        """The message as the CLI prints it: on one line even where a library's text inside it had several."""
+        return " ".join(line.strip() for line in str(self).splitlines() if line.strip())
 
 
 __all__ = ["UserError"]

@@ -37,8 +37,8 @@ class RecipeError(UserError, ValueError):
     known (``recipe_file``): ``str(err)`` is then ``bad recipe FILE: KEY: MESSAGE``."""
 
     def __init__(self, key: str, message: str, file: str | None = None):
-        super().__init__(f"{key}: {message}" if key else message)
-        self.key, self.message, self.file = key, message, file
+        super().__init__(message, what=key or None)
+        self.key, self.file = key, file
 
     def __str__(self) -> str:
         text = super().__str__()

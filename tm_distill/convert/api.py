@@ -53,8 +53,8 @@ class SSMOptionError(UserError, ValueError):
     """A conversion option that is unknown or has a bad value; ``key`` names it."""
 
     def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key, self.message = key, message
+        super().__init__(message, what=key)
+        self.key = key
 
 
 def check_ssm_options(options: dict) -> None:
