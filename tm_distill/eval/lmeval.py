@@ -27,7 +27,11 @@ class LMEvalUnavailable(UserError, RuntimeError):
 
 
 class LMEvalInputError(UserError, ValueError):
-    """No task, a task lm_eval does not know, or a task folder that does not exist."""
+    """No task, or a task lm_eval does not know."""
+
+
+class TaskFolderNotFound(UserError, FileNotFoundError):
+    """A --task-dir that does not exist."""
 
 
 def lm_eval_available() -> bool:
@@ -56,7 +60,8 @@ def run_lm_eval(
 
     Returns {"tasks", "limit", "num_fewshot", "results": {model: {task: {metric: value}}}}; metric names are
     lm_eval's ("acc,none", "acc_norm,none", "acc_stderr,none", ...).
-    Raises LMEvalUnavailable when lm_eval is missing and LMEvalInputError for a task lm_eval does not know.
+    Raises LMEvalUnavailable when lm_eval is missing, LMEvalInputError for a task lm_eval does not know and
+    TaskFolderNotFound for a ``task_dir`` that does not exist.
     """
     _require_lm_eval()
     import lm_eval  # noqa: PLC0415  (optional dependency)
@@ -66,7 +71,7 @@ def run_lm_eval(
     if not tasks:
         raise LMEvalInputError("no lm_eval tasks given: pass e.g. --tasks arc_easy,hellaswag")
     if task_dir is not None and not Path(task_dir).is_dir():
-        raise LMEvalInputError(f"task folder {task_dir} does not exist: give a folder of lm_eval task YAML files")
+        raise TaskFolderNotFound(f"task folder {task_dir} does not exist: give a folder of lm_eval task YAML files")
     manager = TaskManager(include_path=str(task_dir) if task_dir is not None else None)
     unknown = [t for t in tasks if not manager.match_tasks([t])]
     if unknown:
@@ -92,4 +97,4 @@ def run_lm_eval(
     return {"tasks": list(tasks), "limit": limit, "num_fewshot": num_fewshot, "results": out}
 
 
-__all__ = ["INSTALL_HINT", "LMEvalInputError", "LMEvalUnavailable", "lm_eval_available", "run_lm_eval"]
+__all__ = ["INSTALL_HINT", "LMEvalInputError", "LMEvalUnavailable", "TaskFolderNotFound", "lm_eval_available", "run_lm_eval"]
