@@ -376,7 +376,7 @@ def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -
     if accelerator.is_main_process:
         clean_temp(out)
     point = find_resume_point(out, names) if resume else ResumePoint(0, None, 0, None)
-    recorded = read_metadata(point.path)["transpoints"] if point.path is not None else None  # what the run chose
+    recorded = read_metadata(point.path).get("transpoints") if point.path is not None else None  # what it chose
     transpoints, why = _resolve_transpoints(recipe, teacher, texts, recorded, device)
     if why:
         log.info("auto TransPoints: %s", why)
