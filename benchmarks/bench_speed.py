@@ -12,7 +12,7 @@ Prefill: one sequence of `context` tokens into the cache generation uses (static
 only. Decode: one token per step on a cache that already holds `context` tokens, filled with random
 values (decode cost does not depend on cache values; batch 16 at long contexts needs no batch-16 prefill).
 Teacher: transformers' StaticCache, CUDA-graph captured (mode recorded). Student: the static TransMambaCache and
-ops.graphs.DecodeGraph at every context (a fallback to eager would be recorded as the mode). Each timed repeat
+models.graphs.DecodeGraph at every context (a fallback to eager would be recorded as the mode). Each timed repeat
 decodes `--decode-steps` tokens from the same starting position. The weight-read bound of a batch-1 step is the
 bytes of weights one step must read (every parameter once, except an untied input embedding, of which a step
 reads one row) over the device-to-device copy bandwidth measured in the same run. Timing: CUDA events,
@@ -38,7 +38,7 @@ from tm_distill.convert import map_teacher_key, parse_transpoints, seed_student 
 from tm_distill.eval.speed import copy_bandwidth, read_bytes_per_step  # noqa: E402
 from tm_distill.models import TransMambaCache  # noqa: E402
 from tm_distill.models.cache import CACHE_KWARG, output_cache  # noqa: E402
-from tm_distill.ops.graphs import DecodeGraph, capturable_reason  # noqa: E402
+from tm_distill.models.graphs import DecodeGraph, capturable_reason  # noqa: E402
 
 SHAPES = {
     "1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,

@@ -20,6 +20,7 @@ from .convert.teacher import SHIPPED_TEACHER, TeacherNotFound, resolve_source
 from .convert.transpoints import describe_transpoints
 from .errors import UserError
 from .models.configuration import ATTENTION_ONLY
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ def _fmt(value, digits: int = 4) -> str:
 
 def _intro(config: dict, teacher: str) -> list[str]:
     extras = [name for key, name in (("use_z_gate", "z gate"), ("use_conv", "causal conv1d")) if config.get(key)]
-    from . import __version__  # noqa: PLC0415  (the package root imports what imports this module)
-
     return [f"# TransMamba student of {teacher}", "",
             f"A TransMamba hybrid of `{teacher}`, made by tm-distill {__version__}. Each of its "
             f"{config['num_hidden_layers']} layers keeps the teacher's attention (its Q, K, V double as the SSM's C, "

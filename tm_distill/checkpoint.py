@@ -20,13 +20,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from .atomic import atomic_folder
+from .atomic import DENIED, FULL, OutputNotWritable, atomic_folder
 from .card import write_card
-from .errors import UserError
 from .convert.teacher import (SHIPPED_TEACHER, CustomCodeRefused, UnreadableModel, load_tokenizer, load_weights,
-                              parse_device, parse_dtype, read_config)
+                              read_config)
+from .errors import UserError
 from .models.configuration import TransMambaConfig
 from .models.remote_code import write_code
+from .runtime import parse_device, parse_dtype
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ META_FILE = "tm_distill.json"
 STATE_FILE = "training_state.pt"
 
 
-class OutputExists(FileExistsError):
+class OutputExists(UserError, FileExistsError):
     pass
 
 
@@ -46,11 +47,11 @@ class OutputInTheWay(OutputExists):
         self.path = path
 
 
-class StudentNotFound(FileNotFoundError):
+class StudentNotFound(UserError, FileNotFoundError):
     pass
 
 
-class NotAStudent(ValueError):
+class NotAStudent(UserError, ValueError):
     pass
 
 
@@ -132,7 +133,14 @@ def save_student(model, tokenizer, out_dir: str | Path, metadata: dict | None = 
     An existing ``out_dir`` is an error unless ``force``; then it is replaced only once the new checkpoint
     is complete. Returns the output path.
     """
-    return save_checkpoint(check_output(out_dir, force), model, tokenizer, metadata=metadata, card=True)
+    out = check_output(out_dir, force)
+    try:
+        return save_checkpoint(out, model, tokenizer, metadata=metadata, card=True)
+    except OSError as err:
+        if err.errno not in FULL + DENIED:
+            raise
+        raise OutputNotWritable(f"output {out} is not writable ({err.strerror}): give a folder you can write to, "
+                                "on a disk with free space") from None
 
 
 def read_metadata(path: str | Path) -> dict:

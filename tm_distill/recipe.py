@@ -11,6 +11,7 @@ paths; list items are addressed by index or, for stages, by name, and the value 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import logging
@@ -25,17 +26,46 @@ from typing import Any, Literal
 import yaml
 
 from . import safe_yaml
+from .errors import UserError
 from .stage_names import STAGES, TRAINABLE, unknown_stage
 
 log = logging.getLogger(__name__)
 
 
-class RecipeError(ValueError):
-    """A bad recipe; ``key`` is the full dotted path of the offending entry."""
+class RecipeError(UserError, ValueError):
+    """A bad recipe; ``key`` is the full dotted path of the offending entry, ``file`` the recipe's path once
+    known (``recipe_file``): ``str(err)`` is then ``bad recipe FILE: KEY: MESSAGE``."""
 
-    def __init__(self, key: str, message: str):
-        self.key, self.message = key, message
-        super().__init__(f"{key}: {message}" if key else message)
+    def __init__(self, key: str, message: str, file: str | None = None):
+        super().__init__(message, what=key or None)
+        self.key, self.file = key, file
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"bad recipe {self.file}: {text}" if self.file else text
+
+
+@contextlib.contextmanager
+def recipe_file(path: str | Path):
+    """A RecipeError raised inside names the recipe file ``path`` (what the user typed)."""
+    try:
+        yield
+    except RecipeError as err:
+        if err.file is None:
+            err.file = str(path)
+        raise
+
+
+@contextlib.contextmanager
+def recipe_key(key: str):
+    """A user error raised inside (a data source that does not exist, a teacher that cannot load, ...) becomes a
+    RecipeError naming ``key``, the recipe entry that gave the input."""
+    try:
+        yield
+    except RecipeError:
+        raise
+    except UserError as err:
+        raise RecipeError(key, str(err)) from None
 
 
 # What ``--resume`` may change, as a field's ``resume`` metadata (``training/resume_check.py`` reads it; the
@@ -576,4 +606,5 @@ def dump_recipe(recipe: Recipe) -> str:
 
 __all__ = ["MIXTURE_GENERATED", "MixtureEntry", "CalibrateConfig", "DataConfig", "DistributedConfig", "LoraConfig", "LossConfig", "OnPolicyConfig",
            "OptimizerConfig", "Recipe", "RecipeError", "ScheduleConfig", "parse_duration",
-           "StageConfig", "apply_overrides", "dump_recipe", "from_dict", "load_recipe", "recipe_from_dict"]
+           "StageConfig", "apply_overrides", "dump_recipe", "from_dict", "load_recipe", "recipe_file", "recipe_from_dict",
+           "recipe_key"]

@@ -64,6 +64,18 @@ def test_unknown_task_names_the_fix(smol, task_dir):
         lmeval.run_lm_eval({"teacher": smol.model}, smol.tokenizer, ["no_such_task"], task_dir=task_dir)
 
 
+def test_no_task_or_a_missing_task_folder_names_the_fix(tmp_path):
+    pytest.importorskip("lm_eval")
+    from tm_distill.errors import UserError
+
+    with pytest.raises(lmeval.LMEvalInputError, match="no lm_eval tasks given: pass e.g. --tasks"):
+        lmeval.run_lm_eval({}, None, [])
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match=f"task folder {missing} does not exist: give a folder") as err:
+        lmeval.run_lm_eval({}, None, ["tiny_qa"], task_dir=missing)
+    assert isinstance(err.value, UserError)
+
+
 LM_EVAL_CLI = r"""
 sys.argv = ["lm_eval", *sys.argv[2:]]
 from lm_eval.__main__ import cli_evaluate

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..convert.teacher import DTYPES
+from ..runtime import DTYPES
 from ..eval.api import CPU_DEFAULTS, EvalOptions
 
 DEFAULTS = EvalOptions()  # the option defaults are the library's (sized for a GPU); CPU_DEFAULTS on a CPU
@@ -124,11 +124,9 @@ def eval_cmd(students, teacher, data, text_field, out_dir, seq_len, windows, hel
       tm-distill eval runs/cpu-demo/final --teacher smollm2-135m --tasks arc_easy --limit 100 --out runs/arc
       tm-distill eval runs/s --teacher smollm2-135m --tasks my_task --task-dir tasks/ --no-speed --out r
     """
-    from ..convert.teacher import parse_dtype  # noqa: PLC0415
-    from ..convert.transpoints import TransPointSpecError  # noqa: PLC0415
-    from ..eval.api import EvalInputError, cost_line, run_eval  # noqa: PLC0415
-    from ..eval.lmeval import LMEvalUnavailable, lm_eval_available, INSTALL_HINT  # noqa: PLC0415
-    from ..eval.retrieval import RetrievalError  # noqa: PLC0415
+    from ..eval.api import cost_line, run_eval  # noqa: PLC0415
+    from ..eval.lmeval import INSTALL_HINT, lm_eval_available  # noqa: PLC0415
+    from ..runtime import parse_dtype  # noqa: PLC0415
     from ..extras import require  # noqa: PLC0415
 
     if tasks and not lm_eval_available():
@@ -137,20 +135,17 @@ def eval_cmd(students, teacher, data, text_field, out_dir, seq_len, windows, hel
         require("matplotlib", "the report's plots (--no-plots skips them)")
     _check_out(out_dir, force)
     sized = _sized(device, passkey_lengths=passkey_lengths, trials=trials, speed_lengths=speed_lengths)
-    try:
-        options = EvalOptions(
-            seq_len=seq_len, windows=windows, heldout_fraction=heldout_fraction, data_seed=data_seed,
-            text_field=text_field, transpoints=transpoints, layer_error=not no_layer_error,
-            retrieval_tasks=retrieval_tasks or [], retrieval_lengths=sized["passkey_lengths"] if retrieval_tasks else [],
-            depths=depths, trials=sized["trials"], seed=seed, tasks=tasks, task_dir=task_dir,
-            lm_eval_limit=lm_eval_limit, num_fewshot=num_fewshot, speed=not no_speed and bool(sized["speed_lengths"]),
-            speed_lengths=sized["speed_lengths"], decode_tokens=decode_tokens,
-        )
-        click.echo(cost_line(options, len(students), device), err=True)
-        report = run_eval(list(students), teacher, data, out_dir, options, device=device, dtype=parse_dtype(dtype),
-                          plots=not no_plots)
-    except (EvalInputError, TransPointSpecError, RetrievalError, LMEvalUnavailable, FileNotFoundError) as err:
-        raise click.ClickException(str(err)) from err
+    options = EvalOptions(
+        seq_len=seq_len, windows=windows, heldout_fraction=heldout_fraction, data_seed=data_seed,
+        text_field=text_field, transpoints=transpoints, layer_error=not no_layer_error,
+        retrieval_tasks=retrieval_tasks or [], retrieval_lengths=sized["passkey_lengths"] if retrieval_tasks else [],
+        depths=depths, trials=sized["trials"], seed=seed, tasks=tasks, task_dir=task_dir,
+        lm_eval_limit=lm_eval_limit, num_fewshot=num_fewshot, speed=not no_speed and bool(sized["speed_lengths"]),
+        speed_lengths=sized["speed_lengths"], decode_tokens=decode_tokens,
+    )
+    click.echo(cost_line(options, len(students), device), err=True)
+    report = run_eval(list(students), teacher, data, out_dir, options, device=device, dtype=parse_dtype(dtype),
+                      plots=not no_plots)
     for name, m in report["models"].items():
         ppl = "–" if m["perplexity"] is None else f"{m['perplexity']:.3f}"
         click.echo(f"{name}: perplexity {ppl}, KL {m['kl_to_teacher']:.4f}, top-1 {m['top1_agreement']:.3f}")

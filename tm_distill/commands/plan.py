@@ -51,24 +51,19 @@ def plan(teacher: str, budget: str, context: int | None, calib: str, windows: in
       tm-distill plan smollm2-135m --budget kv=10% --context 8192 --windows 8 --seq-len 256
       tm-distill plan smollm2-135m --budget kv=25% --context 4096 --method importance --device cuda
     """
-    from ..convert import TeacherNotFound, TransPointSpecError, load_teacher  # noqa: PLC0415
-    from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
-    from ..convert.teacher import DeviceError  # noqa: PLC0415
-    from ..data.loading import DataSourceError, load_texts  # noqa: PLC0415
-    from ..plan import parse_auto_spec, resolve_auto  # noqa: PLC0415
+    from ..convert import TransPointSpecError, load_teacher  # noqa: PLC0415
+    from ..data.loading import load_texts  # noqa: PLC0415
+    from ..plan import resolve_transpoints  # noqa: PLC0415
 
     spec = _auto_spec(budget, context, method)
     try:
-        parse_auto_spec(spec)
+        resolve_transpoints(spec, None)  # the spec's grammar, before the teacher loads
     except TransPointSpecError as err:
         raise click.BadParameter(str(err), param_hint="--budget/--context") from None
     if windows < 1 or seq_len < 2:
         raise click.BadParameter("need --windows >= 1 and --seq-len >= 2", param_hint="--windows/--seq-len")
-    try:
-        loaded = load_teacher(teacher, device=device)
-        texts = load_texts(calib)
-        _, explanation = resolve_auto(spec, loaded.model, loaded.tokenizer, texts, seq_len, windows=windows,
-                                      seed=seed, importance={"train_seconds": train_seconds})
-    except (TeacherNotFound, UnsupportedTeacher, DataSourceError, TransPointSpecError, DeviceError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+    loaded = load_teacher(teacher, device=device)
+    _, explanation = resolve_transpoints(spec, loaded.model.config.num_hidden_layers, teacher=loaded,
+                                         texts=lambda: load_texts(calib), seq_len=seq_len, windows=windows, seed=seed,
+                                         importance={"train_seconds": train_seconds})
     click.echo(explanation)

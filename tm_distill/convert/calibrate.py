@@ -37,9 +37,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+from ..errors import UserError
+from ..models.capture import TeacherActivations, capture_teacher
 from ..models.configuration import ATTENTION_ONLY
 from ..ops import ssd_scan
-from ..stages.capture import TeacherActivations, capture_teacher
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ GAIN_FLOOR = 1e-6  # a "zero" gain that still encodes a decay
 _RIDGE = 1e-9  # relative ridge on the normal equations (a head whose features vanish)
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UserError, ValueError):
     """Calibration that cannot run: unusable data or a student the closed form does not cover."""
 
 

@@ -26,13 +26,14 @@ import torch
 from torch import Tensor
 
 from ..atomic import atomic_write_file
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
 _FORMAT = 1  # bump when the cached layout changes
 
 
-class TokenDataError(ValueError):
+class TokenDataError(UserError, ValueError):
     """Text that cannot make the windows asked for (too little of it, no document left for training)."""
 
 
@@ -56,7 +57,7 @@ class TokenData:
 
 
 def default_cache_dir() -> Path:
-    from ..convert.teacher import cache_dir
+    from ..runtime import cache_dir
 
     return cache_dir() / "tokens"
 
@@ -145,16 +146,16 @@ def _check_inputs(texts: Sequence[str], tokenizer, seq_len: int, heldout_fractio
                   ) -> tuple[list[str], int, int]:
     """(the documents as a list, the EOS id, how many documents to hold out), or a clear error."""
     if seq_len < 2:
-        raise ValueError(f"seq_len={seq_len} must be >= 2 tokens")
+        raise TokenDataError(f"seq_len={seq_len} must be >= 2 tokens")
     if not 0.0 <= heldout_fraction < 1.0:
-        raise ValueError(f"heldout_fraction={heldout_fraction} must be in [0, 1), e.g. 0.05")
+        raise TokenDataError(f"heldout_fraction={heldout_fraction} must be in [0, 1), e.g. 0.05")
     if max_tokens is not None and max_tokens < seq_len:
         raise TokenDataError(f"max_tokens={max_tokens} is less than one window of seq_len={seq_len}")
     if isinstance(texts, str):
         raise TypeError("texts must be a list of documents, not one string: wrap it as [text]")
     texts = list(texts)
     if not texts:
-        raise ValueError("no documents to tokenize: texts is empty")
+        raise TokenDataError("no documents to tokenize: texts is empty")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise TokenDataError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no EOS token to end documents")

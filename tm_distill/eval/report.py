@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..atomic import atomic_write_file
-from ..convert.transpoints import describe_transpoints
+from ..convert.transpoints import describe_transpoints, is_auto_spec
 from .metrics import BUCKETS
 from .speed import speed_ratios
 
@@ -48,7 +48,7 @@ def _schedule(model: dict) -> str:
     if not tps:
         return "teacher (attention)"
     spec = model.get("transpoint_spec") or ""
-    if spec and not spec.startswith("auto") and len(spec) <= _SCHEDULE_WIDTH:
+    if spec and not is_auto_spec(spec) and len(spec) <= _SCHEDULE_WIDTH:
         return spec
     text = describe_transpoints(tps)
     if len(text) <= _SCHEDULE_WIDTH:

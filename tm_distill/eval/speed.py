@@ -78,6 +78,30 @@ def speed_ratios(speed: dict, teacher: str = "teacher") -> dict[str, list[dict]]
     return out
 
 
+def _speed_row(model, ids: torch.Tensor, decode_tokens: int, bandwidth: float | None) -> dict:
+    """One model at one prompt length: see :func:`measure_speed`'s rows."""
+    dev = ids.device
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    gen = greedy_generate(model, ids, decode_tokens)
+    steps = len(gen.tokens) - 1
+    params, cache, reads = parameter_bytes(model), cache_bytes(gen.cache), read_bytes_per_step(model)
+    bound_ms = reads / bandwidth * 1e3 if bandwidth else None
+    step_ms = gen.decode_s / steps * 1e3 if steps and gen.decode_s > 0 else None
+    return {
+        "length": ids.shape[1],
+        "prefill_tokens_per_s": ids.shape[1] / gen.prefill_s if gen.prefill_s > 0 else None,
+        "decode_tokens_per_s": steps / gen.decode_s if steps and gen.decode_s > 0 else None,
+        "peak_memory_bytes": int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else params + cache,
+        "parameter_bytes": params,
+        "cache_bytes": cache,
+        "read_bytes_per_step": reads,
+        "bound_ms": bound_ms,
+        "x_bound": step_ms / bound_ms if bound_ms and step_ms else None,
+    }
+
+
 @torch.no_grad()
 def measure_speed(
     models: dict[str, torch.nn.Module], lengths: list[int], decode_tokens: int = 16, vocab_limit: int | None = None,
@@ -111,28 +135,7 @@ def measure_speed(
             greedy_generate(model, prompts[min(lengths)][:, :16].to(dev), 2)
         rows = []
         for n in lengths:
-            ids = prompts[n].to(dev)
-            if on_cuda:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(dev)
-            gen = greedy_generate(model, ids, decode_tokens)
-            steps = len(gen.tokens) - 1
-            params = parameter_bytes(model)
-            cache = cache_bytes(gen.cache)
-            reads = read_bytes_per_step(model)
-            bound_ms = reads / bandwidth * 1e3 if bandwidth else None
-            step_ms = gen.decode_s / steps * 1e3 if steps and gen.decode_s > 0 else None
-            rows.append({
-                "length": n,
-                "prefill_tokens_per_s": n / gen.prefill_s if gen.prefill_s > 0 else None,
-                "decode_tokens_per_s": steps / gen.decode_s if steps and gen.decode_s > 0 else None,
-                "peak_memory_bytes": int(torch.cuda.max_memory_allocated(dev)) if on_cuda else params + cache,
-                "parameter_bytes": params,
-                "cache_bytes": cache,
-                "read_bytes_per_step": reads,
-                "bound_ms": bound_ms,
-                "x_bound": step_ms / bound_ms if bound_ms and step_ms else None,
-            })
+            rows.append(_speed_row(model, prompts[n].to(dev), decode_tokens, bandwidth))
             bar.update(1)
         results[name] = rows
     bar.close()

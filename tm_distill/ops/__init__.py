@@ -4,7 +4,7 @@
 ``backend`` ("auto", "torch" or "mamba_ssm"). The reference is the spec; the fast path is tested against it.
 ``ssd_state`` is the final-state-only scan (the Memory Converter when no output row is needed: it skips
 the output kernels). ``ssd_update`` is the one-token decode step (a fused Triton kernel on CUDA,
-``ssd_step`` elsewhere); ``ops.graphs.DecodeGraph`` captures whole decode steps in CUDA graphs.
+``ssd_step`` elsewhere); ``models.graphs.DecodeGraph`` captures whole decode steps in CUDA graphs.
 """
 
 from __future__ import annotations

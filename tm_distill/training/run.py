@@ -20,7 +20,7 @@ import torch
 from ..atomic import atomic_folder, atomic_write_file, link_or_copy
 from ..card import write_card
 from ..checkpoint import read_metadata
-from ..recipe import Recipe, RecipeError, dump_recipe, parse_duration
+from ..recipe import Recipe, RecipeError, dump_recipe, parse_duration, recipe_key
 from .checkpoint import ResumePoint, clean_temp, find_resume_point, read_seeded_kl, stage_dir, stage_folders
 from .data import check_batches, heldout_windows
 from .distributed import shard_teacher
@@ -82,18 +82,28 @@ def _device(recipe: Recipe) -> str:
     return "cuda" if recipe.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
 
 
-def _resolve_transpoints(recipe: Recipe, teacher, texts: list[str], seq_len: int, device) -> tuple[list[int], str]:
-    from ..convert import parse_transpoints  # noqa: PLC0415
+def _resolve_transpoints(recipe: Recipe, teacher, texts: list[str], recorded: list[int] | None, device
+                         ) -> tuple[list[int], str]:
+    from ..plan import resolve_transpoints  # noqa: PLC0415
 
-    if recipe.transpoints.startswith("auto"):
+    def training_texts() -> list[str]:  # planning never reads the held-out documents
         from ..data.tokens import training_documents  # noqa: PLC0415
-        from ..plan import resolve_auto  # noqa: PLC0415
 
-        train = training_documents(texts, teacher.tokenizer, seq_len, heldout_fraction=recipe.data.heldout_fraction,
-                                   seed=recipe.seed)  # planning never reads the held-out documents
-        return resolve_auto(recipe.transpoints, teacher.model, teacher.tokenizer, train, seq_len, device=device,
-                            seed=recipe.seed)
-    return parse_transpoints(recipe.transpoints, teacher.model.config.num_hidden_layers), ""
+        with recipe_key("data"):
+            return training_documents(texts, teacher.tokenizer, recipe.data.seq_len,
+                                      heldout_fraction=recipe.data.heldout_fraction, seed=recipe.seed)
+
+    with recipe_key("transpoints"):
+        return resolve_transpoints(recipe.transpoints, teacher.model.config.num_hidden_layers, teacher=teacher,
+                                   texts=training_texts, seq_len=recipe.data.seq_len, seed=recipe.seed,
+                                   device=device, recorded=recorded)
+
+
+def _load_teacher(recipe: Recipe, dtype: torch.dtype, device: str):
+    from ..convert import load_teacher  # noqa: PLC0415
+
+    with recipe_key("teacher"):  # a teacher that is missing or unreadable names the recipe key
+        return load_teacher(recipe.teacher, dtype=dtype, device=device)
 
 
 def _copy_atomic(src: Path, dest: Path) -> None:
@@ -345,7 +355,6 @@ def run_stages(recipe: Recipe, student, teacher, data: dict, heldout, transpoint
 def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -> dict:
     from accelerate import Accelerator  # noqa: PLC0415
 
-    from ..convert import load_teacher  # noqa: PLC0415
     from ..data.loading import load_texts  # noqa: PLC0415
 
     device = _device(recipe)
@@ -356,20 +365,19 @@ def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -
     _check_output_dir(recipe, out, resume, force, accelerator.is_main_process)
     if device == "cuda":  # this process's GPU (cuda:<local rank> under accelerate launch): "cuda" means it below
         torch.cuda.set_device(accelerator.local_process_index)
-    if teacher is None:
-        teacher = load_teacher(recipe.teacher, dtype=dtype, device=device)
+    teacher = teacher if teacher is not None else _load_teacher(recipe, dtype, device)
     teacher.model.eval().requires_grad_(False)
     plan = resolve_plan(recipe, teacher.model.config, accelerator.num_processes)
     _seed_everything(recipe.seed)
-    texts = load_texts(recipe.data.source, text_field=recipe.data.text_field)
-    data, heldout = build_data(recipe, teacher, texts, device, accelerator.num_processes)
+    with recipe_key("data.source"):
+        texts = load_texts(recipe.data.source, text_field=recipe.data.text_field)
+    with recipe_key("data"):
+        data, heldout = build_data(recipe, teacher, texts, device, accelerator.num_processes)
     if accelerator.is_main_process:
         clean_temp(out)
     point = find_resume_point(out, names) if resume else ResumePoint(0, None, 0, None)
-    if point.path is not None and recipe.transpoints.startswith("auto"):  # keep what the run chose
-        transpoints, why = read_metadata(point.path)["transpoints"], "resumed: the schedule the run chose"
-    else:
-        transpoints, why = _resolve_transpoints(recipe, teacher, texts, recipe.data.seq_len, device)
+    recorded = read_metadata(point.path).get("transpoints") if point.path is not None else None  # what it chose
+    transpoints, why = _resolve_transpoints(recipe, teacher, texts, recorded, device)
     if why:
         log.info("auto TransPoints: %s", why)
     student = build_student(recipe, teacher, point, transpoints, out, device, accelerator.is_main_process, heldout)
