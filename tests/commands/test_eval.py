@@ -110,6 +110,25 @@ def test_without_matplotlib_eval_asks_for_the_extra_or_no_plots(student_dir, tmp
     assert json.loads((out / "report.json").read_text())["plots"] == [] and not list(out.glob("*.png"))
 
 
+def test_tasks_score_a_local_lm_eval_task_into_the_report_and_the_card(student_dir, tmp_path):
+    """`tm-distill eval --tasks NAME --task-dir DIR`: lm-evaluation-harness scores the student and its teacher side
+    by side, in report.json and report.md, and the student's card gets its score."""
+    pytest.importorskip("lm_eval")
+    from tests.local_task import TASK, write_local_task
+
+    out = tmp_path / "r"
+    result = run("eval", student_dir, "--teacher", "smollm2-135m", "--out", out, "--tasks", TASK, "--task-dir",
+                 write_local_task(tmp_path / "tasks"), "--limit", "2", *FAST)
+    assert result.exit_code == 0, result.output
+    scores = json.loads((out / "report.json").read_text())["lm_eval"]["results"]
+    assert set(scores) == {"teacher", "cycle"}
+    assert all(scores[m][TASK]["sample_len"] == 2 and 0 <= scores[m][TASK]["acc,none"] <= 1 for m in scores)
+    assert TASK in (out / "report.md").read_text()
+    acc, teacher_acc = scores["cycle"][TASK]["acc,none"], scores["teacher"][TASK]["acc,none"]
+    card = (student_dir / "README.md").read_text()
+    assert f"lm-evaluation-harness `{TASK}` (limit 2.0): acc,none {acc:.3f} (teacher {teacher_acc:.3f})." in card
+
+
 @pytest.mark.slow
 def test_defaults_on_a_small_text_file_write_a_full_report(tmp_path, smol, shakespeare_files):
     """Every default on a CPU (retrieval at 512 tokens, one trial; speed at 256) on 1,500 characters of text, too
