@@ -60,10 +60,7 @@ def _module_level_imports(name: str, path: Path, known: set[str]) -> set[str]:
             if isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(anchor + ([node.module] if node.module else []))
+                base = _from_base(node, package)
                 found.add(base)
                 found.update(f"{base}.{alias.name}" for alias in node.names)  # ``from pkg import submodule``
             for field in ("body", "orelse", "finalbody", "handlers"):
@@ -123,6 +120,15 @@ def floor_of(module: str) -> str:
     return max(names, key=len)
 
 
+def _from_base(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module a ``from X import ...`` inside ``package`` names (relative levels resolved)."""
+    base = node.module or ""
+    if node.level:
+        anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join(anchor + ([node.module] if node.module else []))
+    return base
+
+
 def _all_imports(name: str, path: Path, known: set[str]) -> set[str]:
     """Every tm_distill module ``name`` imports anywhere in its file, with the packages whose ``__init__``
     that import runs (the root excepted: every import runs it)."""
@@ -132,10 +138,7 @@ def _all_imports(name: str, path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([node.module] if node.module else []))
+            base = _from_base(node, package)
             subs = {f"{base}.{alias.name}" for alias in node.names} & known  # ``from pkg import submodule``
             found.update(subs or {base})
     targets = set()
