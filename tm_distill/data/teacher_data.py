@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
