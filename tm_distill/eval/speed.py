@@ -92,7 +92,7 @@ def _speed_row(model, ids: torch.Tensor, decode_tokens: int, bandwidth: float | 
     return {
         "length": ids.shape[1],
         "prefill_tokens_per_s": ids.shape[1] / gen.prefill_s if gen.prefill_s > 0 else None,
-        "decode_tokens_per_s": steps / gen.decode_s if steps and gen.decode_s > 0 else None,
+        "decode_tokens_per_s": 1e3 / step_ms if step_ms else None,
         "peak_memory_bytes": int(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else params + cache,
         "parameter_bytes": params,
         "cache_bytes": cache,
@@ -133,11 +133,10 @@ def measure_speed(
         dev = next(model.parameters()).device
         if warmup:
             greedy_generate(model, prompts[min(lengths)][:, :16].to(dev), 2)
-        rows = []
+        results[name] = []
         for n in lengths:
-            rows.append(_speed_row(model, prompts[n].to(dev), decode_tokens, bandwidth))
+            results[name].append(_speed_row(model, prompts[n].to(dev), decode_tokens, bandwidth))
             bar.update(1)
-        results[name] = rows
     bar.close()
     busy = None if on_cuda or not hasattr(os, "getloadavg") else os.getloadavg()[0]  # CPU timings share the cores
     return {
