@@ -1,4 +1,4 @@
-"""Several GPUs against one (issue 16): the logits stage of a real teacher on 1 GPU (grad_accum 2) and on 2 GPUs
+"""Several GPUs against one: the logits stage of a real teacher on 1 GPU (grad_accum 2) and on 2 GPUs
 with DDP and with FSDP at the same global batch, through ``accelerate launch``. Reports each run's loss curve
 against the one-GPU run (max |difference|) and its steady tokens/s (scaling efficiency = 2-GPU / (2 x 1-GPU)).
 

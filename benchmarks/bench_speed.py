@@ -4,15 +4,15 @@
     python benchmarks/bench_speed.py --shapes 8b --out $OUT/speed_8b.json
     python benchmarks/bench_speed.py --smoke --out /tmp/speed_smoke.json      # tiny, CPU, seconds (CI)
 
-What issue 14's targets need, by default: prefill at 512, 2k, 8k and 128k tokens (batch 1); decode at 2k, 8k and
-32k tokens of context, batch 1 and 16; the teacher and the attn25, cycle and all=2048 students, each shape in
-one process. Teacher = transformers' LlamaForCausalLM (SDPA); student = tm_distill.convert.seed_student(teacher).
+What the speed targets (docs/benchmarks.md) need, by default: prefill at 512, 2k, 8k and 128k tokens (batch 1);
+decode at 2k, 8k and 32k tokens of context, batch 1 and 16; the teacher and the attn25, cycle and all=2048
+students, each shape in one process. Teacher = transformers' LlamaForCausalLM (SDPA); student = tm_distill.convert.seed_student(teacher).
 Prefill: one sequence of `context` tokens into the cache generation uses (static for the student, with room for
 `--max-new` more tokens: a layer whose TransPoint lies beyond runs no Memory Converter), logits of the last token
 only. Decode: one token per step on a cache that already holds `context` tokens, filled with random
 values (decode cost does not depend on cache values; batch 16 at long contexts needs no batch-16 prefill).
 Teacher: transformers' StaticCache, CUDA-graph captured (mode recorded). Student: the static TransMambaCache and
-ops.graphs.DecodeGraph at every context (a fallback to eager would be recorded as the mode). Each timed repeat
+models.graphs.DecodeGraph at every context (a fallback to eager would be recorded as the mode). Each timed repeat
 decodes `--decode-steps` tokens from the same starting position. The weight-read bound of a batch-1 step is the
 bytes of weights one step must read (every parameter once, except an untied input embedding, of which a step
 reads one row) over the device-to-device copy bandwidth measured in the same run. Timing: CUDA events,
@@ -35,9 +35,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tm_distill.convert import map_teacher_key, parse_transpoints, seed_student  # noqa: E402
+from tm_distill.eval.speed import copy_bandwidth, read_bytes_per_step  # noqa: E402
 from tm_distill.models import TransMambaCache  # noqa: E402
 from tm_distill.models.cache import CACHE_KWARG, output_cache  # noqa: E402
-from tm_distill.ops.graphs import DecodeGraph, capturable_reason  # noqa: E402
+from tm_distill.models.graphs import DecodeGraph, capturable_reason  # noqa: E402
 
 SHAPES = {
     "1b": dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -85,15 +86,6 @@ def param_bytes(model) -> int:
         if p.data_ptr() not in seen:
             seen.add(p.data_ptr())
             total += p.numel() * p.element_size()
-    return total
-
-
-def read_bytes_per_step(model) -> int:
-    """Weight bytes one batch-1 decode step must read: all of them but an untied input embedding (one row)."""
-    total = param_bytes(model)
-    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-    if emb.data_ptr() != head.data_ptr():
-        total -= emb.numel() * emb.element_size()
     return total
 
 
@@ -334,11 +326,7 @@ def decode(rec, shape, teacher, students, T, batches, args):
 
 def ceilings() -> dict:
     """Measured HBM copy bandwidth (bytes read + written) and bf16 matmul rate on this device."""
-    a = torch.empty(2**30, dtype=torch.uint8, device="cuda").random_()
-    b = torch.empty_like(a)
-    ms = timed(lambda: b.copy_(a), 3, 10)
-    bw = 2 * a.numel() / ms * 1e3
-    del a, b
+    bw = copy_bandwidth(torch.device("cuda"))
     x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     y = torch.randn_like(x)
     ms = timed(lambda: x @ y, 3, 10)

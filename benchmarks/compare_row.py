@@ -126,7 +126,7 @@ def trained_student(row: str, teacher_path: str, out: Path, max_time: str | None
 
 def teacher_data_manifests() -> list[dict]:
     """The manifests of the teacher-written data in this machine's cache (what was sampled, how fast)."""
-    from tm_distill.convert.teacher import cache_dir  # noqa: PLC0415
+    from tm_distill.runtime import cache_dir  # noqa: PLC0415
 
     return [json.loads(p.read_text()) for p in sorted((cache_dir() / "teacher-data").glob("*/manifest.json"))]
 

@@ -1,4 +1,5 @@
-"""Issue 7's comparison: students A-E distilled from SmolLM2-135M at one token budget, evaluated side by side.
+"""The student comparison (docs/results.md): students A-E distilled from SmolLM2-135M at one token budget,
+evaluated side by side.
 
     A seeded only; B Mamba-in-the-Llama style (attn every 4th layer, rest P=0, logits only);
     C tm-distill full (paper's cycle scaled to 2048, matrix -> hidden -> logits); D = C with TransPoints sampled

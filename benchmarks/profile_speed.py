@@ -37,7 +37,7 @@ from benchmarks.bench_speed import (SCHEDULES, build, capture, share_weights, st
 from tm_distill.convert import parse_transpoints, seed_student  # noqa: E402
 from tm_distill.models import TransMambaCache  # noqa: E402
 from tm_distill.models.cache import CACHE_KWARG  # noqa: E402
-from tm_distill.ops.graphs import DecodeGraph, capturable_reason  # noqa: E402
+from tm_distill.models.graphs import DecodeGraph, capturable_reason  # noqa: E402
 
 _SYNC_OPS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 _GROUPS = {"gemm": ("gemm", "gemv", "cutlass", "sm90_xmma", "nvjet", "splitk"),

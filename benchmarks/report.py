@@ -167,9 +167,11 @@ def render(folder: Path, doc: Path):
     parts = [f"Machine: {m['device']} (the device tool's `nvidia-h200` kind: one H200, 139 GiB), torch {m['torch']}; "
              f"runs on {', '.join(sorted({x['date'] for x in metas}))}. Measured ceilings in the same runs: "
              f"device-to-device copy {m['copy_bytes_per_s'] / 1e12:.2f} TB/s (read + write), "
-             f"bf16 8192³ matmul {m['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s.", "", "Commands (run on the device, "
-             "from the repository root, results copied to `" + str(folder.relative_to(ROOT)) + "`):", ""]
-    parts += [f"    {x['command'].replace('/root/out/', '$OUT/')}" for x in metas]
+             f"bf16 8192³ matmul {m['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s.", "", "Commands as the result files "
+             "record them (`meta.command`: the scripts of that day, run with `python` on the device from the "
+             "repository root, results copied to `" + str(folder.relative_to(ROOT)) + "`; a script's flags may "
+             "have changed since, see its `--help`):", ""]
+    parts += [f"    {x['command'].replace('/root/out/', '$OUT/').removeprefix('python ')}" for x in metas]
     for shape in sorted({r["shape"] for r in speed}):
         parts += ["", f"### Prefill latency, {shape} shape (batch 1, bf16; median of CUDA-event timings)", "",
                   prefill_table(speed, shape), "",

@@ -13,6 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh   # the virtualenv setup.sh installed into, if it made one
+# The package setup.sh installed into this python3, whatever `tm-distill` on PATH is (pyenv only finds a new
+# console script after `pyenv rehash`; pip's --user fallback puts it in ~/.local/bin, often not on PATH).
+tm-distill() { python3 -m tm_distill.cli "$@"; }
 runs=${RUNS:-runs}
 spec="cycle=0,16,32,64,128,attn"   # the demo recipe's schedule: layer l gets P[l mod 6]
 prompts=(--prompt "What is the capital of France?" --prompt "Give me three colors."

@@ -2,9 +2,10 @@
 
 The process runs isolated (``python -I -S``): site-packages is put on ``sys.path`` by hand, so its ``.pth``
 files, among them the editable install's finder for tm_distill, never run; the working directory is a temporary
-folder, not the repository, and ``PYTHON*`` variables are dropped; an import hook refuses tm_distill should a
-regular install sit in site-packages. Before ``code`` runs, ``import tm_distill`` must fail, or the run stops: a
-test that used it would prove nothing.
+folder, not the repository, and ``PYTHON*`` variables are dropped; every import finder is wrapped so that it
+finds neither tm_distill (a regular install would sit in site-packages itself) nor any package named in
+``blocked``, as on a machine without them. Before ``code`` runs, ``import tm_distill`` must fail, or the run
+stops: a test that used it would prove nothing.
 """
 
 from __future__ import annotations
@@ -18,16 +19,24 @@ from pathlib import Path
 
 PRELUDE = r"""
 import json, sys
-sys.path.extend(json.loads(sys.argv[1]))
+_isolation = json.loads(sys.argv[1])
+sys.path.extend(_isolation["path"])
 
 
-class NoTmDistill:  # a regular (not editable) install would sit in site-packages itself
+class Without:  # each finder, blind to the blocked packages: find_spec gives None, import raises, as if not installed
+    def __init__(self, finder):
+        self.finder = finder
+
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "tm_distill":
-            raise ModuleNotFoundError(f"No module named {name!r}")
+        if name.split(".")[0] in _isolation["blocked"] or not hasattr(self.finder, "find_spec"):
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, attr):  # invalidate_caches, find_distributions, ...
+        return getattr(self.finder, attr)
 
 
-sys.meta_path.insert(0, NoTmDistill())
+sys.meta_path[:] = [Without(finder) for finder in sys.meta_path]
 try:
     import tm_distill
     sys.exit("tm_distill is importable in the isolated process")
@@ -36,12 +45,14 @@ except ModuleNotFoundError:
 """
 
 
-def run_without_tm_distill(code: str, cwd: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run ``code`` (``sys.argv[2:]`` = ``args``) with transformers' module cache in ``cwd``; fails on exit != 0."""
+def run_without_tm_distill(code: str, cwd: Path, *args: str, timeout: float = 900,
+                           blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run ``code`` (``sys.argv[2:]`` = ``args``) with transformers' module cache in ``cwd``, tm_distill and the
+    top-level packages in ``blocked`` not importable; fails on exit != 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(HF_MODULES_CACHE=str(cwd / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-I", "-S", "-c", PRELUDE + code, json.dumps(site.getsitepackages()),
-                           *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    isolation = {"path": site.getsitepackages(), "blocked": ["tm_distill", *blocked]}
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", PRELUDE + code, json.dumps(isolation), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
     return proc

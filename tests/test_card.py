@@ -50,6 +50,16 @@ def test_the_shipped_teacher_names_its_hub_model_and_license():
     assert teacher_facts("/no/such/teacher") == {}
 
 
+def test_a_student_of_the_shipped_teacher_names_it_in_front_matter_and_prose(tmp_path):
+    folder = save_student(_student("smollm2-135m", "cycle=0,8"), None, tmp_path / "student")
+    card = (folder / CARD_FILE).read_text()
+    assert _front(card) == {"base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "library_name": "transformers",
+                            "license": "apache-2.0", "pipeline_tag": "text-generation",
+                            "tags": ["tm-distill", "transmamba", "mamba2", "hybrid"]}
+    assert "# TransMamba student of HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "Spec `cycle=0,8`" in card and "--teacher smollm2-135m" in card
+
+
 def test_an_unknown_license_is_left_out_not_guessed(tmp_path):
     folder = save_student(_student("tiny"), None, tmp_path / "student")
     front = _front((folder / CARD_FILE).read_text())

@@ -1,4 +1,5 @@
-"""Issue 7 at CPU scale: the A-G comparison pipeline (distill the trained students, eval all, robustness) end to end."""
+"""The student comparison (docs/results.md) at CPU scale: the A-G pipeline (distill the trained students, eval all,
+robustness) end to end."""
 
 from __future__ import annotations
 

@@ -79,7 +79,7 @@ def test_a_held_step_output_survives_the_next_capture():
     """A caller keeping a step's logits (a block of the graphs' pool) across a TransPoint crossing: the next
     capture joins the pool while the earlier graph still holds it (an orphaned pool with a live block made the
     caching allocator assert `use_count > 0`)."""
-    from tm_distill.ops.graphs import DecodeGraph
+    from tm_distill.models.graphs import DecodeGraph
 
     model = _tiny_student(TINY["crossing"])
     ids = torch.randint(1, 97, (2, 40), device="cuda")

@@ -292,7 +292,7 @@ def test_matrix_loss_math():
 
 
 def test_matrix_loss_in_bf16_is_computed_in_fp32_and_scale_aware():
-    """phi-mamba issue #3: bf16 Frobenius sums are wrong or explode; ours upcasts, and `relative` is scale-free."""
+    """bf16 Frobenius sums are wrong or explode; ours upcasts, and `relative` is scale-free."""
     t = _causal_softmax(1, 2, 256, seed=19, scale=4.0)
     s = t + 0.01 * _logits(1, 2, 256, 256, seed=20).tril()
     rows = torch.arange(256) >= 64

@@ -13,7 +13,7 @@ from tm_distill.convert import parse_transpoints, seed_student
 from tm_distill.models.configuration import ATTENTION_ONLY
 from tm_distill.plan import (
     CANDIDATE_FRACTIONS, AutoSpec, AutoSpecError, calibration_windows, choose_transpoints, measure_sensitivity,
-    parse_auto_spec, resolve_auto,
+    parse_auto_spec, resolve_auto, resolve_transpoints,
 )
 
 
@@ -72,6 +72,43 @@ def test_unreachable_budget_says_the_smallest_one():
     sens = torch.ones(4, 4)
     with pytest.raises(AutoSpecError, match=r"smallest reachable budget is 3\.12%"):
         choose_transpoints(sens, CANDIDATE_FRACTIONS, context=256, kv_budget=0.01)
+
+
+# ---------------------------------------------------------------------------------------------------- resolver
+def _no_text():
+    pytest.fail("text was loaded for a spec that needs none")
+
+
+@pytest.mark.parametrize("spec", ["all=16", "cycle=0,8", "attn=1;ssm=rest", "0,attn,4,8", " attn ", "ssm"])
+def test_a_fixed_spec_resolves_as_parse_transpoints_does_and_loads_no_text(spec):
+    assert resolve_transpoints(spec, 4, texts=_no_text) == (parse_transpoints(spec, 4), "")
+    assert resolve_transpoints(spec, None, texts=_no_text) == (None, "")  # the teacher's depth not known yet
+
+
+def test_an_auto_spec_is_checked_without_a_teacher_and_planned_with_one(monkeypatch):
+    import tm_distill.plan as plan_module
+
+    assert resolve_transpoints("auto:kv_budget=25%", 4, texts=_no_text) == (None, "")
+    with pytest.raises(AutoSpecError, match="unknown key 'speed'"):
+        resolve_transpoints("auto:speed=2x", None)
+    with pytest.raises(AutoSpecError, match=r"smallest reachable budget is 3\.12%"):  # before any text is read
+        resolve_transpoints("auto:kv_budget=1%", 4, teacher=object(), texts=_no_text, seq_len=256)
+    seen = {}
+
+    def fake(spec, model, tokenizer, texts, seq_len, **kw):
+        seen.update(spec=spec, model=model, tokenizer=tokenizer, texts=texts, seq_len=seq_len, **kw)
+        return [0, ATTENTION_ONLY], "planned"
+
+    monkeypatch.setattr(plan_module, "resolve_auto", fake)
+    teacher = type("Teacher", (), {"model": "M", "tokenizer": "T"})()
+    got = resolve_transpoints(" auto:kv_budget=50%", 2, teacher=teacher, texts=lambda: ["a document"], seq_len=64,
+                              windows=3, seed=7)
+    assert got == ([0, ATTENTION_ONLY], "planned")
+    assert seen == dict(spec=" auto:kv_budget=50%", model="M", tokenizer="T", texts=["a document"], seq_len=64,
+                        windows=3, seed=7, device=None, importance=None)
+    resumed = resolve_transpoints("auto:kv_budget=50%", 2, teacher=teacher, texts=_no_text, recorded=[8, 0])
+    assert resumed == ([8, 0], "resumed: the schedule the run chose")  # a resumed run keeps what it chose
+    assert resolve_transpoints("all=8", 2, recorded=[0, 0]) == ([8, 8], "")  # a fixed spec is its own record
 
 
 # ---------------------------------------------------------------------------------------------------- measurement
@@ -206,3 +243,8 @@ def test_plan_device_option_is_the_other_commands(tmp_path):
         assert "[default: cpu]" in CliRunner().invoke(cli, [command, "--help"]).output
     bad = CliRunner().invoke(cli, ["plan", "smollm2-135m", "--budget", "kv=25%", "--device", "gpu0"])
     assert bad.exit_code == 1 and "'gpu0' is not a device" in bad.output and "Traceback" not in bad.output
+
+
+def test_train_seconds_nan_is_refused():
+    result = CliRunner().invoke(cli, ["plan", "smollm2-135m", "--budget", "kv=25%", "--train-seconds", "nan"])
+    assert result.exit_code == 2 and "Invalid value for '--train-seconds': nan is not a number of seconds" in result.output

@@ -224,3 +224,27 @@ def test_malformed_override_values_and_unusable_seeds_name_the_key(override, fra
 def test_a_quoted_override_is_text():
     assert recipe_from_dict(_raw(), ['data.source="*.txt"']).data.source == "*.txt"
     assert recipe_from_dict(_raw(), ["seed=4294967295"]).seed == 2**32 - 1
+
+
+def test_a_recipe_file_that_is_not_yaml_is_one_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("teacher: smollm2-135m\nstages: [{name: logits, steps: 4}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"{path} is not valid YAML: expected ',' or ']', but got '<stream end>' at line 3, column 1"
+
+
+def test_a_lower_user_error_names_the_recipe_key_and_file():
+    from tm_distill.data.loading import DataSourceError
+    from tm_distill.recipe import recipe_file, recipe_key
+
+    with pytest.raises(RecipeError) as caught, recipe_file("r.yaml"), recipe_key("data.source"):
+        raise DataSourceError("/nowhere does not exist: give a file or folder")
+    err = caught.value
+    assert (err.key, err.what, err.file) == ("data.source", "data.source", "r.yaml")
+    assert str(err) == "bad recipe r.yaml: data.source: /nowhere does not exist: give a file or folder"
+    with pytest.raises(RecipeError, match=r"^bad recipe r\.yaml: seed: not an int$"), recipe_file("r.yaml"), \
+            recipe_key("data"):
+        raise RecipeError("seed", "not an int")  # a RecipeError keeps its own key
+    with pytest.raises(KeyError), recipe_key("data"):  # a bug is not a user error: it stays what it is
+        raise KeyError("x")

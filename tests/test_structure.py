@@ -1,4 +1,5 @@
-"""The package's shape: no import cycle inside tm_distill, and functions short enough to read on one screen."""
+"""The package's shape: floors that import only downwards, no import cycle inside tm_distill, and functions
+short enough to read on one screen."""
 
 from __future__ import annotations
 
@@ -7,8 +8,27 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tm_distill"
 MAX_LINES = 60
-# Functions over MAX_LINES lines, with why. The training loop and run orchestration are being reshaped for
-# multi-GPU in their own change (issue 15, item 2), which splits them.
+# The package's floors, lowest first. A module imports only from its own floor or below, anywhere in the file
+# (inside functions and under ``if TYPE_CHECKING:`` too). A name is a top-level module or a subpackage of
+# tm_distill, or a module inside one where that module sits above the rest of its package; "__init__" is the
+# root package, which registers the student with transformers.
+FLOORS = (
+    # no model code: errors, atomic writes, YAML, dtype/device/cache folder, chat templates, the recipe schema
+    ("errors", "extras", "atomic", "safe_yaml", "version", "runtime", "chat", "stage_names", "recipe", "recipe_meta",
+     "recipe_docs"),
+    ("ops",),  # the scan and decode kernels, each with its PyTorch reference
+    ("models",),  # the student: config, mixer, model, cache, CUDA-graph decode, activation capture
+    ("data", "losses", "generation"),  # text -> token windows; losses as functions; decoding loops
+    ("convert",),  # teacher loading, TransPoint specs, weight seeding, calibration
+    ("stages",),  # the distillation stages behind one interface
+    ("checkpoint", "card"),  # a student folder on disk and its model card
+    ("plan", "importance"),  # auto TransPoints
+    ("convert.api",),  # `convert` itself: load, seed, plan, calibrate, save
+    ("training",),
+    ("eval", "serving"),
+    ("commands", "cli", "__init__"),
+)
+# Functions over MAX_LINES lines, with why.
 LONG_FUNCTIONS = {
     # each has a comment above it saying why
     "convert/api.py:convert": "a long docstring; 37-line body",
@@ -40,10 +60,7 @@ def _module_level_imports(name: str, path: Path, known: set[str]) -> set[str]:
             if isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(anchor + ([node.module] if node.module else []))
+                base = _from_base(node, package)
                 found.add(base)
                 found.update(f"{base}.{alias.name}" for alias in node.names)  # ``from pkg import submodule``
             for field in ("body", "orelse", "finalbody", "handlers"):
@@ -89,6 +106,97 @@ def test_no_import_cycle_inside_the_package():
     assert graph["tm_distill.recipe"] >= {"tm_distill.stage_names"}  # the walk sees relative imports
     cycle = _cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def _floor_names() -> dict[str, int]:
+    return {name: level for level, names in enumerate(FLOORS) for name in names}
+
+
+def floor_of(module: str) -> str:
+    """The FLOORS name that holds ``module`` (dotted, under tm_distill): the longest name it starts with."""
+    rel = module.removeprefix("tm_distill").removeprefix(".") or "__init__"
+    names = [n for n in _floor_names() if rel == n or rel.startswith(n + ".")]
+    assert names, f"{module} is on no floor: add it to FLOORS in tests/test_structure.py"
+    return max(names, key=len)
+
+
+def _from_base(node: ast.ImportFrom, package: str) -> str:
+    """The absolute module a ``from X import ...`` inside ``package`` names (relative levels resolved)."""
+    base = node.module or ""
+    if node.level:
+        anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join(anchor + ([node.module] if node.module else []))
+    return base
+
+
+def _all_imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Every tm_distill module ``name`` imports anywhere in its file, with the packages whose ``__init__``
+    that import runs (the root excepted: every import runs it)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _from_base(node, package)
+            subs = {f"{base}.{alias.name}" for alias in node.names} & known  # ``from pkg import submodule``
+            found.update(subs or {base})
+    targets = set()
+    for target in found & known:
+        parts = target.split(".")
+        targets.update(".".join(parts[:i]) for i in range(2, len(parts) + 1))
+    return (targets & known) - {name}
+
+
+def upward_imports() -> list[str]:
+    """'module (floor) -> module (floor)' for every import that reaches a higher floor."""
+    modules = _modules()
+    level = _floor_names()
+    out = []
+    for name, path in modules.items():
+        here = floor_of(name)
+        for target in sorted(_all_imports(name, path, set(modules))):
+            there = floor_of(target)
+            if level[there] > level[here]:
+                out.append(f"{name} ({here}) -> {target} ({there})")
+    return out
+
+
+def test_floors_name_every_module_once():
+    names = [n for floor in FLOORS for n in floor]
+    assert len(names) == len(set(names))
+    for name in _modules():
+        floor_of(name)  # asserts it has one
+
+
+def test_no_import_reaches_a_higher_floor():
+    assert floor_of("tm_distill.convert.api") == "convert.api" and floor_of("tm_distill.convert.seed") == "convert"
+    up = upward_imports()
+    assert not up, "imports up a floor (move the helper down, or the module up):\n" + "\n".join(up)
+
+
+def test_the_floor_walk_sees_function_local_and_relative_imports(tmp_path):
+    """A lazy import inside a function counts; ``from .. import x`` names the module x."""
+    module = tmp_path / "m.py"
+    module.write_text("from .. import safe_yaml\n\ndef f():\n    from ..training.run import run_recipe\n")
+    known = {"tm_distill", "tm_distill.safe_yaml", "tm_distill.training", "tm_distill.training.run"}
+    assert _all_imports("tm_distill.data.m", module, known) == {
+        "tm_distill.safe_yaml", "tm_distill.training", "tm_distill.training.run"}
+
+
+def _lines_with(text: str) -> list[str]:
+    return [f"{p.relative_to(PACKAGE).as_posix()}:{i}" for p in sorted(PACKAGE.rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if text in line]
+
+
+def test_one_resolver_owns_fixed_and_auto_transpoint_specs():
+    """``convert.transpoints.is_auto_spec`` alone tells an ``auto:`` spec from a fixed one, and only
+    ``plan.resolve_transpoints`` plans one: convert, plan, validate and distill all resolve through it."""
+    assert [line.split(":")[0] for line in _lines_with('startswith("auto')] == ["convert/transpoints.py"]
+    callers = {line.split(":")[0] for line in _lines_with("resolve_auto(")}
+    assert callers == {"plan.py"}, callers
+    users = {line.split(":")[0] for line in _lines_with("resolve_transpoints(")}
+    assert users >= {"plan.py", "convert/api.py", "training/resolve.py", "training/run.py", "commands/plan.py"}
 
 
 def long_functions() -> dict[str, int]:

@@ -8,8 +8,7 @@ Nothing else happens on import.
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .models import ATTENTION_ONLY, TransMambaCache, TransMambaConfig, TransMambaForCausalLM, TransMambaModel
-
-__version__ = "0.1.0"
+from .version import __version__
 
 AutoConfig.register(TransMambaConfig.model_type, TransMambaConfig, exist_ok=True)
 AutoModel.register(TransMambaConfig, TransMambaModel, exist_ok=True)

@@ -8,6 +8,7 @@ temporary behind: its name (``.tmp-<dest>-<pid>-<random>``) says which process w
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -17,7 +18,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import UserError
+
 log = logging.getLogger(__name__)
+
+FULL = (errno.ENOSPC, errno.EDQUOT)  # an OSError's errno for a full disk or quota
+DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)  # ... for a read-only filesystem or no permission
+
+
+class OutputNotWritable(UserError):
+    """The output folder cannot be written (read-only, no permission, disk full)."""
 
 
 def _umask() -> int:
@@ -113,4 +123,4 @@ def atomic_write_file(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-__all__ = ["atomic_folder", "atomic_write_file", "is_alive", "link_or_copy", "remove_stale_temps", "temp_is_stale"]
+__all__ = ["DENIED", "FULL", "OutputNotWritable", "atomic_folder", "atomic_write_file", "is_alive", "link_or_copy", "remove_stale_temps", "temp_is_stale"]

@@ -18,7 +18,9 @@ import yaml
 from .atomic import atomic_write_file
 from .convert.teacher import SHIPPED_TEACHER, TeacherNotFound, resolve_source
 from .convert.transpoints import describe_transpoints
+from .errors import UserError
 from .models.configuration import ATTENTION_ONLY
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +91,6 @@ def _fmt(value, digits: int = 4) -> str:
 
 def _intro(config: dict, teacher: str) -> list[str]:
     extras = [name for key, name in (("use_z_gate", "z gate"), ("use_conv", "causal conv1d")) if config.get(key)]
-    from . import __version__  # noqa: PLC0415  (the package root imports what imports this module)
-
     return [f"# TransMamba student of {teacher}", "",
             f"A TransMamba hybrid of `{teacher}`, made by tm-distill {__version__}. Each of its "
             f"{config['num_hidden_layers']} layers keeps the teacher's attention (its Q, K, V double as the SSM's C, "
@@ -209,13 +209,19 @@ def _meta_path(folder: Path) -> Path:
     return folder / META_FILE
 
 
+def _read_meta(folder: Path) -> dict:
+    from .checkpoint import read_metadata  # noqa: PLC0415  (checkpoint writes cards through this module)
+
+    return read_metadata(folder)
+
+
 def write_card(folder: str | Path, **records) -> Path:
     """(Re)write the folder's README.md, first adding ``records`` (``training=``, ``evaluation=``) to its
     tm_distill.json. The teacher's hub id and license are the existing card's, or looked up when there is none.
     Files are replaced, never written in place (a run's final/ hard-links its stage's files)."""
     folder = Path(folder)
     meta_path, card_path = _meta_path(folder), folder / CARD_FILE
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = _read_meta(folder)
     config = json.loads((folder / "config.json").read_text())
     if card_path.exists():
         facts = {k: v for k, v in _front_matter(card_path).items() if k in ("base_model", "license")}
@@ -231,13 +237,13 @@ def write_card(folder: str | Path, **records) -> Path:
 def record_evaluation(folder: str | Path, report: dict, name: str, report_dir: str | Path) -> Path | None:
     """Put student ``name``'s numbers from an eval ``report`` on the card of ``folder`` (the latest eval
     replaces the previous one). Not when the report ran other TransPoints than the folder's: they are not its
-    numbers. A folder that cannot be written keeps its card, with a warning."""
+    numbers. A folder that cannot be written, or whose tm_distill.json is damaged, keeps its card, with a warning."""
     if report.get("transpoints_override"):
         log.info("%s: not on its card (evaluated with TransPoints %s)", folder, report["transpoints_override"])
         return None
     try:
         return write_card(folder, evaluation=evaluation_record(report, name, report_dir))
-    except OSError as err:
+    except (OSError, UserError) as err:  # the report stands; an unwritable folder or a damaged tm_distill.json
         log.warning("could not update the model card of %s: %s", folder, err)
         return None
 

@@ -18,14 +18,16 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
-from .atomic import atomic_folder
+from .atomic import DENIED, FULL, OutputNotWritable, atomic_folder
 from .card import write_card
+from .convert.teacher import (SHIPPED_TEACHER, CustomCodeRefused, UnreadableModel, load_tokenizer, load_weights,
+                              read_config)
 from .errors import UserError
-from .convert.teacher import SHIPPED_TEACHER, load_weights, parse_device, parse_dtype, read_config
 from .models.configuration import TransMambaConfig
 from .models.remote_code import write_code
+from .runtime import parse_device, parse_dtype
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ META_FILE = "tm_distill.json"
 STATE_FILE = "training_state.pt"
 
 
-class OutputExists(FileExistsError):
+class OutputExists(UserError, FileExistsError):
     pass
 
 
@@ -45,11 +47,11 @@ class OutputInTheWay(OutputExists):
         self.path = path
 
 
-class StudentNotFound(FileNotFoundError):
+class StudentNotFound(UserError, FileNotFoundError):
     pass
 
 
-class NotAStudent(ValueError):
+class NotAStudent(UserError, ValueError):
     pass
 
 
@@ -131,13 +133,31 @@ def save_student(model, tokenizer, out_dir: str | Path, metadata: dict | None = 
     An existing ``out_dir`` is an error unless ``force``; then it is replaced only once the new checkpoint
     is complete. Returns the output path.
     """
-    return save_checkpoint(check_output(out_dir, force), model, tokenizer, metadata=metadata, card=True)
+    out = check_output(out_dir, force)
+    try:
+        return save_checkpoint(out, model, tokenizer, metadata=metadata, card=True)
+    except OSError as err:
+        if err.errno not in FULL + DENIED:
+            raise
+        raise OutputNotWritable(f"output {out} is not writable ({err.strerror}): give a folder you can write to, "
+                                "on a disk with free space") from None
 
 
 def read_metadata(path: str | Path) -> dict:
-    """The checkpoint's ``tm_distill.json`` ({} when it has none)."""
+    """The checkpoint's ``tm_distill.json`` ({} when it has none); CheckpointError naming it when it is no JSON
+    object (cut short, overwritten)."""
     meta = Path(path) / META_FILE
-    return json.loads(meta.read_text()) if meta.exists() else {}
+    if not meta.exists():
+        return {}
+    try:
+        record = json.loads(meta.read_text())
+    except ValueError as err:  # bad JSON or bytes that are not UTF-8 alike
+        record = err
+    if not isinstance(record, dict):
+        reason = str(record).splitlines()[0][:200] if isinstance(record, ValueError) else "not a JSON object"
+        raise CheckpointError(f"{meta} cannot be read ({reason}): the checkpoint is corrupt; copy it again from a good "
+                              "copy, or in a run remove that checkpoint folder to resume from an earlier one")
+    return record
 
 
 def read_training_state(path: str | Path) -> dict:
@@ -233,9 +253,11 @@ def load_student(path: str | Path, dtype: str | torch.dtype | None = None, devic
     model = load_weights(AutoModelForCausalLM, path, dtype=parse_dtype(dtype) if dtype is not None else "auto")
     model = model.to(device).eval()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise StudentNotFound(f"{path} has no usable tokenizer ({err}); re-create it with `tm-distill convert`") from err
+        tokenizer = load_tokenizer(path, f"the tokenizer of student {path}")
+    except CustomCodeRefused:
+        raise
+    except UnreadableModel as err:
+        raise StudentNotFound(f"{err}; re-create it with `tm-distill convert`") from None
     return model, tokenizer
 
 

@@ -49,7 +49,7 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as err:
-            raise click.ClickException(err.message) from None
+            raise click.ClickException(err.one_line()) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

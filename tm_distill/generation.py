@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .chat import render_chat
+from .chat import ChatTemplateError, render_chat
+from .errors import UserError
 from .models.cache import CACHE_KWARG, output_cache
 
 log = logging.getLogger(__name__)
@@ -118,17 +119,17 @@ def encode_prompt(tokenizer, prompt: str, chat: bool = False) -> torch.Tensor:
     """Token ids (1, t) of ``prompt``; with ``chat`` as a user turn in the tokenizer's chat template."""
     if chat:
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("this model's tokenizer has no chat template: drop --chat")
+            raise ChatTemplateError("this model's tokenizer has no chat template: drop --chat")
         text = render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
         return tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
     return tokenizer(prompt, return_tensors="pt").input_ids
 
 
-class PromptTooLong(ValueError):
+class PromptTooLong(UserError, ValueError):
     pass
 
 
-class PromptTooShort(ValueError):
+class PromptTooShort(UserError, ValueError):
     pass
 
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .convert.seed import seed_student
 from .convert.transpoints import describe_transpoints
+from .data.tokens import TokenDataError
 from .models.configuration import ATTENTION_ONLY
 from .models.modeling import use_transpoints
 
@@ -59,7 +60,7 @@ def build_probe(tokenizer, windows: Tensor, *, recall: int = 8, kl_windows: int 
 
     n, t = windows.shape
     if n < 2:
-        raise ValueError(f"importance planning needs at least 2 training windows of {t} tokens, got {n}")
+        raise TokenDataError(f"importance planning needs at least 2 training windows of {t} tokens, got {n}")
     kl_windows = min(kl_windows, n // 2)
     filler = windows[:kl_windows].reshape(-1)  # recall filler: text the student is not distilled on
     if tokenizer.eos_token_id is not None:

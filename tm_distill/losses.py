@@ -292,7 +292,8 @@ def matrix_loss(student_matrix: Tensor, teacher_matrix: Tensor, row_mask: Tensor
 
     student_matrix: (b, h, t, t) materialized SSM mixing matrix; teacher_matrix: (b, h, t, t) softmax
     attention; row_mask: (t,) bool, e.g. ``arange(t) >= P`` (None: all rows).
-    Both are upcast to fp32 first (bf16 Frobenius sums overflow/lose precision: phi-mamba issue #3).
+    Both are upcast to fp32 first (bf16 Frobenius sums overflow or lose precision, as
+    reported for phi-mamba: github.com/goombalab/phi-mamba/issues/3).
     Returns ``(loss, relative)``: loss = mean over (b, h) of ``||S_bh - T_bh||_F`` on the selected rows
     (MOHAWK's convention, differentiable); relative = ``||S - T||_F / ||T||_F`` over everything selected,
     detached, the scale-free number to report (0 = exact, 1 = as far as zeros).

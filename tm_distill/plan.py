@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,12 +28,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .convert.seed import seed_student
-from .convert.transpoints import TransPointSpecError, describe_transpoints
+from .convert.transpoints import TransPointSpecError, describe_transpoints, is_auto_spec, parse_transpoints
 from .data.tokens import TokenDataError
 from .data.windows import Documents, spread
+from .models.capture import record_activations
 from .models.configuration import ATTENTION_ONLY
 from .models.modeling import use_transpoints
-from .stages.capture import record_activations
 
 log = logging.getLogger(__name__)
 
@@ -119,18 +119,18 @@ def calibration_windows(texts: Sequence[str] | Documents, tokenizer, seq_len: in
 
     texts: documents (all of them may be used) or ``Documents`` (their training split only). The windows are
     ``Documents.windows``' training windows, first to last, as calibration picks them.
-    Raises ValueError when the text holds not even one window.
+    Raises TokenDataError when the text holds not even one window.
     """
     if seq_len < 2 or windows < 1:
-        raise ValueError(f"calibration needs seq_len >= 2 and windows >= 1, got seq_len={seq_len}, windows={windows}")
+        raise TokenDataError(f"calibration needs seq_len >= 2 and windows >= 1, got seq_len={seq_len}, windows={windows}")
     docs = _documents(texts, tokenizer)
     if not any(t.strip() for t in docs.texts):
-        raise ValueError("calibration texts are empty: give real text (e.g. the shakespeare corpus)")
+        raise TokenDataError("calibration texts are empty: give real text (e.g. the shakespeare corpus)")
     try:
         train = docs.windows(seq_len).train
     except TokenDataError:
-        raise ValueError(f"calibration texts hold no window of {seq_len} tokens: give longer texts or a smaller "
-                         "--seq-len") from None
+        raise TokenDataError(f"calibration texts hold no window of {seq_len} tokens: give longer texts or a "
+                             "smaller --seq-len") from None
     if len(train) < windows:
         log.warning("calibration: only %d of %d windows of %d tokens", len(train), windows, seq_len)
     return spread(train, windows)
@@ -409,6 +409,35 @@ def resolve_auto(
     return plan.transpoints, plan.explain()
 
 
+def resolve_transpoints(
+    spec: str, num_layers: int | None, *, teacher=None,
+    texts: Sequence[str] | Documents | Callable[[], Sequence[str] | Documents] = (),
+    seq_len: int = PLAN_SEQ_LEN, windows: int = PLAN_WINDOWS, seed: int = 0, device=None,
+    importance: dict | None = None, recorded: list[int] | None = None,
+) -> tuple[list[int] | None, str]:
+    """Per-layer TransPoints of any spec, and for ``auto:...`` the plan's explanation ("" for a fixed spec).
+
+    A fixed spec is parsed for ``num_layers`` layers. An ``auto`` spec is checked first (its grammar, and its
+    budget at its context, else ``seq_len``), then planned with ``teacher`` (``.model``, ``.tokenizer``) on
+    ``texts``: training documents only, or ``Documents`` (their training split only), or a function returning
+    either, called only here (a fixed spec never loads or tokenizes text). ``recorded``: the TransPoints a resumed run chose; an ``auto`` spec keeps them
+    rather than planning again. With ``num_layers`` None (teacher not known yet) or no ``teacher``, nothing
+    is planned and the TransPoints are None. Raises TransPointSpecError (AutoSpecError) naming the bad part.
+    """
+    if not is_auto_spec(spec):
+        return (None if num_layers is None else parse_transpoints(spec, num_layers)), ""
+    auto = parse_auto_spec(spec)
+    if num_layers is not None:
+        check_budget(auto.kv_budget, num_layers, auto.context or seq_len)
+    if recorded is not None:
+        return list(recorded), "resumed: the schedule the run chose"
+    if teacher is None or num_layers is None:
+        return None, ""
+    docs = texts() if callable(texts) else texts
+    return resolve_auto(spec, teacher.model, teacher.tokenizer, docs, seq_len, device=device, windows=windows,
+                        seed=seed, importance=importance)
+
+
 def _resolve_by_importance(auto: AutoSpec, teacher_model, tokenizer, texts, seq_len: int, *, device=None, seed=0,
                            window: int = 2048, windows: int = 64, **options) -> tuple[list[int], str]:
     """method=importance: ``windows`` of min(context, ``window``) tokens drawn (seeded) from the training windows
@@ -434,4 +463,4 @@ def _resolve_by_importance(auto: AutoSpec, teacher_model, tokenizer, texts, seq_
 
 __all__ = ["AUTO_KEYS", "PLAN_SEQ_LEN", "PLAN_WINDOWS", "AutoPlan", "AutoSpec", "AutoSpecError", "CANDIDATE_FRACTIONS", "calibration_windows",
            "candidate_points", "check_budget", "choose_transpoints", "measure_sensitivity", "parse_auto_spec",
-           "plan_transpoints", "resolve_auto", "METHODS"]
+           "plan_transpoints", "resolve_auto", "resolve_transpoints", "METHODS"]

@@ -11,6 +11,7 @@ paths; list items are addressed by index or, for stages, by name, and the value 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import logging
@@ -25,22 +26,64 @@ from typing import Any, Literal
 import yaml
 
 from . import safe_yaml
+from .errors import UserError
 from .stage_names import STAGES, TRAINABLE, unknown_stage
 
 log = logging.getLogger(__name__)
 
 
-class RecipeError(ValueError):
-    """A bad recipe; ``key`` is the full dotted path of the offending entry."""
+class RecipeError(UserError, ValueError):
+    """A bad recipe; ``key`` is the full dotted path of the offending entry, ``file`` the recipe's path once
+    known (``recipe_file``): ``str(err)`` is then ``bad recipe FILE: KEY: MESSAGE``."""
 
-    def __init__(self, key: str, message: str):
-        self.key, self.message = key, message
-        super().__init__(f"{key}: {message}" if key else message)
+    def __init__(self, key: str, message: str, file: str | None = None):
+        super().__init__(message, what=key or None)
+        self.key, self.file = key, file
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"bad recipe {self.file}: {text}" if self.file else text
 
 
-def _help(text: str, default: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with help text in its metadata; a class or list/dict default becomes a factory."""
-    meta = {"help": text}
+@contextlib.contextmanager
+def recipe_file(path: str | Path):
+    """A RecipeError raised inside names the recipe file ``path`` (what the user typed)."""
+    try:
+        yield
+    except RecipeError as err:
+        if err.file is None:
+            err.file = str(path)
+        raise
+
+
+@contextlib.contextmanager
+def recipe_key(key: str):
+    """A user error raised inside (a data source that does not exist, a teacher that cannot load, ...) becomes a
+    RecipeError naming ``key``, the recipe entry that gave the input."""
+    try:
+        yield
+    except RecipeError:
+        raise
+    except UserError as err:
+        raise RecipeError(key, str(err)) from None
+
+
+# What ``--resume`` may change, as a field's ``resume`` metadata (``training/resume_check.py`` reads it; the
+# docs' table is generated from it). A key without one changes only in a stage that has not started.
+RESUME_RULES = ("any", "moved", "in_progress", "longer")
+#   any:         anywhere, any time: bookkeeping that leaves the result unchanged
+#   moved:       output_dir, compared as a resolved path: a run moved to another folder continues there
+#   in_progress: also in the stage in progress, from its next step (a lower lr after a divergence)
+#   longer:      also in the last stage while it is in progress, when the stage gets longer
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, *, resume: str | None = None) -> Any:
+    """A dataclass field with its facts in its metadata: help text, default and ``resume`` (one of
+    RESUME_RULES, or None); a class or list/dict default becomes a factory. ``python -m
+    tm_distill.recipe_docs`` writes docs/recipes.md's key tables from them."""
+    if resume not in (None, *RESUME_RULES):
+        raise ValueError(f"resume={resume!r}: choose from {RESUME_RULES} or None")
+    meta = {"help": text, "resume": resume}
     if isinstance(default, type):
         return field(default_factory=default, metadata=meta)
     if isinstance(default, (list, dict)):
@@ -132,7 +175,7 @@ class OnPolicyConfig:
 
 @dataclass
 class OptimizerConfig:
-    lr: float = _help("peak learning rate (AdamW)", 1e-3)
+    lr: float = _help("peak learning rate (AdamW)", 1e-3, resume="in_progress")
     weight_decay: float = _help("AdamW weight decay", 0.0)
     betas: list[float] = _help("AdamW betas", [0.9, 0.95])
     eps: float = _help("AdamW epsilon", 1e-8)
@@ -162,14 +205,17 @@ class StageConfig:
     name: str = _help(f"stage kind: {', '.join(STAGES)}")
     trainable: Literal[TRAINABLE] = _help(
         "what trains: SSM-only params, SSM + mixer projections, everything, or LoRA (+ SSM params)", "ssm")
-    steps: int | None = _help("optimizer steps (give steps or tokens)", None)
+    steps: int | None = _help("optimizer steps (give steps or tokens); stays as written whatever the number of "
+                              "processes", None, resume="longer")
     tokens: int | None = _help("token budget of the whole run; steps = ceil(tokens / (batch_size * grad_accum * "
-                               "seq_len * processes))", None)
+                               "seq_len * processes)), so N processes take N times fewer steps", None,
+                               resume="longer")
     seq_len: int | None = _help("tokens per sequence (default: data.seq_len)", None)
-    batch_size: int = _help("sequences per micro-batch in each process", 2)
-    grad_accum: int = _help("micro-batches per optimizer step", 1)
+    batch_size: int = _help("sequences per micro-batch in each process; the global batch is batch_size * "
+                            "grad_accum * processes", 2)
+    grad_accum: int = _help("micro-batches per optimizer step, in each process", 1)
     precision: Literal["fp32", "bf16"] = _help("autocast precision (bf16 needs CUDA or is emulated slowly on CPU)",
-                                               "fp32")
+                                               "fp32", resume="in_progress")
     max_grad_norm: float | None = _help("gradient clipping norm (null: no clipping)", 1.0)
     optimizer: OptimizerConfig = _help("AdamW settings", OptimizerConfig)
     schedule: ScheduleConfig = _help("LR schedule", ScheduleConfig)
@@ -180,12 +226,12 @@ class StageConfig:
         "fixed: the recipe's TransPoints every batch; sampled: each layer's P times a random factor in "
         "[1-jitter, 1+jitter] per batch (seeded)", "fixed")
     jitter: float = _help("relative range of the sampled TransPoints", 0.5)
-    checkpoint_every: int = _help("save a checkpoint every N steps (0: only at the stage end)", 0)
+    checkpoint_every: int = _help("save a checkpoint every N steps (0: only at the stage end)", 0, resume="any")
     keep_last: int = _help("keep the newest N step checkpoints of this stage while it runs (a finished stage "
-                           "keeps only final/)", 1)
-    log_every: int = _help("write metrics every N steps", 1)
+                           "keeps only final/)", 1, resume="any")
+    log_every: int = _help("write metrics every N steps", 1, resume="any")
     eval_every: int = _help("measure the held-out KL every N steps into metrics.jsonl (0: only before and after "
-                            "the run)", 0)
+                            "the run)", 0, resume="any")
 
     def __post_init__(self):
         _check(self.steps is not None or self.tokens is not None, "steps", "give steps or tokens (a budget)")
@@ -271,7 +317,7 @@ class DataConfig:
     teacher_sample_tokens: int = _help("new tokens per teacher sample", 256)
     mixture: list[MixtureEntry] | None = _help(
         "the training data as weighted entries (corpora, teacher-written text, recall sequences; see "
-        "docs/recipes.md); null: data.source's training split (+ teacher_samples). data.source still gives the "
+        "General data in docs/recipes.md); null: data.source's training split (+ teacher_samples). data.source still gives the "
         "held-out windows", None)
 
     def __post_init__(self):
@@ -315,11 +361,15 @@ class CalibrateConfig:
 @dataclass
 class DistributedConfig:
     strategy: Literal["ddp", "fsdp"] = _help(
-        "with several processes (`accelerate launch`): ddp replicates the student and averages gradients; fsdp "
-        "shards its weights, gradients and optimizer state (torch FSDP2). One process ignores it", "ddp")
+        "with several processes (`accelerate launch`). ddp: every process holds the whole student, and after the "
+        "backward the trainable gradients are averaged in one flat all-reduce (DDP's arithmetic; the stages call "
+        "the student's parts directly, so there is no DDP wrapper). fsdp: torch's FSDP2 (`fully_shard`) shards the "
+        "student's parameters, gradients and AdamW state over the processes; in the logits stage each decoder "
+        "layer is its own unit, so only one layer is whole at a time. One process ignores it", "ddp")
     teacher: Literal["replicate", "shard"] = _help(
-        "the frozen teacher whole in every process, or its decoder layers sharded (fsdp's memory for a big "
-        "teacher, one all-gather per layer per forward)", "replicate")
+        "replicate: the frozen teacher whole in every process. shard: each of its decoder layers becomes an FSDP "
+        "unit, with one all-gather per layer per forward (its embeddings and LM head stay whole: the fused loss "
+        "reads lm_head.weight), for a teacher that does not fit one GPU beside the student", "replicate")
     reshard_after_forward: bool = _help("fsdp: free each layer's gathered weights after its forward (less memory) "
                                         "or keep them for the backward (one all-gather fewer)", True)
 
@@ -329,17 +379,17 @@ class Recipe:
     teacher: str = _help("teacher: HF folder, hub id, .gguf file or 'smollm2-135m'")
     stages: list[StageConfig] = _help("the stages, run in order")
     name: str = _help("recipe name (shown in logs and summary.json)", "recipe")
-    transpoints: str = _help("TransPoint spec (all=N, cycle=..., attn=...;ssm=rest, a list, auto:kv_budget=25%)",
-                             "cycle=0,64,128,256")
+    transpoints: str = _help("TransPoint spec (all=N, cycle=..., attn=...;ssm=rest, a list, auto:kv_budget=25%, "
+                             "auto:kv_budget=20%,context=4096,method=importance)", "cycle=0,64,128,256")
     student: str | None = _help("an already-converted student folder to start from (default: convert the "
                                 "teacher on the fly)", None)
     ssm: dict[str, Any] = _help("conversion options passed to seed_student (use_z_gate, use_conv, ...)", {})
     calibrate: CalibrateConfig | None = _help(
         "calibrated seeding: after converting on the fly, fit each layer's SSM decay, gain and D per head to the "
         "teacher's attention outputs in closed form (convert.calibrate); null: the plain init", None)
-    output_dir: str = _help("where checkpoints, metrics.jsonl and summary.json go", "runs/recipe")
+    output_dir: str = _help("where checkpoints, metrics.jsonl and summary.json go", "runs/recipe", resume="moved")
     seed: int = _help("seed for the SSM init, data order, TransPoint sampling and dropout, in [0, 2**32)", 0)
-    device: Literal["auto", "cpu", "cuda"] = _help("auto: CUDA when available", "auto")
+    device: Literal["auto", "cpu", "cuda"] = _help("auto: CUDA when available", "auto", resume="any")
     data: DataConfig = _help("training and held-out text", DataConfig)
     dtype: Literal["auto", "float32", "bfloat16"] = _help(
         "dtype of the teacher and of the student's frozen weights (trainable ones stay fp32 for the optimizer); "
@@ -347,13 +397,14 @@ class Recipe:
     save_dtype: Literal["teacher", "float32", "bfloat16", "float16"] = _help(
         "dtype of the students a run leaves (OUTPUT/final, OUTPUT/seed); teacher: the teacher's own (its config's, "
         "bfloat16 for a quantized GGUF); resumable checkpoints keep the training dtypes", "teacher")
-    distributed: DistributedConfig = _help("how several processes share the work (see docs/recipes.md)",
-                                           DistributedConfig)
+    distributed: DistributedConfig = _help("how several processes share the work (Several GPUs in "
+                                           "docs/recipes.md)", DistributedConfig)
     max_time: str | None = _help("wall-clock budget of one `distill` call (e.g. 8m, 1h30m): at the end the run "
-                                 "checkpoints and stops, leaving final/ when it is in the last stage", None)
+                                 "checkpoints and stops, leaving final/ when it is in the last stage", None,
+                                 resume="any")
     report_to: list[str] = _help("experiment trackers (accelerate's: tensorboard, wandb, mlflow, ...) that get "
                                  "every metrics.jsonl row and the recipe as hyperparameters; local ones write "
-                                 "under OUTPUT/trackers", [])
+                                 "under OUTPUT/trackers", [], resume="any")
 
     def __post_init__(self):
         _check(bool(self.teacher), "teacher", "a recipe needs a teacher (HF folder, hub id, .gguf, smollm2-135m)")
@@ -538,7 +589,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except safe_yaml.TooLarge as err:
         raise RecipeError("", f"{path}: {err}") from None
     except yaml.YAMLError as err:
-        raise RecipeError("", f"{path} is not valid YAML: {err}") from None
+        raise RecipeError("", f"{path} is not valid YAML: {safe_yaml.describe(err)}") from None
     except UnicodeDecodeError:
         raise RecipeError("", f"{path} is not a text file (binary content): give a YAML recipe, e.g. "
                               "recipes/smollm2-135m/cpu-demo.yaml") from None
@@ -555,4 +606,5 @@ def dump_recipe(recipe: Recipe) -> str:
 
 __all__ = ["MIXTURE_GENERATED", "MixtureEntry", "CalibrateConfig", "DataConfig", "DistributedConfig", "LoraConfig", "LossConfig", "OnPolicyConfig",
            "OptimizerConfig", "Recipe", "RecipeError", "ScheduleConfig", "parse_duration",
-           "StageConfig", "apply_overrides", "dump_recipe", "from_dict", "load_recipe", "recipe_from_dict"]
+           "StageConfig", "apply_overrides", "dump_recipe", "from_dict", "load_recipe", "recipe_file", "recipe_from_dict",
+           "recipe_key"]

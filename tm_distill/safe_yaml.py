@@ -49,4 +49,12 @@ def load(text: str) -> Any:
     return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506  (a SafeLoader subclass)
 
 
-__all__ = ["MAX_NODES", "TooLarge", "load"]
+def describe(err: yaml.YAMLError) -> str:
+    """One line for a YAML error: its problem and where (PyYAML's own message quotes the text over several lines)."""
+    problem, mark = getattr(err, "problem", None), getattr(err, "problem_mark", None)
+    if not problem:
+        return " ".join(str(err).split())
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+
+
+__all__ = ["MAX_NODES", "TooLarge", "describe", "load"]

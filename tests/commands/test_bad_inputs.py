@@ -1,4 +1,4 @@
-"""`convert`, `generate`, `eval` and `inspect` on broken inputs (issue 13): each is a one-line error naming the
+"""`convert`, `generate`, `eval` and `inspect` on broken inputs: each is a one-line error naming the
 input, no traceback, nothing written; and `convert` never overwrites its teacher or leaves temp folders behind."""
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ def test_calibrate_prints_and_records_the_errors(tiny_dir, text_dir, tmp_path):
                  "--calibrate-seq-len", "64", "--calibrate-windows", "3")
     assert result.exit_code == 0, result.output
     assert "calibration: 3 window(s) x 64 tokens" in result.output and "held-out" in result.output
+    assert "calibrate layers: 100%" in result.output and "2/2 [" in result.output  # a bar step per layer, time left
     meta = json.loads((out / "tm_distill.json").read_text())["calibration"]
     cfg = json.loads((out / "config.json").read_text())["calibration"]
     assert meta["data"] == cfg["data"] == str(text_dir) and meta["windows"] == 3 and meta["seq_len"] == 64

@@ -77,6 +77,7 @@ def test_distill_with_calibrate_reports_the_calibrated_seed(tiny_run_recipe, tmp
     result = CliRunner().invoke(cli, ["distill", str(tiny_run_recipe), f"output_dir={out}", "calibrate.windows=2"])
     assert result.exit_code == 0, result.output
     assert "calibrated seed: mean mixer error" in result.output and "calibration.json" in result.output
+    assert "calibrate layers: 100%" in result.output and "2/2 [" in result.output  # a bar step per layer, time left
     assert json.loads((out / "calibration.json").read_text())["windows"] == 2
     bad = CliRunner().invoke(cli, ["distill", str(tiny_run_recipe), f"output_dir={tmp_path / 'bad'}",
                                    f"calibrate.data={tmp_path / 'missing.txt'}"])

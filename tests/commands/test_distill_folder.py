@@ -36,6 +36,17 @@ def test_a_run_with_other_stages_is_never_replaced_without_force(root, tmp_path)
     assert_clean_error(run("distill", recipe, "--force", "--resume"), "give one of them")
 
 
+@pytest.mark.parametrize("leftover", ["seed", "calibration.json", "recipe_changes.jsonl"])
+def test_any_part_of_a_run_is_a_run(root, tmp_path, leftover):
+    out = tmp_path / "out"
+    (out / leftover).parent.mkdir(parents=True, exist_ok=True)
+    (out / leftover).mkdir() if "." not in leftover else (out / leftover).write_text("{}\n")
+    assert_clean_error(run("distill", write_recipe(root, tmp_path)), f"already holds a run ({leftover})", "--force")
+    forced = run("distill", write_recipe(root, tmp_path), "--force")  # a seed/ left from a calibrated run goes too
+    assert forced.exit_code == 0, forced.output
+    assert not (out / leftover).exists()
+
+
 def test_a_live_run_holds_its_folder_against_validate_distill_and_resume(root, tmp_path, hold_lock):
     recipe = write_recipe(root, tmp_path)
     holder = hold_lock(tmp_path / "out")

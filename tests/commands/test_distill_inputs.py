@@ -1,4 +1,4 @@
-"""`tm-distill distill` / `validate` on the inputs a new user gives (issue 13): one text file, held-out text from
+"""`tm-distill distill` / `validate` on the inputs a new user gives: one text file, held-out text from
 elsewhere, missing/empty/unsupported data, bad TransPoint specs and SSM options, a file as output_dir, a
 binary recipe. Each is a clean error naming the input (or it works), and nothing is written."""
 
@@ -32,10 +32,25 @@ def test_heldout_fraction_zero_takes_heldout_text_from_elsewhere(root, tmp_path)
     assert_clean_error(alone, "data.heldout_fraction: 0 holds nothing out", "heldout_source")
 
 
+def _parquets(folder, *columns):
+    """folder/a.parquet, folder/b.parquet, ... with these columns (different schemas); returns the folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir()
+    for name, table in zip("abc", columns):
+        pq.write_table(pa.table(table), folder / f"{name}.parquet")
+    return folder
+
+
 @pytest.mark.parametrize("make, fragments", [
     (lambda d: d / "missing.txt", ["data.source", "missing.txt", "does not exist"]),
     (lambda d: (d / "empty.txt").write_text("  \n") and d / "empty.txt", ["data.source", "gave no text"]),
     (lambda d: (d / "doc.pdf").write_bytes(b"%PDF-1.4") and d / "doc.pdf", ["unsupported file type '.pdf'"]),
+    (lambda d: (d / "wide.txt").write_bytes("UTF-16 text\n".encode("utf-16") * 50) and d / "wide.txt",
+     ["wide.txt is not UTF-8 text: it is UTF-16 text"]),
+    (lambda d: _parquets(d / "pq", {"text": ["some words"] * 40}, {"text": ["more"] * 2, "score": [0.5, 0.1]},
+                         {"text": [1, 2]}), ["pq/c.parquet: field 'text' holds int, not text"]),  # mixed schemas
 ])
 def test_bad_data_files_are_clear_errors_in_validate_and_distill(root, tmp_path, make, fragments):
     source = make(tmp_path)

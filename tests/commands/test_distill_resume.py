@@ -1,4 +1,4 @@
-"""`tm-distill distill --resume` after a failure (issue 13): a diverged run resumes with a lower lr from a finite
+"""`tm-distill distill --resume` after a failure: a diverged run resumes with a lower lr from a finite
 checkpoint; a changed recipe is refused naming the keys, safe changes are allowed and recorded; a run keeps only
 what resuming needs."""
 
@@ -149,3 +149,23 @@ def test_resume_compares_output_dir_as_a_path_and_follows_a_moved_run(crashed_ru
     same = run("distill", crashed_run, "output_dir=moved/", "--resume")  # the same folder, written another way
     assert same.exit_code == 0, same.output
     assert len((tmp_path / "moved" / "recipe_changes.jsonl").read_text().splitlines()) == 1  # nothing new
+
+
+@pytest.mark.parametrize("name, data, fragment", [
+    ("seeded_kl.json", b'{"heldout_kl": 0.', "cannot be read (Expecting ',' delimiter"),
+    ("seeded_kl.json", b"\xff\xfe\x00 not text", "cannot be read ('utf-8' codec can't decode byte 0xff"),
+    ("recipe.yaml", b"name: [tiny\nteacher: x\n", "cannot read the run's {path} (expected ',' or ']', but got"),
+    ("recipe.yaml", b"\xff\xfe\x00 not text", "cannot read the run's {path} ('utf-8' codec can't decode byte 0xff"),
+])
+def test_resume_with_a_damaged_run_file_is_one_line(crashed_run, tmp_path, name, data, fragment):
+    damaged = tmp_path / "out" / name
+    damaged.write_bytes(data)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    result = run("distill", crashed_run, "--resume")
+    assert_clean_error(result, fragment.format(path=damaged), str(damaged), "start a new run in another output_dir")
+    assert "\n" not in result.output.split("Error: ", 1)[1].strip()  # one line, no quoted YAML under it
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+    if name == "seeded_kl.json":  # the fix it names works
+        damaged.unlink()
+        resumed = run("distill", crashed_run, "--resume")
+        assert resumed.exit_code == 0, resumed.output

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 
 import pytest
 from click.testing import CliRunner
@@ -96,6 +98,37 @@ def test_tasks_without_lm_eval_says_how_to_install(student_dir, tmp_path, monkey
     assert result.exit_code != 0 and "pip install 'tm-distill[eval]'" in result.output
 
 
+def test_without_matplotlib_eval_asks_for_the_extra_or_no_plots(student_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    out = tmp_path / "report"
+    refused = run("eval", student_dir, "--teacher", "smollm2-135m", "--out", out, *FAST)
+    assert refused.exit_code == 1 and not out.exists()  # refused before any work
+    assert refused.output.strip() == ("Error: the report's plots (--no-plots skips them) needs matplotlib, which is "
+                                      "not installed: pip install 'tm-distill[plots]'")
+    result = run("eval", student_dir, "--teacher", "smollm2-135m", "--out", out, *FAST, "--no-plots")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "report.json").read_text())["plots"] == [] and not list(out.glob("*.png"))
+
+
+def test_tasks_score_a_local_lm_eval_task_into_the_report_and_the_card(student_dir, tmp_path):
+    """`tm-distill eval --tasks NAME --task-dir DIR`: lm-evaluation-harness scores the student and its teacher side
+    by side, in report.json and report.md, and the student's card gets its score."""
+    pytest.importorskip("lm_eval")
+    from tests.local_task import TASK, write_local_task
+
+    out = tmp_path / "r"
+    result = run("eval", student_dir, "--teacher", "smollm2-135m", "--out", out, "--tasks", TASK, "--task-dir",
+                 write_local_task(tmp_path / "tasks"), "--limit", "2", *FAST)
+    assert result.exit_code == 0, result.output
+    scores = json.loads((out / "report.json").read_text())["lm_eval"]["results"]
+    assert set(scores) == {"teacher", "cycle"}
+    assert all(scores[m][TASK]["sample_len"] == 2 and 0 <= scores[m][TASK]["acc,none"] <= 1 for m in scores)
+    assert TASK in (out / "report.md").read_text()
+    acc, teacher_acc = scores["cycle"][TASK]["acc,none"], scores["teacher"][TASK]["acc,none"]
+    card = (student_dir / "README.md").read_text()
+    assert f"lm-evaluation-harness `{TASK}` (limit 2.0): acc,none {acc:.3f} (teacher {teacher_acc:.3f})." in card
+
+
 @pytest.mark.slow
 def test_defaults_on_a_small_text_file_write_a_full_report(tmp_path, smol, shakespeare_files):
     """Every default on a CPU (retrieval at 512 tokens, one trial; speed at 256) on 1,500 characters of text, too
@@ -114,8 +147,13 @@ def test_defaults_on_a_small_text_file_write_a_full_report(tmp_path, smol, shake
     text = tmp_path / "my.txt"
     text.write_text(shakespeare_files[2].read_text()[10000:11500])
     out = tmp_path / "report"
-    result = run("eval", student, "--teacher", tmp_path / "teacher", "--data", text, "--out", out)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run("eval", student, "--teacher", tmp_path / "teacher", "--data", text, "--out", out)
     assert result.exit_code == 0, result.output
+    shown = [f"{w.category.__name__}: {w.message}" for w in caught
+             if issubclass(w.category, (FutureWarning, UserWarning))]
+    assert not shown, shown  # warnings Python prints by default: none on a user's screen
     report = json.loads((out / "report.json").read_text())
     assert result.output.startswith("eval on cpu: teacher + 1 student(s); held-out 8 x 256 tokens; retrieval 6 "
                                     "prompts per model at 512 tokens; speed at 256 tokens (+16 decoded)")

@@ -45,6 +45,7 @@ def folders(root, smol):
     _copy(root, "student", "student-vocab", lambda c: c.update(vocab_size=c["vocab_size"] + 5))
     _copy(root, "student", "student-conv", lambda c: c.update(conv_kernel=-2))
     (_copy(root, "student", "student-noweights") / "model.safetensors").unlink()
+    (_copy(root, "student", "student-meta") / "tm_distill.json").write_text('{"teacher": "cut sh')
     torch.manual_seed(1)
     other = LlamaConfig(vocab_size=len(smol.tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
@@ -55,6 +56,11 @@ def folders(root, smol):
     for name, model_type in (("custom", "evilllama"), ("custom-llama", "llama")):
         _copy(root, "teacher", name, lambda c, t=model_type: c.update(model_type=t, auto_map=auto_map))
         (root / name / "modeling_evil.py").write_text(_CODE)
+    for name, src in (("custom-tok", "teacher"), ("student-custom-tok", "student")):
+        tok_config = json.loads((root / src / "tokenizer_config.json").read_text())
+        tok_config.update(auto_map={"AutoTokenizer": ["tok_evil.EvilTokenizer", None]}, tokenizer_class="EvilTokenizer")
+        (_copy(root, src, name) / "tokenizer_config.json").write_text(json.dumps(tok_config))
+        (root / name / "tok_evil.py").write_text(_CODE)
     weights = load_file(root / "teacher" / "model.safetensors")
     for name, payload in (("bin-planted", {**weights, "x": _Planted(root / "bin-code-ran")}),
                           ("bin-garbage", None)):
@@ -88,12 +94,42 @@ def test_a_teacher_with_custom_code_is_never_run_nor_prompted(folders, tmp_path,
     assert not marker.exists()
 
 
+def test_a_tokenizer_with_custom_code_is_never_run_nor_prompted(folders, tmp_path, monkeypatch):
+    marker = tmp_path / "code-ran"
+    monkeypatch.setenv("TM_MARKER", str(marker))
+    fragment = "needs its own Python code (auto_map in tokenizer_config.json): tm-distill never runs code"
+    result = run("convert", folders / "custom-tok", tmp_path / "s", "--transpoints", "all=4")
+    assert_clean_error(result, f"the tokenizer of teacher '{folders / 'custom-tok'}' {fragment}")
+    student = folders / "student-custom-tok"
+    for args in (("generate", student, "--prompt", "Hi"),
+                 ("eval", student, "--teacher", folders / "teacher", "--out", tmp_path / "r")):
+        result = run(*args)
+        assert_clean_error(result, f"the tokenizer of student {student} {fragment}")
+        assert "[y/N]" not in result.output and len(result.output.strip().splitlines()[-1]) > 80
+        assert "trust_remote_code" not in result.output  # transformers' own multi-line advice is not passed on
+    assert not marker.exists() and not (tmp_path / "s").exists() and not (tmp_path / "r").exists()
+
+
 # ------------------------------------------------------------------------------- weights and files
 def test_bin_weights_that_are_not_plain_tensors_are_refused_unrun(folders, tmp_path):
     for name in ("bin-planted", "bin-garbage"):
         result = run("convert", folders / name, tmp_path / name, "--transpoints", "all=4")
         assert_clean_error(result, f"the .bin weights in {folders / name} are not plain tensors", "model.safetensors")
     assert not (folders / "bin-code-ran").exists()
+
+
+def test_bin_weights_that_transformers_blocks_on_an_old_torch(folders, tmp_path, monkeypatch):
+    import transformers.modeling_utils
+
+    def blocked():  # what transformers raises before reading any .bin on torch < 2.6 (CVE-2025-32434)
+        raise ValueError("Due to a serious vulnerability issue in `torch.load`, even with `weights_only=True`, we now "
+                         "require users to upgrade torch to at least v2.6 in order to use the function.\nSee ...")
+
+    monkeypatch.setattr(transformers.modeling_utils, "check_torch_load_is_safe", blocked)
+    result = run("convert", folders / "bin-planted", tmp_path / "s", "--transpoints", "all=4")
+    assert_clean_error(result, f"the .bin weights in {folders / 'bin-planted'} cannot be read safely with torch",
+                       "pip install -U 'torch>=2.6', or save them as model.safetensors")
+    assert not (tmp_path / "s").exists() and not (folders / "bin-code-ran").exists()
 
 
 def test_a_gguf_cut_inside_its_header(folders, tmp_path):
@@ -114,6 +150,17 @@ def test_broken_student_folders(folders, tmp_path, name, fragment):
     assert_clean_error(run("eval", student, "--teacher", folders / "teacher", "--out", tmp_path / "r"), fragment)
     assert_clean_error(run("validate", write_recipe(folders, tmp_path, student=str(student))), "student: ", fragment)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_damaged_tm_distill_json(folders, tmp_path):
+    student = folders / "student-meta"
+    assert_clean_error(run("inspect", student), f"{student / 'tm_distill.json'} cannot be read (Unterminated string",
+                       "the checkpoint is corrupt")
+    card = (student / "README.md").read_bytes()
+    result = run("eval", student, "--teacher", folders / "teacher", "--out", tmp_path / "r", "--seq-len", "32",
+                 "--windows", "1", "--passkey-lengths", "none", "--speed-lengths", "none")
+    assert result.exit_code == 0, result.output  # the report stands; only the card is left as it was
+    assert (tmp_path / "r" / "report.json").is_file() and (student / "README.md").read_bytes() == card
 
 
 # --------------------------------------------------------------------------------- student: in a recipe

@@ -129,6 +129,22 @@ def test_failure_mid_write_leaves_nothing(tiny_teacher_dir, tmp_path, monkeypatc
     assert read_metadata(tmp_path / "s")["transpoint_spec"] == "all=4" and _no_leftovers(tmp_path)
 
 
+def test_a_full_or_read_only_disk_is_a_user_error_naming_the_output(tiny_teacher_dir, tmp_path, monkeypatch):
+    import errno
+
+    from tm_distill.atomic import OutputNotWritable
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", full)
+    out = tmp_path / "s"
+    with pytest.raises(OutputNotWritable, match=f"output {out} is not writable \\(No space left on device\\): give a "
+                                                 "folder you can write to, on a disk with free space"):
+        convert(str(tiny_teacher_dir), out, "all=4", progress=False)
+    assert not out.exists() and _no_leftovers(tmp_path)
+
+
 @pytest.mark.parametrize("teacher,spec,error,fragment", [
     ("missing", "all=4", TeacherNotFound, "does not exist"),
     ("tiny", "every=4", TransPointSpecError, "unknown key 'every'"),

@@ -219,3 +219,15 @@ def test_the_cache_is_capped_and_evicts_the_least_recently_used(tmp_path, monkey
     monkeypatch.setenv(CACHE_LIMIT_ENV, "0")  # off: nothing new is stored
     build(4)
     assert len(list(tmp_path.glob("*.pt"))) == 2
+
+
+def test_a_capped_dataset_caches_only_its_windows(tmp_path):
+    docs = ["x" * 4000] * 20  # 80,020 tokens; max_tokens keeps 10 windows of 8
+    full = build_token_dataset(docs, TOK, 8, heldout_fraction=0.0, cache_dir=tmp_path / "full")
+    capped = build_token_dataset(docs, TOK, 8, heldout_fraction=0.0, max_tokens=80, cache_dir=tmp_path / "capped")
+    assert capped.train.shape == (10, 8) and full.train.shape[0] == 10002
+    assert capped.train.untyped_storage().nbytes() == 10 * 8 * 8  # not a view of the whole tokenization
+    size = next((tmp_path / "capped").glob("*.pt")).stat().st_size
+    assert size < 20_000 < next((tmp_path / "full").glob("*.pt")).stat().st_size  # was as large as the full one
+    again = build_token_dataset(docs, TOK, 8, heldout_fraction=0.0, max_tokens=80, cache_dir=tmp_path / "capped")
+    assert again.meta["from_cache"] and torch.equal(again.train, capped.train)

@@ -40,18 +40,40 @@ def test_documents_build_each_length_once_as_build_token_dataset_does(tmp_path, 
     assert sorted(docs.training_texts(8)) == sorted(_docs(20)[i] for i in _docs_of(data.train))
 
 
-def test_capped_windows_are_build_token_datasets_and_share_its_cache(tmp_path):
-    docs = _docs(10)
-    capped = build_token_dataset(docs, TOK, 8, heldout_fraction=0.1, max_tokens=20, cache_dir=tmp_path)
-    full = build_token_dataset(docs, TOK, 8, heldout_fraction=0.1, cache_dir=tmp_path)
-    assert full.meta["from_cache"] and len(list(tmp_path.glob("*.pt"))) == 1  # one entry serves both
+def test_capped_windows_are_build_token_datasets_and_the_cache_keeps_only_them(tmp_path, monkeypatch):
+    """Capped documents (a run's data.max_tokens) give build_token_dataset's capped windows, the first windows of the
+    uncapped build; the cache keeps those alone, and the uncapped windows they are cut from stay in memory."""
+    monkeypatch.setenv("TM_DISTILL_CACHE", str(tmp_path / "home"))
+    cache = tmp_path / "home" / "tokens"
+    docs = Documents(_docs(10), TOK, 0.1, 0, max_tokens=20)
+    capped = docs.dataset(8)
+    (entry,) = cache.glob("*.pt")  # one entry: the capped windows, tokenized once with the uncapped ones
+    assert torch.load(entry, weights_only=True)["train"].shape == (2, 8) and not capped.meta["from_cache"]
+    full = docs.windows(8)
+    assert full.train.shape[0] > 2 and list(cache.glob("*.pt")) == [entry]  # in memory only
+    same = build_token_dataset(_docs(10), TOK, 8, heldout_fraction=0.1, max_tokens=20, cache_dir=cache)
+    assert same.meta["from_cache"] and torch.equal(same.train, capped.train) and len(list(cache.glob("*.pt"))) == 1
+    assert {k: v for k, v in same.meta.items() if k != "from_cache"} == \
+        {k: v for k, v in capped.meta.items() if k != "from_cache"}
+    fresh = build_token_dataset(_docs(10), TOK, 8, heldout_fraction=0.1, max_tokens=20, cache_dir=tmp_path / "b")
     again = cap_windows(full, 20)
     assert torch.equal(again.train, capped.train) and again.train.shape == (2, 8)
-    assert {k: v for k, v in again.meta.items() if k != "from_cache"} == \
-        {k: v for k, v in capped.meta.items() if k != "from_cache"}
+    assert torch.equal(again.train, fresh.train) and torch.equal(again.heldout, fresh.heldout)
+    assert {k: v for k, v in again.meta.items() if k not in ("from_cache", "cache_key")} == \
+        {k: v for k, v in fresh.meta.items() if k not in ("from_cache", "cache_key")}
     assert again.meta["dropped_tokens"] == full.meta["dropped_tokens"] + (full.train.shape[0] - 2) * 8
-    again.train = again.train[:1]  # a copy: the shared windows stay whole
+    assert again.train.untyped_storage().nbytes() == 2 * 8 * 8  # a copy, not a view of every window
+    again.train = again.train[:1]  # a new TokenData: the shared windows stay whole
     assert full.train.shape[0] > 2 and cap_windows(full, None).train.shape == full.train.shape
+
+
+def test_uncapped_documents_cache_their_windows_as_build_token_dataset_does(tmp_path, monkeypatch):
+    monkeypatch.setenv("TM_DISTILL_CACHE", str(tmp_path))
+    docs = Documents(_docs(10), TOK, 0.1, 0)
+    data = docs.dataset(8)
+    assert data is not docs.windows(8) and torch.equal(data.train, docs.windows(8).train)
+    same = build_token_dataset(_docs(10), TOK, 8, heldout_fraction=0.1, cache_dir=tmp_path / "tokens")
+    assert same.meta["from_cache"] and torch.equal(same.train, data.train)
 
 
 def test_one_document_is_left_whole_only_when_asked(tmp_path, monkeypatch):

@@ -4,31 +4,13 @@ import json
 
 import pytest
 
+from tests.local_task import QUESTIONS, write_local_task
 from tm_distill.eval import lmeval
-
-QUESTIONS = [
-    ("What color is the sky on a clear day?", ["blue", "green", "red"], 0),
-    ("How many legs does a dog have?", ["two", "four", "six"], 1),
-    ("What is the opposite of hot?", ["warm", "cold", "loud"], 1),
-]
 
 
 @pytest.fixture
 def task_dir(tmp_path):
-    data = tmp_path / "tiny_qa.jsonl"
-    data.write_text("".join(json.dumps({"question": q, "choices": c, "label": y}) + "\n" for q, c, y in QUESTIONS))
-    (tmp_path / "tiny_qa.yaml").write_text(
-        "task: tiny_qa\n"
-        "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
-        "test_split: test\n"
-        "output_type: multiple_choice\n"
-        'doc_to_text: "Question: {{question}}\\nAnswer:"\n'
-        'doc_to_choice: "{{choices}}"\n'
-        "doc_to_target: label\n"
-        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
-    )
-    return tmp_path
+    return write_local_task(tmp_path)
 
 
 def test_missing_lm_eval_is_a_clear_error(monkeypatch, smol):
@@ -62,6 +44,18 @@ def test_unknown_task_names_the_fix(smol, task_dir):
     pytest.importorskip("lm_eval")
     with pytest.raises(ValueError, match="no_such_task"):
         lmeval.run_lm_eval({"teacher": smol.model}, smol.tokenizer, ["no_such_task"], task_dir=task_dir)
+
+
+def test_no_task_or_a_missing_task_folder_names_the_fix(tmp_path):
+    pytest.importorskip("lm_eval")
+    from tm_distill.errors import UserError
+
+    with pytest.raises(lmeval.LMEvalInputError, match="no lm_eval tasks given: pass e.g. --tasks"):
+        lmeval.run_lm_eval({}, None, [])
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match=f"task folder {missing} does not exist: give a folder") as err:
+        lmeval.run_lm_eval({}, None, ["tiny_qa"], task_dir=missing)
+    assert isinstance(err.value, UserError)
 
 
 LM_EVAL_CLI = r"""

@@ -134,3 +134,22 @@ def test_a_reused_report_folder_keeps_no_stale_plot(tiny_report, tmp_path):
     assert sorted(p.name for p in again.iterdir()) == ["by_position.png", "notes.txt", "report.json", "report.md"]
     write_report(copy.deepcopy(tiny_report), out, plots=False)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.json", "report.md"]
+
+
+def test_speed_table_shows_each_model_against_the_teacher_and_the_bound(tiny_report):
+    from tm_distill.eval.report import render_markdown
+
+    md = render_markdown(tiny_report)
+    assert "| prefill × teacher |" in md and "| decode × teacher |" in md and "| × bound |" in md
+    speed_rows = md[md.index("## Speed and memory"):].splitlines()
+    teacher_row = next(line for line in speed_rows if line.startswith("| `teacher` | 8 |"))
+    assert teacher_row.split(" | ")[3] == "1.00" and teacher_row.split(" | ")[5] == "1.00"
+    assert "measured on CUDA only" in md
+    speed = tiny_report["speed"]
+    late = [{**speed["results"]["late"][0], "x_bound": 2.5}]
+    gpu = {**tiny_report, "speed": {**speed, "device": "NVIDIA H100", "load_average": None,
+                                    "copy_bytes_per_s": 3.0e12, "results": {**speed["results"], "late": late}}}
+    md = render_markdown(gpu)
+    assert "copy bandwidth measured here (3000 GB/s read + written)" in md and "measured on CUDA only" not in md
+    speed_rows = md[md.index("## Speed and memory"):].splitlines()
+    assert next(line for line in speed_rows if line.startswith("| `late` | 8 |")).split(" | ")[6] == "2.50"

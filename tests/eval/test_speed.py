@@ -1,9 +1,12 @@
+import copy
+
+import pytest
 import torch
 
 from tests.conftest import tiny_llama
 from tm_distill.convert import parse_transpoints, seed_student
 from tm_distill.generation import cache_bytes, greedy_generate
-from tm_distill.eval.speed import measure_speed, parameter_bytes
+from tm_distill.eval.speed import measure_speed, parameter_bytes, read_bytes_per_step, speed_ratios
 
 
 def test_greedy_generate_matches_full_forward_argmax():
@@ -46,3 +49,46 @@ def test_real_teacher_and_student_speed_rows(smol, smol_students):
     # the mixed student folds tokens past each layer's TransPoint into a fixed-size state
     gen = greedy_generate(smol_students["mixed"], torch.randint(0, 1000, (1, 40)), 2)
     assert cache_bytes(gen.cache) == sum(gen.cache.memory_bytes().values())
+
+
+def test_speed_rows_stand_against_the_teacher_of_the_same_run():
+    teacher = tiny_llama(num_kv_heads=2, num_layers=2)
+    ssm = seed_student(teacher, parse_transpoints("ssm", 2))
+    out = measure_speed({"teacher": teacher, "ssm": ssm}, [16], decode_tokens=3, progress=False)
+    ratios = speed_ratios(out)
+    (own,), (row,) = ratios["teacher"], ratios["ssm"]
+    assert own == {"length": 16, "prefill_x_teacher": 1.0, "decode_x_teacher": 1.0}
+    s_row, t_row = out["results"]["ssm"][0], out["results"]["teacher"][0]
+    assert row["prefill_x_teacher"] == s_row["prefill_tokens_per_s"] / t_row["prefill_tokens_per_s"]
+    assert row["decode_x_teacher"] == s_row["decode_tokens_per_s"] / t_row["decode_tokens_per_s"]
+    # no bound on a CPU: its timings under shared load say nothing about the memory system
+    assert out["copy_bytes_per_s"] is None and s_row["bound_ms"] is None and s_row["x_bound"] is None
+
+
+def test_speed_ratios_by_hand_and_missing_timings():
+    speed = {"results": {
+        "teacher": [{"length": 8, "prefill_tokens_per_s": 100.0, "decode_tokens_per_s": 10.0},
+                    {"length": 64, "prefill_tokens_per_s": 400.0, "decode_tokens_per_s": None}],
+        "s": [{"length": 8, "prefill_tokens_per_s": 150.0, "decode_tokens_per_s": 25.0},
+              {"length": 64, "prefill_tokens_per_s": 200.0, "decode_tokens_per_s": 9.0}]}}
+    assert speed_ratios(speed)["s"] == [{"length": 8, "prefill_x_teacher": 1.5, "decode_x_teacher": 2.5},
+                                        {"length": 64, "prefill_x_teacher": 0.5, "decode_x_teacher": None}]
+
+
+def test_read_bytes_per_step_reads_one_row_of_an_untied_embedding():
+    tied, untied = tiny_llama(num_layers=1, tie_word_embeddings=True), tiny_llama(num_layers=1)
+    assert tied.lm_head.weight is tied.get_input_embeddings().weight
+    assert read_bytes_per_step(tied) == parameter_bytes(tied)
+    emb = untied.get_input_embeddings().weight
+    assert read_bytes_per_step(untied) == parameter_bytes(untied) - (emb.shape[0] - 1) * emb.shape[1] * 4
+
+
+@pytest.mark.gpu
+def test_decode_step_against_the_measured_weight_read_bound_on_cuda(smol):
+    model = copy.deepcopy(smol.model).to("cuda", torch.bfloat16)  # the session's fp32 teacher stays as it is
+    out = measure_speed({"teacher": model}, [64], decode_tokens=8, progress=False)
+    (row,) = out["results"]["teacher"]
+    assert 1e11 < out["copy_bytes_per_s"] < 1e13  # an H100/H200 copies a few TB/s
+    assert row["bound_ms"] == row["read_bytes_per_step"] / out["copy_bytes_per_s"] * 1e3
+    # 270 MB of bf16 weights do not fit in L2: a step cannot read them much faster than the copy bandwidth
+    assert row["x_bound"] > 0.7

@@ -11,7 +11,7 @@ from tm_distill.ops import (
     BackendUnavailable, fused_update_available, resolve_backend, ssd_naive, ssd_scan, ssd_scan_ref, ssd_step,
     ssd_update,
 )
-from tm_distill.ops.graphs import DecodeGraph, GraphCaptureError, capturable_reason
+from tm_distill.models.graphs import DecodeGraph, GraphCaptureError, capturable_reason
 
 from tests.conftest import tiny_llama
 

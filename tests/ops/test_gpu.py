@@ -154,7 +154,7 @@ def test_student_cached_decode_equals_full_forward_on_gpu(kv):
 @needs_mamba
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_cuda_graph_decode_equals_eager_decode(dtype):
-    from tm_distill.ops.graphs import DecodeGraph
+    from tm_distill.models.graphs import DecodeGraph
 
     model = _student(2, [0, 4, 8, 16], dtype)
     ids = torch.randint(0, 97, (2, 48), device="cuda")
@@ -192,7 +192,7 @@ INFER_TPS = [0, 3, 6, 11, ATTENTION_ONLY]  # prompts cross some TransPoints; dec
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_static_cache_graph_decode_across_transpoints_equals_full_forward(dtype):
     """Every step a graph replay, from before the first TransPoint to past the last (a capture per phase)."""
-    from tm_distill.ops.graphs import DecodeGraph
+    from tm_distill.models.graphs import DecodeGraph
 
     teacher = tiny_llama(num_kv_heads=2, num_layers=len(INFER_TPS), seed=1).to("cuda", dtype)
     model = seed_student(teacher, INFER_TPS, None, "tiny", seed=0, dtype=dtype).to("cuda").eval()

@@ -10,7 +10,7 @@ from tm_distill.losses import hidden_loss
 from tm_distill.models.configuration import ATTENTION_ONLY
 from tm_distill.recipe import LossConfig, StageConfig
 from tm_distill.stages import get_stage_class
-from tm_distill.stages.capture import capture_teacher
+from tm_distill.models.capture import capture_teacher
 from tm_distill.stages.hidden import HiddenStage
 
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from tm_distill.convert import parse_transpoints, seed_student
-from tm_distill.convert.seed import SSM_PARAM_PATTERN
+from tm_distill.models.mixer import SSM_PARAM_PATTERN
 from tm_distill.losses import matrix_loss
 from tm_distill.models.configuration import ATTENTION_ONLY
 from tm_distill.recipe import LossConfig, StageConfig
 from tm_distill.models import use_transpoints
 from tm_distill.stages import get_stage_class
-from tm_distill.stages.capture import capture_teacher, ssm_mixing_matrix, teacher_attention_matrix
+from tm_distill.models.capture import capture_teacher, ssm_mixing_matrix, teacher_attention_matrix
 from tm_distill.stages.matrix import MatrixStage
 
 

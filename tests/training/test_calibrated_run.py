@@ -103,11 +103,14 @@ def test_calibration_reuses_the_runs_tokenized_data(tiny_recipe, monkeypatch):
     from tm_distill.convert import calibrate
     from tm_distill.data import loading, tokens
 
-    loads, builds, fitted = [], [], []
+    loads, builds, tokenized, fitted = [], [], [], []
     real_load, real_build, real_calibrate = loading.load_texts, tokens.build_token_dataset, calibrate.calibrate_student
+    real_tokenize = tokens.tokenize_windows
     monkeypatch.setattr(loading, "load_texts", lambda source, **kw: loads.append(source) or real_load(source, **kw))
     monkeypatch.setattr(tokens, "build_token_dataset",
                         lambda texts, *a, **kw: builds.append(len(texts)) or real_build(texts, *a, **kw))
+    monkeypatch.setattr(tokens, "tokenize_windows",  # the uncapped windows, in memory: the cache keeps the capped
+                        lambda texts, *a, **kw: tokenized.append(len(texts)) or real_tokenize(texts, *a, **kw))
     monkeypatch.setattr(calibrate, "calibrate_student",
                         lambda student, teacher, windows, **kw: fitted.append(windows) or real_calibrate(
                             student, teacher, windows, **kw))
@@ -115,7 +118,7 @@ def test_calibration_reuses_the_runs_tokenized_data(tiny_recipe, monkeypatch):
     raw["data"]["max_tokens"] = 32 * 6  # the run trains on fewer windows than calibration chooses from
     run_recipe(recipe_from_dict(raw, ["calibrate.windows=3"]))
     source = raw["data"]["source"]
-    assert loads == [source] and builds == [len(load_texts(source))]
+    assert loads == [source] and builds == [len(load_texts(source))] and tokenized == builds
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(raw["teacher"])

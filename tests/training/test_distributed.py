@@ -1,4 +1,4 @@
-"""Several processes (issue 16): two CPU processes with the gloo backend (started by torchrun),
+"""Several processes: two CPU processes with the gloo backend (started by torchrun),
 give the loss curve of one process at the same global batch, with DDP and with FSDP2, for every stage (LoRA and
 on-policy generation included); a sharded run killed mid-stage resumes to the same losses; checkpoints load as plain HF folders."""
 

@@ -9,6 +9,7 @@ import yaml
 
 from tm_distill.card import CARD_FILE
 from tm_distill.eval.api import EvalOptions, run_eval
+from tm_distill.models.remote_code import auto_map, code_files
 from tm_distill.recipe import recipe_from_dict
 from tm_distill.training.run import run_recipe
 
@@ -27,6 +28,8 @@ def test_final_card_states_the_run_then_the_eval_numbers(tiny_recipe, tiny_teach
     assert "distillation" in yaml.safe_load(card.split("---", 2)[1])["tags"]
     assert "Not evaluated yet" in card
     assert not (Path(recipe.output_dir) / "1-logits" / "final" / CARD_FILE).exists()  # the run's final/ only
+    config = json.loads((final / "config.json").read_text())  # loadable without tm_distill, like every checkpoint
+    assert config["auto_map"] == auto_map() and sorted(p.name for p in final.glob("*.py")) == sorted(code_files())
 
     options = EvalOptions(seq_len=32, windows=2, heldout_fraction=0.2, layer_error=False, retrieval_lengths=[],
                           speed=False)

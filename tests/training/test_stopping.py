@@ -84,7 +84,7 @@ def test_cli_max_time_exits_nonzero_with_the_resume_command(tiny_recipe, tmp_pat
 
 
 def test_run_dtype_and_fp32_master_weights(tiny_recipe):
-    """Item 9 of the reliability issue: weights load in the run's dtype; only trained ones stay fp32."""
+    """Weights load in the run's dtype; only trained ones stay fp32."""
     import torch
 
     from tm_distill.convert import seed_student

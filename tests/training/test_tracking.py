@@ -45,8 +45,8 @@ def test_tensorboard_gets_every_metric_row_and_the_recipe(tiny_recipe):
     expected = {(f"{r['stage_idx']}-{r['stage']}/{k}", offsets[r["stage_idx"]] + r["step"]): v
                 for r in rows for k, v in r.items()
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-    assert {"1-logits/loss", "1-logits/lr", "1-logits/grad_norm", "1-logits/tokens_per_s", "1-logits/heldout_kl",
-            "0-hidden/loss"} <= {tag for tag, _ in expected}
+    assert {"1-logits/loss", "1-logits/kd", "1-logits/lr", "1-logits/grad_norm", "1-logits/tokens_per_s",
+            "1-logits/heldout_kl", "0-hidden/loss"} <= {tag for tag, _ in expected}  # kd: the training KL
     got = {(tag, step): value for tag, steps in scalars.items() for step, value in steps.items()}
     assert set(got) == set(expected)
     for key, value in expected.items():

@@ -7,12 +7,9 @@ import click
 from ..checkpoint import OutputInTheWay, read_metadata
 from ..convert.api import convert as convert_teacher
 from ..convert.calibrate import DEFAULT_CALIBRATION_DATA, calibration_table
-from ..convert.teacher import DTYPES
 from ..convert.transpoints import describe_transpoints
 from ..ops import FEATURE_MAPS
-
-# Errors a user can cause; anything else is a bug and keeps its traceback.
-USER_ERRORS = (FileNotFoundError, FileExistsError, ValueError, PermissionError)
+from ..runtime import DTYPES
 
 
 @click.command("convert")
@@ -71,10 +68,8 @@ def convert(teacher, out, spec, dtype, force, seed, device, z_gate, conv, featur
         path = convert_teacher(teacher, out, spec, dtype=dtype, force=force, seed=seed, device=device,
                                calibrate=calibrate, calibrate_windows=calibrate_windows,
                                calibrate_seq_len=calibrate_seq_len, calibrate_heldout=calibrate_heldout, **options)
-    except OutputInTheWay as err:
+    except OutputInTheWay as err:  # the library's message names force=True; here the flag is --force
         raise click.ClickException(f"output {err.path} already exists: pass --force to replace it") from err
-    except USER_ERRORS as err:
-        raise click.ClickException(str(err)) from err
     meta = read_metadata(path)
     click.echo(f"student written to {path}")
     click.echo(f"  teacher:     {meta['teacher']['source']} ({meta['teacher']['model_type']})")

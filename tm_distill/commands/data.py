@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..data.corpora import CORPORA, CorpusUnavailable, fetch_corpus
+from ..data.corpora import CORPORA, fetch_corpus
 
 
 @click.command("fetch-data")
@@ -21,10 +21,7 @@ def fetch_data(name: str) -> None:
     Example:
       tm-distill fetch-data wordnet
     """
-    try:
-        path = fetch_corpus(name)
-    except CorpusUnavailable as err:
-        raise click.ClickException(str(err)) from err
+    path = fetch_corpus(name)
     files = sorted(path.glob("*.txt"))
     size = sum(f.stat().st_size for f in files)
     click.echo(f"{name}: {len(files)} files, {size / 1e6:.1f} MB in {path} (license: {CORPORA[name].license})")

@@ -10,25 +10,6 @@ values are YAML:  seed=1  data.seq_len=128  stages.logits.steps=50  stages.0.opt
 (stage-level `lr` is shorthand for `optimizer.lr`)."""
 
 
-def _load(recipe_path: str, overrides: tuple[str, ...]):
-    from ..recipe import RecipeError, load_recipe  # noqa: PLC0415
-
-    try:
-        return load_recipe(recipe_path, overrides)
-    except RecipeError as err:
-        raise click.ClickException(f"bad recipe {recipe_path}: {err}") from None
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
-    from ..convert.teacher import TeacherNotFound, UnreadableModel  # noqa: PLC0415
-    from ..convert.transpoints import TransPointSpecError  # noqa: PLC0415
-    from ..data.loading import DataSourceError  # noqa: PLC0415
-    from ..data.tokens import TokenDataError  # noqa: PLC0415
-
-    return (DataSourceError, TokenDataError, TeacherNotFound, UnreadableModel, UnsupportedTeacher, TransPointSpecError)
-
-
 @click.command(epilog=_OVERRIDES_HELP)
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1)
@@ -42,15 +23,13 @@ def validate(recipe_path: str, overrides: tuple[str, ...]) -> None:
     Example:
       tm-distill validate recipes/smollm2-135m/cpu-demo.yaml stages.logits.steps=50
     """
-    from ..recipe import RecipeError  # noqa: PLC0415
+    from ..recipe import load_recipe, recipe_file  # noqa: PLC0415
     from ..training.resolve import check_data, resolve_plan, teacher_config  # noqa: PLC0415
 
-    recipe = _load(recipe_path, overrides)
-    try:
+    with recipe_file(recipe_path):  # a RecipeError says "bad recipe RECIPE: key: ..."
+        recipe = load_recipe(recipe_path, overrides)
         plan = resolve_plan(recipe, teacher_config(recipe.teacher))
         data_lines = check_data(recipe)
-    except RecipeError as err:
-        raise click.ClickException(f"bad recipe {recipe_path}: {err}") from None
     for line in plan.lines() + data_lines:
         click.echo(line)
     gaps = _machine_gaps(recipe)
@@ -98,34 +77,28 @@ def distill(recipe_path: str, overrides: tuple[str, ...], resume: bool, force: b
       tm-distill distill recipes/smollm2-135m/cpu-demo.yaml --resume
       tm-distill distill recipes/smollm2-135m/cpu-demo.yaml stages.logits.lr=1e-3 --resume
     """
-    from ..recipe import RecipeError, parse_duration  # noqa: PLC0415
-    from ..training import TrainingDiverged, TrainingStopped, kl_line, run_recipe  # noqa: PLC0415
+    from ..recipe import load_recipe, parse_duration, recipe_file  # noqa: PLC0415
+    from ..training import TrainingStopped, kl_line, run_recipe  # noqa: PLC0415
     from ..training.resolve import resolve_plan, teacher_config  # noqa: PLC0415
 
     if resume and force:
         raise click.UsageError("--resume continues the run in output_dir and --force deletes it: give one of them")
-    recipe = _load(recipe_path, overrides)
+    with recipe_file(recipe_path):
+        recipe = load_recipe(recipe_path, overrides)
     try:
         seconds = parse_duration(max_time)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--max-time") from None
     try:
-        plan = resolve_plan(recipe, teacher_config(recipe.teacher, allow_download=True))
-        for line in plan.lines():
-            click.echo(line)
-        summary = run_recipe(recipe, resume=resume, force=force, max_time=seconds)
-    except RecipeError as err:
-        raise click.ClickException(f"bad recipe {recipe_path}: {err}") from None
-    except TrainingDiverged as err:
-        raise click.ClickException(str(err)) from None
-    except TrainingStopped as err:
+        with recipe_file(recipe_path):  # a RecipeError says "bad recipe RECIPE: key: ..."
+            plan = resolve_plan(recipe, teacher_config(recipe.teacher, allow_download=True))
+            for line in plan.lines():
+                click.echo(line)
+            summary = run_recipe(recipe, resume=resume, force=force, max_time=seconds)
+    except TrainingStopped as err:  # not an error: a clean stop, continued by the same command line + --resume
         final = f"; the student so far is in {recipe.output_dir}/final" if err.stage_idx == len(recipe.stages) - 1 else ""
         again = " ".join(["tm-distill distill", recipe_path, *overrides, "--resume"])
         raise click.ClickException(f"{err}{final}. Continue with: {again}") from None
-    except _user_errors() as err:  # data, teacher and auto-TransPoint problems the recipe's inputs cause
-        key = {"DataSourceError": "data.source", "TokenDataError": "data", "TransPointSpecError": "transpoints",
-               "AutoSpecError": "transpoints"}.get(type(err).__name__, "teacher")
-        raise click.ClickException(f"bad recipe {recipe_path}: {key}: {err}") from None
     calibration = summary.get("calibration")
     if calibration:
         m = calibration["means"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..convert.teacher import DTYPES
+from ..runtime import DTYPES
 from ..eval.api import CPU_DEFAULTS, EvalOptions
 
 DEFAULTS = EvalOptions()  # the option defaults are the library's (sized for a GPU); CPU_DEFAULTS on a CPU
@@ -96,13 +96,16 @@ def _check_out(out_dir: str, force: bool) -> None:
 @click.option("--decode-tokens", type=click.IntRange(min=2), default=DEFAULTS.decode_tokens, show_default=True)
 @click.option("--no-speed", is_flag=True, help="Skip the speed and memory section.")
 @click.option("--no-layer-error", is_flag=True, help="Skip the per-layer hidden-state error.")
+@click.option("--no-plots", is_flag=True, help="Write report.json and report.md only (plots need matplotlib: "
+                                              "pip install 'tm-distill[plots]').")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seed of the retrieval prompts.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
 @click.option("--force", is_flag=True, help="Replace the report already in --out.")
 def eval_cmd(students, teacher, data, text_field, out_dir, seq_len, windows, heldout_fraction, data_seed,
              transpoints, passkey_lengths, depths, trials, retrieval_tasks, tasks, task_dir, lm_eval_limit,
-             num_fewshot, speed_lengths, decode_tokens, no_speed, no_layer_error, seed, device, dtype, force):
+             num_fewshot, speed_lengths, decode_tokens, no_speed, no_layer_error, no_plots, seed, device, dtype,
+             force):
     """Compare STUDENTS (one or more student folders) with the teacher and write a report to --out.
 
     The report has perplexity, KL to the teacher and top-1 agreement on held-out text, overall and by
@@ -121,29 +124,28 @@ def eval_cmd(students, teacher, data, text_field, out_dir, seq_len, windows, hel
       tm-distill eval runs/cpu-demo/final --teacher smollm2-135m --tasks arc_easy --limit 100 --out runs/arc
       tm-distill eval runs/s --teacher smollm2-135m --tasks my_task --task-dir tasks/ --no-speed --out r
     """
-    from ..convert.teacher import parse_dtype  # noqa: PLC0415
-    from ..convert.transpoints import TransPointSpecError  # noqa: PLC0415
-    from ..eval.api import EvalInputError, cost_line, run_eval  # noqa: PLC0415
-    from ..eval.lmeval import LMEvalUnavailable, lm_eval_available, INSTALL_HINT  # noqa: PLC0415
-    from ..eval.retrieval import RetrievalError  # noqa: PLC0415
+    from ..eval.api import cost_line, run_eval  # noqa: PLC0415
+    from ..eval.lmeval import INSTALL_HINT, lm_eval_available  # noqa: PLC0415
+    from ..runtime import parse_dtype  # noqa: PLC0415
+    from ..extras import require  # noqa: PLC0415
 
     if tasks and not lm_eval_available():
         raise click.ClickException(f"--tasks needs lm-evaluation-harness, which is not installed: {INSTALL_HINT}")
+    if not no_plots:
+        require("matplotlib", "the report's plots (--no-plots skips them)")
     _check_out(out_dir, force)
     sized = _sized(device, passkey_lengths=passkey_lengths, trials=trials, speed_lengths=speed_lengths)
-    try:
-        options = EvalOptions(
-            seq_len=seq_len, windows=windows, heldout_fraction=heldout_fraction, data_seed=data_seed,
-            text_field=text_field, transpoints=transpoints, layer_error=not no_layer_error,
-            retrieval_tasks=retrieval_tasks or [], retrieval_lengths=sized["passkey_lengths"] if retrieval_tasks else [],
-            depths=depths, trials=sized["trials"], seed=seed, tasks=tasks, task_dir=task_dir,
-            lm_eval_limit=lm_eval_limit, num_fewshot=num_fewshot, speed=not no_speed and bool(sized["speed_lengths"]),
-            speed_lengths=sized["speed_lengths"], decode_tokens=decode_tokens,
-        )
-        click.echo(cost_line(options, len(students), device), err=True)
-        report = run_eval(list(students), teacher, data, out_dir, options, device=device, dtype=parse_dtype(dtype))
-    except (EvalInputError, TransPointSpecError, RetrievalError, LMEvalUnavailable, FileNotFoundError) as err:
-        raise click.ClickException(str(err)) from err
+    options = EvalOptions(
+        seq_len=seq_len, windows=windows, heldout_fraction=heldout_fraction, data_seed=data_seed,
+        text_field=text_field, transpoints=transpoints, layer_error=not no_layer_error,
+        retrieval_tasks=retrieval_tasks or [], retrieval_lengths=sized["passkey_lengths"] if retrieval_tasks else [],
+        depths=depths, trials=sized["trials"], seed=seed, tasks=tasks, task_dir=task_dir,
+        lm_eval_limit=lm_eval_limit, num_fewshot=num_fewshot, speed=not no_speed and bool(sized["speed_lengths"]),
+        speed_lengths=sized["speed_lengths"], decode_tokens=decode_tokens,
+    )
+    click.echo(cost_line(options, len(students), device), err=True)
+    report = run_eval(list(students), teacher, data, out_dir, options, device=device, dtype=parse_dtype(dtype),
+                      plots=not no_plots)
     for name, m in report["models"].items():
         ppl = "–" if m["perplexity"] is None else f"{m['perplexity']:.3f}"
         click.echo(f"{name}: perplexity {ppl}, KL {m['kl_to_teacher']:.4f}, top-1 {m['top1_agreement']:.3f}")

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import click
 
-from .convert import USER_ERRORS
-
 
 def load_any(model: str, device: str):
     """A student folder through ``load_student``; anything else (teacher folder, .gguf, alias) as a teacher.
@@ -99,6 +97,7 @@ def generate(models, prompts, max_new_tokens, chat, temperature, seed, device):
       tm-distill generate runs/student --prompt "Once upon a time" --prompt "The capital of France"
       tm-distill generate smollm2-135m runs/cpu-demo/seed runs/cpu-demo/final --chat --prompt "Hi!"
     """
+    from ..errors import UserError  # noqa: PLC0415
     from ..generation import generate_texts  # noqa: PLC0415
 
     if any(not prompt.strip() for prompt in prompts):
@@ -110,8 +109,10 @@ def generate(models, prompts, max_new_tokens, chat, temperature, seed, device):
             lm, tokenizer = load_any(model, device)
             outputs = generate_texts(lm, tokenizer, list(prompts), max_new_tokens, chat=chat,
                                      temperature=temperature, seed=seed)
-        except USER_ERRORS as err:
-            raise click.ClickException(f"{model}: {err}" if len(models) > 1 else str(err)) from err
+        except UserError as err:
+            if len(models) == 1:
+                raise
+            raise UserError(f"{model}: {err}") from None  # several models: say which one
         if len(models) == 1:
             return _print_one(outputs, lm, tokenizer)
         answers[model] = [_answer(text, _first_stop(lm, tokenizer, ids)) for text, ids in outputs]

@@ -16,6 +16,12 @@ def _auto_spec(budget: str, context: int | None, method: str = "sensitivity") ->
         f",method={method}" if method != "sensitivity" else "")
 
 
+def _a_number(ctx, param, value: float) -> float:
+    if value != value:  # FloatRange lets nan through (nan < 1 is false); the clock never stays under nan: no training
+        raise click.BadParameter("nan is not a number of seconds: give e.g. 45")
+    return value
+
+
 @click.command()
 @click.argument("teacher")
 @click.option("--budget", required=True, help="Memory budget: kv=25% keeps at most 25% of the teacher's KV cache.")
@@ -30,7 +36,7 @@ def _auto_spec(budget: str, context: int | None, method: str = "sensitivity") ->
 @click.option("--method", type=click.Choice(["sensitivity", "importance"]), default="sensitivity", show_default=True,
               help="sensitivity: each seeded layer alone; importance: rank the layers of a briefly distilled all-SSM "
                    "student by the KL and recall drops when a layer keeps attention (or a TransPoint).")
-@click.option("--train-seconds", type=click.FloatRange(min=1), default=45.0, show_default=True,
+@click.option("--train-seconds", type=click.FloatRange(min=1), default=45.0, show_default=True, callback=_a_number,
               help="importance: time for the brief distillation.")
 def plan(teacher: str, budget: str, context: int | None, calib: str, windows: int, seq_len: int, seed: int,
          device: str, method: str, train_seconds: float) -> None:
@@ -46,25 +52,20 @@ def plan(teacher: str, budget: str, context: int | None, calib: str, windows: in
       tm-distill plan smollm2-135m --budget kv=10% --context 8192 --windows 8 --seq-len 256
       tm-distill plan smollm2-135m --budget kv=25% --context 4096 --method importance --device cuda
     """
-    from ..convert import TeacherNotFound, TransPointSpecError, load_teacher  # noqa: PLC0415
-    from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
-    from ..convert.teacher import DeviceError  # noqa: PLC0415
-    from ..data.loading import DataSourceError  # noqa: PLC0415
+    from ..convert import TransPointSpecError, load_teacher  # noqa: PLC0415
     from ..data.windows import load_documents  # noqa: PLC0415
-    from ..plan import parse_auto_spec, resolve_auto  # noqa: PLC0415
+    from ..plan import resolve_transpoints  # noqa: PLC0415
 
     spec = _auto_spec(budget, context, method)
     try:
-        parse_auto_spec(spec)
+        resolve_transpoints(spec, None)  # the spec's grammar, before the teacher loads
     except TransPointSpecError as err:
         raise click.BadParameter(str(err), param_hint="--budget/--context") from None
     if windows < 1 or seq_len < 2:
         raise click.BadParameter("need --windows >= 1 and --seq-len >= 2", param_hint="--windows/--seq-len")
-    try:
-        loaded = load_teacher(teacher, device=device)
-        docs = load_documents(calib, loaded.tokenizer, whole_if_one=True)  # planned on its training split
-        _, explanation = resolve_auto(spec, loaded.model, loaded.tokenizer, docs, seq_len, windows=windows,
-                                      seed=seed, importance={"train_seconds": train_seconds})
-    except (TeacherNotFound, UnsupportedTeacher, DataSourceError, TransPointSpecError, DeviceError, ValueError) as err:
-        raise click.ClickException(str(err)) from None
+    loaded = load_teacher(teacher, device=device)
+    _, explanation = resolve_transpoints(  # planned on the calibration text's training split
+        spec, loaded.model.config.num_hidden_layers, teacher=loaded, seq_len=seq_len, windows=windows, seed=seed,
+        texts=lambda: load_documents(calib, loaded.tokenizer, whole_if_one=True),
+        importance={"train_seconds": train_seconds})
     click.echo(explanation)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from .convert import USER_ERRORS
-
 SERVE_MISSING = ("tm-distill serve needs transformers' serving stack (FastAPI, Uvicorn, openai, transformers >= "
                  "5.25): pip install 'tm-distill[serve]'")
 
@@ -34,10 +32,7 @@ def serve(student, host, port, device, dtype, log_level):
     """
     from ..checkpoint import student_config_from  # noqa: PLC0415
 
-    try:
-        student_config_from(student)
-    except USER_ERRORS as err:
-        raise click.ClickException(str(err)) from err
+    student_config_from(student)  # a folder that is not a student: one line, before the server starts
     from transformers.utils.import_utils import is_serve_available  # noqa: PLC0415
 
     try:

@@ -18,13 +18,16 @@ from transformers import LlamaConfig
 
 from ..atomic import remove_stale_temps
 from ..checkpoint import OutputExists, check_output, save_student
+from ..errors import UserError
 from ..models.configuration import TransMambaConfig
 from ..ops import BACKENDS, FEATURE_MAPS
+from ..runtime import parse_device, parse_dtype
+from ..version import __version__
 from .calibrate import DEFAULT_CALIBRATION_DATA, CalibrationError, calibrate_student, calibration_windows
 from .dtype import teacher_dtype
 from .seed import seed_student
-from .teacher import SHIPPED_TEACHER, TeacherNotFound, load_teacher, parse_device, parse_dtype, resolve_source
-from .transpoints import parse_transpoints
+from .teacher import SHIPPED_TEACHER, TeacherNotFound, load_teacher, resolve_source
+from .transpoints import is_auto_spec
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +49,12 @@ _SSM_RANGES = {
 _SSM_CHOICES = {"bc_feature_map": tuple(FEATURE_MAPS), "ssm_backend": BACKENDS}
 
 
-class SSMOptionError(ValueError):
+class SSMOptionError(UserError, ValueError):
     """A conversion option that is unknown or has a bad value; ``key`` names it."""
 
     def __init__(self, key: str, message: str):
-        self.key, self.message = key, message
-        super().__init__(f"{key}: {message}")
+        super().__init__(message, what=key)
+        self.key = key
 
 
 def check_ssm_options(options: dict) -> None:
@@ -112,14 +115,12 @@ def _schedule(spec: str, teacher, calibrate: str | None, seed: int, device) -> t
     """Per-layer TransPoints of ``spec`` and, for ``auto:...``, the plan's explanation (planned on the training
     split of the calibration data, or the shipped corpus, with `tm-distill plan`'s defaults: the same schedule
     `plan` prints)."""
-    if not spec.strip().startswith("auto"):
-        return parse_transpoints(spec, teacher.model.config.num_hidden_layers), ""
     from ..data.windows import load_documents  # noqa: PLC0415
-    from ..plan import PLAN_SEQ_LEN, PLAN_WINDOWS, resolve_auto  # noqa: PLC0415
+    from ..plan import resolve_transpoints  # noqa: PLC0415
 
-    docs = load_documents(calibrate or DEFAULT_CALIBRATION_DATA, teacher.tokenizer, whole_if_one=True)
-    return resolve_auto(spec, teacher.model, teacher.tokenizer, docs, PLAN_SEQ_LEN, windows=PLAN_WINDOWS, seed=seed,
-                        device=device)
+    return resolve_transpoints(
+        spec, teacher.model.config.num_hidden_layers, teacher=teacher, seed=seed, device=device,
+        texts=lambda: load_documents(calibrate or DEFAULT_CALIBRATION_DATA, teacher.tokenizer, whole_if_one=True))
 
 
 def _calibrate(student, teacher, data: str, windows: int | None, seq_len: int | None, heldout: int, progress: bool):
@@ -174,7 +175,7 @@ def convert(
     with steps:
         teacher = load_teacher(teacher_source, dtype=load_dtype, device=device)
         steps.update()
-        steps.set_description("plan TransPoints" if transpoints_spec.strip().startswith("auto") else "seed student")
+        steps.set_description("plan TransPoints" if is_auto_spec(transpoints_spec) else "seed student")
         transpoints, why = _schedule(transpoints_spec, teacher, calibrate, seed, device)
         recorded = SHIPPED_TEACHER if teacher_source == SHIPPED_TEACHER else teacher.source
         student = seed_student(
@@ -200,7 +201,7 @@ def _metadata(teacher_source: str, teacher, transpoints_spec: str, transpoints: 
     """What ``tm_distill.json`` records about a converted student: its teacher, schedule and calibration."""
     return {
         "tool": "tm-distill",
-        "version": _version(),
+        "version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "stage": "seeded",
         "teacher": {"source": teacher_source, "resolved": teacher.source,
@@ -213,12 +214,6 @@ def _metadata(teacher_source: str, teacher, transpoints_spec: str, transpoints: 
         "ssm_options": ssm_options,
         "calibration": None if record is None else record.to_dict(),
     }
-
-
-def _version() -> str:
-    from .. import __version__  # noqa: PLC0415
-
-    return __version__
 
 
 __all__ = ["SSMOptionError", "SSM_OPTIONS", "check_apart", "check_calibration_length", "check_ssm_options", "convert"]

@@ -38,9 +38,10 @@ import torch
 from torch import Tensor
 
 from ..data.windows import DEFAULT_HELDOUT_FRACTION, DEFAULT_SPLIT_SEED
+from ..errors import UserError
+from ..models.capture import TeacherActivations, capture_teacher
 from ..models.configuration import ATTENTION_ONLY
 from ..ops import ssd_scan
-from ..stages.capture import TeacherActivations, capture_teacher
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ GAIN_FLOOR = 1e-6  # a "zero" gain that still encodes a decay
 _RIDGE = 1e-9  # relative ridge on the normal equations (a head whose features vanish)
 
 
-class CalibrationError(ValueError):
+class CalibrationError(UserError, ValueError):
     """Calibration that cannot run: unusable data or a student the closed form does not cover."""
 
 

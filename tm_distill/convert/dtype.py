@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .teacher import DTYPES, resolve_source
+from ..runtime import DTYPES
+from .teacher import resolve_source
 
 _GGUF_FLOAT_TYPES = {0: torch.float32, 1: torch.float16, 32: torch.bfloat16}  # general.file_type: ALL_F32, F16, BF16
 

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 import torch
 from transformers import PretrainedConfig, PreTrainedModel
 
+from ..errors import UserError
 from ..models import TransMambaConfig, TransMambaForCausalLM
+from ..models.mixer import SSM_PARAM_PATTERN
 
 
-class UnsupportedTeacher(ValueError):
+class UnsupportedTeacher(UserError, ValueError):
     pass
 
 
@@ -43,12 +45,6 @@ _KEY_MAP: list[tuple[re.Pattern, str]] = [
     (re.compile(r"^model\.(embed_tokens|norm)\.weight$"), r"model.\1.weight"),
     (re.compile(r"^lm_head\.weight$"), "lm_head.weight"),
 ]
-
-# Student parameters that no teacher tensor seeds (the SSM additions).
-SSM_PARAM_PATTERN = re.compile(
-    r"\.mixer\.(dt_proj\.weight|dt_bias|A_log|D|z_proj\.weight|ssm_norm\.weight|conv1d\.(weight|bias))$"
-)
-
 
 def supported_model_types() -> str:
     return ", ".join(f"{k} ({a.note})" for k, a in ADAPTERS.items())

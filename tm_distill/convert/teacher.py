@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..atomic import atomic_folder
+from ..errors import UserError
+from ..runtime import cache_dir, parse_device
 
 log = logging.getLogger(__name__)
 
@@ -27,51 +28,16 @@ SHIPPED_TEACHER = "smollm2-135m"  # the alias users can type for the GGUF shippe
 _SHIPPED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class TeacherNotFound(FileNotFoundError):
+class TeacherNotFound(UserError, FileNotFoundError):
     pass
 
 
-class UnreadableModel(ValueError):
+class UnreadableModel(UserError, ValueError):
     """A model folder whose config, weights or tokenizer cannot be read (corrupt, truncated or not a model)."""
 
 
 # Files any Hugging Face tokenizer is saved as; a folder with none of them has no tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt", "tiktoken.model")
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported: choose one of {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-class DeviceError(ValueError):
-    """A device string torch does not know, or a device this machine does not have."""
-
-
-def parse_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device that exists here: 'cpu', 'cuda', 'cuda:1', 'mps'; DeviceError otherwise."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise DeviceError(f"device {str(device)!r} is not a device: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise DeviceError(f"device {str(device)!r}: no CUDA GPU is available here (torch {torch.__version__}); "
-                              "use cpu")
-        if dev.index is not None and dev.index >= count:
-            raise DeviceError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceError(f"device {str(device)!r}: Apple MPS is not available here; use cpu")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise DeviceError(f"device {str(device)!r} is not supported: use cpu, cuda or cuda:N")
-    return dev
 
 
 class CustomCodeRefused(UnreadableModel):
@@ -123,6 +89,12 @@ def load_weights(loader, folder: str | Path, **kwargs):
         raise UnreadableModel(f"the .bin weights in {folder} are not plain tensors (corrupt, not a PyTorch file, or "
                               "holding pickled objects, which tm-distill never loads): save them as model.safetensors "
                               "from a trusted copy") from None
+    except ValueError as err:
+        if "torch.load" not in str(err):
+            raise
+        raise UnreadableModel(f"the .bin weights in {folder} cannot be read safely with torch {torch.__version__} "
+                              "(transformers refuses torch.load before torch 2.6): pip install -U 'torch>=2.6', or "
+                              "save them as model.safetensors from a trusted copy") from None
     except RuntimeError as err:
         if "mismatched_sizes" not in str(err) and "size mismatch" not in str(err):
             raise
@@ -143,10 +115,6 @@ class Teacher:
     model: PreTrainedModel
     tokenizer: object
     source: str  # what the user gave, resolved (absolute path or hub id)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TM_DISTILL_CACHE", Path.home() / ".cache" / "tm-distill"))
 
 
 def shipped_teacher_path() -> Path:
@@ -244,17 +212,25 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | 
         model = load_weights(AutoModelForCausalLM, folder, dtype=dtype).to(device).eval()
     except OSError as err:  # missing weight files
         raise TeacherNotFound(f"cannot load teacher {source!r}: {err}") from err
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        if "custom code" in str(err):
-            raise CustomCodeRefused(f"the tokenizer of teacher {source!r} needs its own Python code (auto_map in "
-                                    "tokenizer_config.json): tm-distill never runs code from a model folder; save the "
-                                    "tokenizer with a class transformers ships") from None
-        raise UnreadableModel(f"cannot load the tokenizer of teacher {source!r}: {err}") from err
+    tokenizer = load_tokenizer(folder, f"the tokenizer of teacher {source!r}")
     return Teacher(model=model, tokenizer=tokenizer, source=resolved)
 
 
-__all__ = ["CustomCodeRefused", "DTYPES", "DeviceError", "check_no_custom_code", "SHIPPED_TEACHER", "TOKENIZER_FILES", "Teacher", "TeacherNotFound", "UnreadableModel",
-           "cache_dir", "check_tokenizer_files", "load_teacher", "load_weights", "parse_device", "parse_dtype",
-           "gguf_cache_path", "read_config", "resolve_source", "shipped_teacher_path"]
+def load_tokenizer(folder: str | Path, what: str):
+    """``AutoTokenizer`` of ``folder`` without the folder's own code: a tokenizer whose ``auto_map`` names its own
+    Python is CustomCodeRefused (never prompted, never run), any other failure UnreadableModel; ``what`` names it
+    in the one-line message."""
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        if "custom code" in str(err):
+            raise CustomCodeRefused(f"{what} needs its own Python code (auto_map in tokenizer_config.json): "
+                                    "tm-distill never runs code from a model folder; save the tokenizer with a class "
+                                    "transformers ships") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnreadableModel(f"cannot load {what}: {reason}") from None
+
+
+__all__ = ["CustomCodeRefused", "SHIPPED_TEACHER", "TOKENIZER_FILES", "Teacher", "TeacherNotFound", "UnreadableModel",
+           "check_no_custom_code", "check_tokenizer_files", "gguf_cache_path", "load_teacher", "load_tokenizer",
+           "load_weights", "read_config", "resolve_source", "shipped_teacher_path"]

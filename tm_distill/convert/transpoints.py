@@ -7,15 +7,23 @@
 - ``P0,P1,...``                  an explicit per-layer list (``attn`` for a pure attention layer)
 - ``attn`` / ``ssm``             every layer pure attention / pure SSM
 - ``auto...``                    chosen from calibration data (``tm_distill.plan``); not parsed here
+
+``plan.resolve_transpoints`` resolves any spec, fixed or ``auto``; ``is_auto_spec`` tells them apart.
 """
 
 from __future__ import annotations
 
+from ..errors import UserError
 from ..models.configuration import ATTENTION_ONLY
 
 
-class TransPointSpecError(ValueError):
+class TransPointSpecError(UserError, ValueError):
     pass
+
+
+def is_auto_spec(spec: str) -> bool:
+    """Whether ``spec`` is chosen from calibration data (``auto:...``) rather than fixed."""
+    return spec.strip().startswith("auto")
 
 
 def _int(token: str, spec: str, what: str) -> int:
@@ -61,7 +69,7 @@ def parse_transpoints(spec: str, num_layers: int) -> list[int]:
     spec = spec.strip()
     if not spec:
         raise TransPointSpecError("empty TransPoint spec: try all=2048 or cycle=0,128,256,512,1024,2048,4096,8192")
-    if spec.startswith("auto"):
+    if is_auto_spec(spec):
         raise TransPointSpecError(
             f"spec {spec!r} is chosen from calibration data: run `tm-distill plan TEACHER --budget ...` "
             "(or give it to `distill`), which resolves it to an explicit list"
@@ -116,4 +124,4 @@ def scale_cycle(seq_len: int, num_values: int = 8) -> str:
     return "cycle=" + ",".join(str(v) for v in values)
 
 
-__all__ = ["TransPointSpecError", "describe_transpoints", "parse_transpoints", "scale_cycle"]
+__all__ = ["TransPointSpecError", "describe_transpoints", "is_auto_spec", "parse_transpoints", "scale_cycle"]

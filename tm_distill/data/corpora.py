@@ -29,12 +29,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..convert.teacher import cache_dir
+from ..errors import UserError
+from ..runtime import cache_dir
 
 log = logging.getLogger(__name__)
 
 
-class CorpusUnavailable(RuntimeError):
+class CorpusUnavailable(UserError, RuntimeError):
     pass
 
 

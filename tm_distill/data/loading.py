@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..chat import render_chat
+from ..errors import UserError
 from .corpora import CORPORA, corpus_files
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
 _GLOB_CHARS = set("*?[")
 
 
-class DataSourceError(ValueError):
+class DataSourceError(UserError, ValueError):
     """A data source that does not exist, is empty, or lacks the requested field."""
 
 

@@ -22,12 +22,12 @@ import hashlib
 import json
 import logging
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..atomic import atomic_write_file
-from ..convert.teacher import cache_dir
+from ..errors import UserError
+from ..runtime import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ TASK_STYLES = (
 )
 
 
-class TeacherDataError(ValueError):
+class TeacherDataError(UserError, ValueError):
     pass
 
 

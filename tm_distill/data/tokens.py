@@ -18,21 +18,22 @@ import contextlib
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
 from ..atomic import atomic_write_file
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 
 _FORMAT = 1  # bump when the cached layout changes
 
 
-class TokenDataError(ValueError):
+class TokenDataError(UserError, ValueError):
     """Text that cannot make the windows asked for (too little of it, no document left for training)."""
 
 
@@ -56,7 +57,7 @@ class TokenData:
 
 
 def default_cache_dir() -> Path:
-    from ..convert.teacher import cache_dir
+    from ..runtime import cache_dir
 
     return cache_dir() / "tokens"
 
@@ -145,16 +146,16 @@ def _check_inputs(texts: Sequence[str], tokenizer, seq_len: int, heldout_fractio
                   ) -> tuple[list[str], int, int]:
     """(the documents as a list, the EOS id, how many documents to hold out), or a clear error."""
     if seq_len < 2:
-        raise ValueError(f"seq_len={seq_len} must be >= 2 tokens")
+        raise TokenDataError(f"seq_len={seq_len} must be >= 2 tokens")
     if not 0.0 <= heldout_fraction < 1.0:
-        raise ValueError(f"heldout_fraction={heldout_fraction} must be in [0, 1), e.g. 0.05")
+        raise TokenDataError(f"heldout_fraction={heldout_fraction} must be in [0, 1), e.g. 0.05")
     if max_tokens is not None and max_tokens < seq_len:
         raise TokenDataError(f"max_tokens={max_tokens} is less than one window of seq_len={seq_len}")
     if isinstance(texts, str):
         raise TypeError("texts must be a list of documents, not one string: wrap it as [text]")
     texts = list(texts)
     if not texts:
-        raise ValueError("no documents to tokenize: texts is empty")
+        raise TokenDataError("no documents to tokenize: texts is empty")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise TokenDataError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no EOS token to end documents")
@@ -196,6 +197,7 @@ def _split_documents(docs: list[list[int]], n_held: int, seq_len: int, seed: int
 def build_token_dataset(
     texts: Sequence[str], tokenizer, seq_len: int, *, heldout_fraction: float = 0.05, seed: int = 0,
     max_tokens: int | None = None, cache_dir: str | Path | None = None, pack: bool = True,
+    tokenized: Callable[[], TokenData] | None = None,
 ) -> TokenData:
     """Tokenize ``texts`` (EOS after each document), split by document, cut into ``seq_len`` windows.
 
@@ -205,21 +207,44 @@ def build_token_dataset(
     seed: the split permutation; max_tokens: cap on training tokens (whole windows, held-out not capped);
     cache_dir: where the result is cached as ``<key>.pt`` (default ~/.cache/tm-distill/tokens/, within
     ``cache_limit()``), keyed on the texts, tokenizer and these parameters; pack: see the module docstring.
+    A capped dataset caches its own windows only, never the uncapped tokenization it is cut from.
+    tokenized: on a cache miss, returns every window of these texts under this split (``tokenize_windows``'
+    result, e.g. the ones a ``windows.Documents`` holds in memory), instead of tokenizing them here.
     Returns TokenData(train (n, seq_len), heldout (m, seq_len), meta).
     """
     texts, eos, n_held = _check_inputs(texts, tokenizer, seq_len, heldout_fraction, max_tokens)
-    # The cache holds every window and max_tokens cuts them after; max_tokens=None in the key keeps the keys
-    # of uncapped entries cached before.
-    params = {"seq_len": seq_len, "heldout_fraction": heldout_fraction, "seed": seed, "max_tokens": None, "pack": pack}
+    params = {"seq_len": seq_len, "heldout_fraction": heldout_fraction, "seed": seed, "max_tokens": max_tokens,
+              "pack": pack}
     key = _cache_key(texts, tokenizer, params)
     path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     path = path / f"{key}.pt"
-    data = _read_cache(path) or _tokenize(texts, tokenizer, eos, n_held, params, key, path)
-    return cap_windows(data, max_tokens)
+    cached = _read_cache(path)
+    if cached is not None:
+        return cached
+    every = tokenized() if tokenized is not None else _tokenize(texts, tokenizer, eos, n_held, params)
+    data = cap_windows(every, max_tokens)
+    meta = {**data.meta, "cache_key": key}
+    meta.pop("from_cache", None)
+    try:
+        _save_atomic({"train": data.train, "heldout": data.heldout, "train_doc_ids": data.train_doc_ids,
+                      "heldout_doc_ids": data.heldout_doc_ids, "meta": meta}, path)
+    except OSError as err:
+        log.warning("could not write token cache %s: %s", path, err)
+    return TokenData(data.train, data.heldout, {**meta, "from_cache": False}, data.train_doc_ids,
+                     data.heldout_doc_ids)
 
 
-def _tokenize(texts: list[str], tokenizer, eos: int, n_held: int, params: dict, key: str, path: Path) -> TokenData:
-    """``build_token_dataset``'s work when the cache has no copy: every window (uncapped), stored at ``path``."""
+def tokenize_windows(texts: Sequence[str], tokenizer, seq_len: int, *, heldout_fraction: float = 0.05, seed: int = 0,
+                     pack: bool = True) -> TokenData:
+    """Every window ``build_token_dataset`` cuts from ``texts`` (no max_tokens cap), tokenized now and never
+    cached: for windows held in memory only (a capped run's uncapped ones: the cache keeps the capped ones)."""
+    texts, eos, n_held = _check_inputs(texts, tokenizer, seq_len, heldout_fraction, None)
+    params = {"seq_len": seq_len, "heldout_fraction": heldout_fraction, "seed": seed, "max_tokens": None, "pack": pack}
+    return _tokenize(texts, tokenizer, eos, n_held, params)
+
+
+def _tokenize(texts: list[str], tokenizer, eos: int, n_held: int, params: dict) -> TokenData:
+    """Every window of ``texts`` under ``params``' split (uncapped), tokenized here; reads and writes no cache."""
     seq_len, seed, pack = params["seq_len"], params["seed"], params["pack"]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     docs = [list(d) + [eos] for d in ids]
@@ -239,16 +264,11 @@ def _tokenize(texts: list[str], tokenizer, eos: int, n_held: int, params: dict, 
             f"({sum(len(docs[i]) for i in held_idx)} tokens): raise heldout_fraction or lower seq_len"
         )
     meta = {
-        **params, "eos_token_id": int(eos), "vocab_size": len(tokenizer),
+        **params, "max_tokens": None, "eos_token_id": int(eos), "vocab_size": len(tokenizer),
         "tokenizer": str(getattr(tokenizer, "name_or_path", "")), "num_documents": len(docs),
         "train_documents": len(train_idx), "heldout_documents": n_held, "train_tokens": int(train.numel()),
-        "heldout_tokens": int(heldout.numel()), "dropped_tokens": int(dropped + held_dropped), "cache_key": key,
+        "heldout_tokens": int(heldout.numel()), "dropped_tokens": int(dropped + held_dropped), "cache_key": None,
     }
-    try:
-        _save_atomic({"train": train, "heldout": heldout, "train_doc_ids": train_doc, "heldout_doc_ids": held_doc,
-                      "meta": meta}, path)
-    except OSError as err:
-        log.warning("could not write token cache %s: %s", path, err)
     log.info("tokenized %d documents: %d train / %d held-out windows of %d", len(docs), train.shape[0],
              heldout.shape[0], seq_len)
     return TokenData(train, heldout, {**meta, "from_cache": False}, train_doc, held_doc)
@@ -256,14 +276,17 @@ def _tokenize(texts: list[str], tokenizer, eos: int, n_held: int, params: dict, 
 
 def cap_windows(data: TokenData, max_tokens: int | None) -> TokenData:
     """A new TokenData holding at most ``max_tokens // seq_len`` of ``data``'s training windows (the first ones;
-    held-out windows uncapped; None: all). The tensors are views of ``data``'s, the meta a copy that counts the
-    cut windows as dropped."""
+    held-out windows uncapped; None: all), its meta a copy that counts the cut windows as dropped. Cut windows
+    are copies (a view would keep, and ``torch.save`` would write, the whole uncapped tokenization); uncut ones
+    are ``data``'s own tensors, so replace them rather than writing into them."""
     keep = data.train.shape[0] if max_tokens is None else min(data.train.shape[0], max_tokens // data.seq_len)
     cut = (data.train.shape[0] - keep) * data.seq_len
     meta = {**data.meta, "max_tokens": max_tokens, "train_tokens": keep * data.seq_len,
             "dropped_tokens": data.meta["dropped_tokens"] + cut}
-    ids = data.train_doc_ids[:keep] if data.train_doc_ids is not None else None
-    return TokenData(data.train[:keep], data.heldout, meta, ids, data.heldout_doc_ids)
+    train, ids = data.train, data.train_doc_ids
+    if cut:
+        train, ids = train[:keep].clone(), None if ids is None else ids[:keep].clone()
+    return TokenData(train, data.heldout, meta, ids, data.heldout_doc_ids)
 
 
 def training_documents(texts: Sequence[str], tokenizer, seq_len: int, *, heldout_fraction: float = 0.05,
@@ -331,4 +354,4 @@ def iterate_batches(
 
 
 __all__ = ["CACHE_LIMIT_ENV", "TokenData", "TokenDataError", "build_token_dataset", "cache_limit", "cap_windows",
-           "default_cache_dir", "document_positions", "iterate_batches", "training_documents"]
+           "default_cache_dir", "document_positions", "iterate_batches", "tokenize_windows", "training_documents"]

@@ -2,9 +2,11 @@
 
 ``Documents`` holds a source's documents and the document-level split every window drawn from them obeys
 (``build_token_dataset``'s seeded split by document, so a held-out document never gives a training window).
-``Documents.windows(seq_len)`` tokenizes and packs them once per length and keeps the result: a run's training
-windows, its held-out KL, calibration and `auto:` planning, `tm-distill eval`'s held-out windows and the data
-mixture all come from it. Calibration and planning read ``TokenData.train`` only: the training split.
+``Documents.windows(seq_len)`` tokenizes and packs them once per length and keeps the result, and
+``Documents.dataset(seq_len)`` cuts a run's max_tokens-capped training data from it: a run's training windows,
+its held-out KL, calibration and `auto:` planning, `tm-distill eval`'s held-out windows and the data mixture all
+come from them. Calibration and planning read ``TokenData.train`` only: the training split. The token cache
+keeps a capped dataset's own windows only; the uncapped windows of capped documents stay in memory.
 
 Without a recipe (``convert``, ``plan``, ``eval``) the split is ``DEFAULT_HELDOUT_FRACTION`` with seed
 ``DEFAULT_SPLIT_SEED``, a recipe's defaults, so windows ``eval`` scores are ones a conversion never fitted.
@@ -31,7 +33,8 @@ DEFAULT_SPLIT_SEED = 0
 class Documents:
     """A source's documents under one split: heldout_fraction of them (seeded by ``seed``) held out.
 
-    source: where they came from, for messages (may be empty).
+    source: where they came from, for messages (may be empty); max_tokens: the cap of ``dataset``'s training
+    tokens (None: every window), e.g. a recipe's data.max_tokens.
     """
 
     texts: list[str] = field(repr=False)
@@ -39,16 +42,30 @@ class Documents:
     heldout_fraction: float = DEFAULT_HELDOUT_FRACTION
     seed: int = DEFAULT_SPLIT_SEED
     source: str = ""
+    max_tokens: int | None = None
     _built: dict[int, TokenData] = field(default_factory=dict, repr=False)
 
     def windows(self, seq_len: int) -> TokenData:
         """Training (n, seq_len) and held-out (m, seq_len) windows of the documents, packed, all of them (no
-        max_tokens cap: ``tokens.cap_windows``); built once per length, then shared, so do not change it in place.
-        Raises TokenDataError (a ValueError) when the text cannot make them."""
+        max_tokens cap); built once per length, then shared, so do not change it in place. Uncapped documents
+        cache them as ``build_token_dataset`` does; capped ones hold them in memory only, since the cache keeps
+        a capped dataset's own windows alone. Raises TokenDataError (a ValueError) when the text cannot make them."""
         if seq_len not in self._built:
-            self._built[seq_len] = tokens.build_token_dataset(self.texts, self.tokenizer, seq_len,
-                                                              heldout_fraction=self.heldout_fraction, seed=self.seed)
+            build = tokens.build_token_dataset if self.max_tokens is None else tokens.tokenize_windows
+            self._built[seq_len] = build(self.texts, self.tokenizer, seq_len, heldout_fraction=self.heldout_fraction,
+                                         seed=self.seed)
         return self._built[seq_len]
+
+    def dataset(self, seq_len: int) -> TokenData:
+        """The training data at ``seq_len``: the first max_tokens // seq_len training windows (all of them without
+        max_tokens) and every held-out window, as ``build_token_dataset`` with max_tokens makes and caches them
+        (cut from ``windows``, so the documents are tokenized once). A new TokenData each call for the caller to
+        change; its tensors may be shared, so replace them rather than write into them."""
+        if self.max_tokens is None:
+            return tokens.cap_windows(self.windows(seq_len), None)
+        return tokens.build_token_dataset(self.texts, self.tokenizer, seq_len, heldout_fraction=self.heldout_fraction,
+                                          seed=self.seed, max_tokens=self.max_tokens,
+                                          tokenized=lambda: self.windows(seq_len))
 
     def training_texts(self, seq_len: int) -> list[str]:
         """The documents ``windows(seq_len)`` trains on (the held-out ones left out), as text."""

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..convert.transpoints import parse_transpoints
+from ..errors import UserError
 from .metrics import compare_models
 from .report import SCHEMA_VERSION, write_report
 from .retrieval import TASKS, build_samples_with_fallback, check_lengths, filler_from_windows, run_retrieval
@@ -22,7 +23,7 @@ from .retrieval import TASKS, build_samples_with_fallback, check_lengths, filler
 log = logging.getLogger(__name__)
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UserError, ValueError):
     """An input the report cannot be made from (missing model, data without text, a length too long)."""
 
 
@@ -255,10 +256,11 @@ def run_eval(
     """Load the teacher and student folders, evaluate, write report.json / report.md / plots to out_dir, and put
     each student's headline numbers on its model card (``card.record_evaluation``)."""
     from ..card import record_evaluation  # noqa: PLC0415
-    from ..convert import load_teacher  # noqa: PLC0415
     from ..checkpoint import NotAStudent, StudentMismatch, StudentNotFound, check_student_of, load_student  # noqa: PLC0415
+    from ..convert import load_teacher  # noqa: PLC0415
     from ..convert.seed import UnsupportedTeacher  # noqa: PLC0415
-    from ..convert.teacher import DeviceError, TeacherNotFound, UnreadableModel, parse_device  # noqa: PLC0415
+    from ..convert.teacher import TeacherNotFound, UnreadableModel  # noqa: PLC0415
+    from ..runtime import DeviceError, parse_device  # noqa: PLC0415
 
     if not students:
         raise EvalInputError("give at least one student folder (made by `tm-distill convert` or `distill`)")

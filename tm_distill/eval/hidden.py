@@ -5,7 +5,7 @@ mixer, and compare with the teacher's attention output (after ``o_proj``) at pos
 positions are attention in both and exact). The error is the relative L2 norm
 ``||y_student - y_teacher|| / ||y_teacher||`` over those positions, summed over windows before dividing.
 
-Activations are captured with the distillation stages' forward hooks (``stages.capture.record_activations``)
+Activations are captured with the distillation stages' forward hooks (``models.capture.record_activations``)
 during the same teacher forward that gives the logits.
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 import torch
 
+from ..models.capture import TeacherActivations, decoder_layers, record_activations
 from ..models.configuration import ATTENTION_ONLY
-from ..stages.capture import TeacherActivations, decoder_layers, record_activations
 
 
 @contextlib.contextmanager

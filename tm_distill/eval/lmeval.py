@@ -15,13 +15,23 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
+
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'tm-distill[eval]'  (or: pip install lm-eval)"
 
 
-class LMEvalUnavailable(RuntimeError):
+class LMEvalUnavailable(UserError, RuntimeError):
     pass
+
+
+class LMEvalInputError(UserError, ValueError):
+    """No task, or a task lm_eval does not know."""
+
+
+class TaskFolderNotFound(UserError, FileNotFoundError):
+    """A --task-dir that does not exist."""
 
 
 def lm_eval_available() -> bool:
@@ -50,7 +60,8 @@ def run_lm_eval(
 
     Returns {"tasks", "limit", "num_fewshot", "results": {model: {task: {metric: value}}}}; metric names are
     lm_eval's ("acc,none", "acc_norm,none", "acc_stderr,none", ...).
-    Raises LMEvalUnavailable when lm_eval is missing and ValueError for a task lm_eval does not know.
+    Raises LMEvalUnavailable when lm_eval is missing, LMEvalInputError for a task lm_eval does not know and
+    TaskFolderNotFound for a ``task_dir`` that does not exist.
     """
     _require_lm_eval()
     import lm_eval  # noqa: PLC0415  (optional dependency)
@@ -58,13 +69,13 @@ def run_lm_eval(
     from lm_eval.tasks import TaskManager  # noqa: PLC0415
 
     if not tasks:
-        raise ValueError("no lm_eval tasks given: pass e.g. --tasks arc_easy,hellaswag")
+        raise LMEvalInputError("no lm_eval tasks given: pass e.g. --tasks arc_easy,hellaswag")
     if task_dir is not None and not Path(task_dir).is_dir():
-        raise FileNotFoundError(f"task folder {task_dir} does not exist: give a folder of lm_eval task YAML files")
+        raise TaskFolderNotFound(f"task folder {task_dir} does not exist: give a folder of lm_eval task YAML files")
     manager = TaskManager(include_path=str(task_dir) if task_dir is not None else None)
     unknown = [t for t in tasks if not manager.match_tasks([t])]
     if unknown:
-        raise ValueError(
+        raise LMEvalInputError(
             f"lm_eval does not know task(s) {unknown}; check `lm_eval ls tasks`, or put a task YAML in a folder "
             "and pass it as --task-dir"
         )
@@ -86,4 +97,4 @@ def run_lm_eval(
     return {"tasks": list(tasks), "limit": limit, "num_fewshot": num_fewshot, "results": out}
 
 
-__all__ = ["INSTALL_HINT", "LMEvalUnavailable", "lm_eval_available", "run_lm_eval"]
+__all__ = ["INSTALL_HINT", "LMEvalInputError", "LMEvalUnavailable", "TaskFolderNotFound", "lm_eval_available", "run_lm_eval"]

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..atomic import atomic_write_file
+from ..extras import require
 from ..models.configuration import ATTENTION_ONLY
 
 _DPI = 100
 
 
 def _pyplot():
+    require("matplotlib", "the report's plots (`tm-distill eval --no-plots` skips them)")
     import matplotlib  # noqa: PLC0415  (import late: only the report needs it)
 
     matplotlib.use("Agg", force=True)

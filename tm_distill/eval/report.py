@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 
 from ..atomic import atomic_write_file
-from ..convert.transpoints import describe_transpoints
+from ..convert.transpoints import describe_transpoints, is_auto_spec
 from .metrics import BUCKETS
+from .speed import speed_ratios
 
 SCHEMA_VERSION = 1
 
@@ -47,7 +48,7 @@ def _schedule(model: dict) -> str:
     if not tps:
         return "teacher (attention)"
     spec = model.get("transpoint_spec") or ""
-    if spec and not spec.startswith("auto") and len(spec) <= _SCHEDULE_WIDTH:
+    if spec and not is_auto_spec(spec) and len(spec) <= _SCHEDULE_WIDTH:
         return spec
     text = describe_transpoints(tps)
     if len(text) <= _SCHEDULE_WIDTH:
@@ -151,14 +152,24 @@ def _speed_section(report: dict) -> list[str]:
         lines[-2] += (f" On a CPU the timings depend on what else runs on it (load average {s['load_average']:.1f} on "
                       f"{s['cpu_count']} cores while timing): compare rows of this table with each other, not with "
                       "other runs; docs/benchmarks.md measures speed on a GPU.")
+    ratios = speed_ratios(s)
     rows = []
     for name, per_len in s["results"].items():
-        for row in per_len:
+        for row, ratio in zip(per_len, ratios[name]):
             rows.append([f"`{name}`", row["length"], _f(row["prefill_tokens_per_s"], 1),
-                         _f(row["decode_tokens_per_s"], 1), _f(row["peak_memory_bytes"] / 2**20, 1),
-                         _f(row["cache_bytes"] / 2**20, 2)])
-    return lines + _table(["model", "prompt length", "prefill tok/s", "decode tok/s", "peak memory MiB",
-                           "cache MiB"], rows)
+                         _f(ratio["prefill_x_teacher"], 2), _f(row["decode_tokens_per_s"], 1),
+                         _f(ratio["decode_x_teacher"], 2), _f(row.get("x_bound"), 2),
+                         _f(row["peak_memory_bytes"] / 2**20, 1), _f(row["cache_bytes"] / 2**20, 2)])
+    lines += ["× teacher: tokens/s over the teacher's at the same length, timed in this run (> 1: faster)."]
+    if s.get("copy_bytes_per_s"):
+        lines[-1] += (" × bound: the batch-1 decode step over the time to read its weights once at the copy "
+                      f"bandwidth measured here ({s['copy_bytes_per_s'] / 1e9:.0f} GB/s read + written); 1.0 is "
+                      "the floor.")
+    else:
+        lines[-1] += " × bound (the decode step over the weight-read bound) is measured on CUDA only."
+    lines.append("")
+    return lines + _table(["model", "prompt length", "prefill tok/s", "prefill × teacher", "decode tok/s",
+                           "decode × teacher", "× bound", "peak memory MiB", "cache MiB"], rows)
 
 
 def render_markdown(report: dict) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..generation import greedy_generate
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ _LAST = ("Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Marti
          "Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill Flores").split()
 
 
-class RetrievalError(ValueError):
+class RetrievalError(UserError, ValueError):
     pass
 
 

@@ -9,7 +9,7 @@ Two KV layouts:
 - static (``max_length=N``): the first prefill allocates each attention-phase layer's K/V once, sized to
   the layer's TransPoint (plus the batch's left padding) or to N, whichever is smaller, and decoding writes
   into it in place. Every decode step then has fixed shapes and can be CUDA-graph captured
-  (``ops.graphs.DecodeGraph``; ``graphs=True`` makes the model's own forward, and so ``model.generate``,
+  (``graphs.DecodeGraph``; ``graphs=True`` makes the model's own forward, and so ``model.generate``,
   route one-token steps through it).
 
 Left padding: ``pad`` holds, per row, the number of padding tokens before the row's first real token (set by
@@ -77,7 +77,7 @@ class TransMambaCache(Cache):
         self.pad: torch.Tensor | None = None  # (batch,) leading padding per row, None when there is none
         self.max_pad = 0
         self.min_pad = 0
-        self.decode_graph = None  # ops.graphs.DecodeGraph, made on the first graph step
+        self.decode_graph = None  # graphs.DecodeGraph, made on the first graph step
         self.capturing = False  # set by DecodeGraph while it runs the model eagerly to capture it
 
     @property

@@ -9,6 +9,7 @@ kept current during the attention phase, so the switch costs nothing during deco
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,12 @@ from .placement import Placement
 # generation) change the key length every step.
 _SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 _SDPA_INFERENCE = [SDPBackend.CUDNN_ATTENTION, *_SDPA_BACKENDS]
+
+# The mixer's own SSM parameters (what it adds to the teacher's attention; no teacher tensor seeds them), by
+# their names inside a TransMamba student.
+SSM_PARAM_PATTERN = re.compile(
+    r"\.mixer\.(dt_proj\.weight|dt_bias|A_log|D|z_proj\.weight|ssm_norm\.weight|conv1d\.(weight|bias))$"
+)
 
 
 class GatedRMSNorm(nn.Module):
@@ -438,4 +445,4 @@ class TransMambaMixer(nn.Module):
         return y
 
 
-__all__ = ["GatedRMSNorm", "TransMambaMixer"]
+__all__ = ["GatedRMSNorm", "SSM_PARAM_PATTERN", "TransMambaMixer"]

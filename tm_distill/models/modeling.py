@@ -21,6 +21,7 @@ from ..ops.fused import rms_norm, use_fused
 from .cache import CACHE_KWARG, TransMambaCache, output_cache
 from .configuration import TransMambaConfig
 from .converter import Converters
+from .graphs import DecodeGraph, capturable_reason
 from .mixer import GatedRMSNorm, TransMambaMixer
 from .placement import Placement
 
@@ -138,7 +139,7 @@ class TransMambaModel(TransMambaPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """cache_position: (seqlen,) absolute token indices on the device, for a captured decode step
-        (``ops.graphs.DecodeGraph`` passes a static buffer); made from the cache's length otherwise."""
+        (``graphs.DecodeGraph`` passes a static buffer); made from the cache's length otherwise."""
         past_key_values = _one_cache(past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
@@ -262,8 +263,6 @@ class TransMambaForCausalLM(TransMambaPreTrainedModel, GenerationMixin):
     ) -> CausalLMOutputWithPast:
         past_key_values = _one_cache(past_key_values, cache)
         if _graph_step(past_key_values, input_ids, inputs_embeds, labels, output_hidden_states):
-            from ..ops.graphs import DecodeGraph, capturable_reason  # noqa: PLC0415  (ops.graphs imports models)
-
             if past_key_values.decode_graph is None:
                 reason = capturable_reason(self, past_key_values)
                 if reason is None:

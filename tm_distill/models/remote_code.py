@@ -9,7 +9,7 @@ With ``import tm_distill`` the registered classes load the same folder without `
 Why not transformers' ``register_for_auto_class``: its ``custom_object_save`` copies a class's module plus the
 modules found by ``from .name import`` lines, from that module's own folder, and the loader finds a module's
 dependencies by the same one-dot pattern (``dynamic_module_utils.get_relative_imports``). The model spans two
-subpackages (``models`` imports ``..ops``, ``ops.graphs`` imports ``..models.cache``), so the files are written
+subpackages (``models`` imports ``..ops``, two dots the loader does not follow), so the files are written
 flat, one per package module, each relative import rewritten to its flat name. They are made from the
 package's own source at save time; nothing is kept by hand. A module imported as an object
 (``from ..ops import fused``) has no one-dot form the loader would see, so the model code imports names
@@ -22,6 +22,8 @@ import ast
 import importlib.util
 import json
 from pathlib import Path
+
+from ..version import __version__
 
 # auto class -> (module, class) of what a checkpoint's config.json maps it to
 ENTRY_POINTS = {
@@ -101,8 +103,6 @@ def _rewrite(source: str, imports: list[tuple[ast.ImportFrom, str]]) -> str:
 
 
 def _header(module: str, path: Path) -> str:
-    from .. import __version__  # noqa: PLC0415  (the package root imports this package)
-
     where = path.relative_to(Path(importlib.util.find_spec(_PACKAGE).origin).parent.parent).as_posix()
     return (f"# {where} of tm-distill {__version__}, with its relative imports flattened by\n"
             "# tm_distill.models.remote_code when the checkpoint was saved: edit the package, not this copy.\n")

@@ -4,13 +4,14 @@
 ``backend`` ("auto", "torch" or "mamba_ssm"). The reference is the spec; the fast path is tested against it.
 ``ssd_state`` is the final-state-only scan (the Memory Converter when no output row is needed: it skips
 the output kernels). ``ssd_update`` is the one-token decode step (a fused Triton kernel on CUDA,
-``ssd_step`` elsewhere); ``ops.graphs.DecodeGraph`` captures whole decode steps in CUDA graphs.
+``ssd_step`` elsewhere); ``models.graphs.DecodeGraph`` captures whole decode steps in CUDA graphs.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+from types import SimpleNamespace
 
 import torch
 
@@ -29,6 +30,21 @@ _PRIVATE_KERNELS = True
 
 class BackendUnavailable(RuntimeError):
     pass
+
+
+def _kernels() -> SimpleNamespace:
+    """mamba-ssm's Triton SSD modules, imported when a kernel first runs.
+
+    The import sits in a try block on purpose: transformers' remote-code loader refuses a checkpoint from the Hub
+    whose code imports a missing package outside one (``dynamic_module_utils.get_imports``), and this module is
+    saved beside every student (``models/remote_code.py``), where mamba-ssm is optional.
+    """
+    try:
+        from mamba_ssm.ops.triton import ssd_bmm, ssd_chunk_scan, ssd_chunk_state, ssd_combined, ssd_state_passing
+    except ImportError as err:
+        raise BackendUnavailable(f"mamba-ssm's kernels cannot be imported: {err}") from err
+    return SimpleNamespace(bmm=ssd_bmm, chunk_scan=ssd_chunk_scan, chunk_state=ssd_chunk_state,
+                           combined=ssd_combined, state_passing=ssd_state_passing)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -58,8 +74,6 @@ def _dt_in(dt, dt_bias, dt_softplus: bool):
 
 def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx, return_final_states,
                       dt_bias=None, dt_softplus=False):
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-
     h = x.shape[2]
     if B.shape[2] != C.shape[2]:  # the kernel wants one group count for B and C
         g = max(B.shape[2], C.shape[2])
@@ -76,9 +90,9 @@ def _mamba_chunk_scan(x, dt, A, B, C, chunk_size, D, z, initial_states, seq_idx,
             out, final = _mamba_scan_no_grad(x, dt, A, B, C, chunk_size, D, initial_states, seq_idx, dt_bias,
                                              dt_softplus)
             return (out, final) if return_final_states else out
-        except (ImportError, TypeError) as err:
+        except (AttributeError, TypeError) as err:
             _private_kernels_unusable(err)
-    out = mamba_chunk_scan_combined(
+    out = _kernels().combined.mamba_chunk_scan_combined(
         x.contiguous(),
         dt.contiguous(),
         A.float(),
@@ -160,39 +174,33 @@ def _mamba_scan_no_grad(x, dt, A, B, C, chunk_size, D, initial_states, seq_idx, 
     wrapper (einops rearranges, checks). On an H200 (2026-11-26) that wrapper took ~430 µs of host time per call
     of ~750 µs at 512 tokens, where the kernels take ~310 µs: a short prefill is host-bound, one scan per layer.
     """
-    from mamba_ssm.ops.triton.ssd_bmm import _bmm_chunk_fwd
-    from mamba_ssm.ops.triton.ssd_chunk_scan import _chunk_scan_fwd
-    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
-
+    kernels = _kernels()
     b, _, h, p = x.shape
     n = B.shape[-1]
     x, B, C = x.contiguous(), B.contiguous(), C.contiguous()
     dA_cumsum, dt_c, states = _chunk_states(x, dt, A, B, chunk_size, seq_idx, dt_bias, dt_softplus)
     init = initial_states.reshape(b, h, p * n) if initial_states is not None else None
-    states, final = _state_passing_fwd(
+    states, final = kernels.state_passing._state_passing_fwd(
         states.reshape(*states.shape[:3], p * n), dA_cumsum[:, :, :, -1], initial_states=init, seq_idx=seq_idx,
         chunk_size=chunk_size, out_dtype=C.dtype,
     )
     states = states.reshape(*states.shape[:3], p, n)
-    CB = _bmm_chunk_fwd(C, B, chunk_size, seq_idx=seq_idx, output_dtype=torch.float32)
-    out, _ = _chunk_scan_fwd(CB, x, dt_c, dA_cumsum, C, states, D=D, z=None, seq_idx=seq_idx)
+    CB = kernels.bmm._bmm_chunk_fwd(C, B, chunk_size, seq_idx=seq_idx, output_dtype=torch.float32)
+    out, _ = kernels.chunk_scan._chunk_scan_fwd(CB, x, dt_c, dA_cumsum, C, states, D=D, z=None, seq_idx=seq_idx)
     return out, final.reshape(b, h, p, n).float()
 
 
 def _chunk_states(x, dt, A, B, chunk_size, seq_idx, dt_bias, dt_softplus):
     """mamba-ssm's first two kernels: (dA_cumsum, dt per chunk, each chunk's own state)."""
-    from mamba_ssm.ops.triton.ssd_chunk_state import _chunk_cumsum_fwd, _chunk_state_fwd
-
-    dA_cumsum, dt_c = _chunk_cumsum_fwd(dt.contiguous(), A.float(), chunk_size, dt_bias=dt_bias,
+    kernels = _kernels()
+    dA_cumsum, dt_c = kernels.chunk_state._chunk_cumsum_fwd(dt.contiguous(), A.float(), chunk_size, dt_bias=dt_bias,
                                         dt_softplus=dt_softplus)
-    states = _chunk_state_fwd(B, x, dt_c, dA_cumsum, seq_idx=seq_idx, states_in_fp32=True)
+    states = kernels.chunk_state._chunk_state_fwd(B, x, dt_c, dA_cumsum, seq_idx=seq_idx, states_in_fp32=True)
     return dA_cumsum, dt_c, states
 
 
 def _mamba_final_state(x, dt, A, B, chunk_size, initial_states, seq_idx, dt_bias=None, dt_softplus=False):
     """mamba-ssm's forward without its output kernels: chunk cumsum, chunk states, state passing."""
-    from mamba_ssm.ops.triton.ssd_state_passing import _state_passing_fwd
-
     b, l, h, p = x.shape
     n = B.shape[-1]
     if seq_idx is not None:
@@ -200,7 +208,7 @@ def _mamba_final_state(x, dt, A, B, chunk_size, initial_states, seq_idx, dt_bias
     dA_cumsum, _, states = _chunk_states(x.contiguous(), dt, A, B.contiguous(), chunk_size, seq_idx, dt_bias,
                                          dt_softplus)
     init = initial_states.reshape(b, h, p * n) if initial_states is not None else None
-    _, final = _state_passing_fwd(
+    _, final = _kernels().state_passing._state_passing_fwd(
         states.reshape(*states.shape[:3], p * n), dA_cumsum[:, :, :, -1], initial_states=init, seq_idx=seq_idx,
         chunk_size=chunk_size, out_dtype=torch.float32,
     )
@@ -219,7 +227,7 @@ def ssd_state(x, dt, A, B, chunk_size: int = 64, initial_states=None, seq_idx=No
     if which == "mamba_ssm" and _PRIVATE_KERNELS and x.shape[1] <= _MAX_SEGMENT and not torch.is_grad_enabled():
         try:
             return _mamba_final_state(x, dt, A, B, chunk_size, initial_states, seq_idx, dt_bias, dt_softplus)
-        except (ImportError, TypeError) as err:  # mamba-ssm's private kernels moved: use the combined scan
+        except (AttributeError, TypeError) as err:  # mamba-ssm's private kernels moved: use the combined scan
             _private_kernels_unusable(err)
     if which == "mamba_ssm":  # long or differentiated: the full scan's state (segmented, autograd-aware)
         _, state = _mamba_chunk_scan(x, dt, A, B, B, chunk_size, None, None, initial_states, seq_idx, True,

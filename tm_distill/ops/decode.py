@@ -18,17 +18,21 @@ Shapes (as ``ssd_step``):
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from .ssd_ref import ssd_step
 
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-
-if HAS_TRITON:  # pragma: no cover - needs a GPU
+# Triton is optional. The import sits in a try block on purpose: transformers' remote-code loader refuses a
+# checkpoint from the Hub whose code imports a missing package outside one (``dynamic_module_utils.get_imports``),
+# and this module is saved beside every student (``models/remote_code.py``).
+try:
     import triton
     import triton.language as tl
+except ImportError:
+    triton = tl = None
+HAS_TRITON = triton is not None
+
+if HAS_TRITON:  # pragma: no cover - needs a GPU
 
     @triton.jit
     def _ssd_update_kernel(

@@ -42,7 +42,10 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
     """
     if not HAS_LIGER:  # liger-kernel is the `gpu` extra; without it, transformers' rotation
         return apply_rotary_pos_emb(q, k, cos, sin)
-    from liger_kernel.ops.rope import rope_forward  # noqa: PLC0415  (CUDA only)
+    try:  # a try block: transformers' remote-code loader requires a package imported outside one (see decode.py)
+        from liger_kernel.ops.rope import rope_forward  # noqa: PLC0415  (CUDA only)
+    except ImportError:  # installed but unusable here: transformers' rotation, as without it
+        return apply_rotary_pos_emb(q, k, cos, sin)
 
     q_rot = q.transpose(1, 2).clone(memory_format=torch.contiguous_format)
     k_rot = k.transpose(1, 2).clone(memory_format=torch.contiguous_format)

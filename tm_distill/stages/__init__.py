@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib
 
+from ..errors import UserError
 from ..stage_names import STAGES, TRAINABLE_SETS, unknown_stage
 from .base import Stage, freeze_except, select_parameters, use_transpoints
 
 
-class UnknownStage(ValueError):
+class UnknownStage(UserError, ValueError):
     pass
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from transformers import PreTrainedModel
 
-from ..convert.seed import SSM_PARAM_PATTERN
+from ..models.mixer import SSM_PARAM_PATTERN
 from ..models.modeling import use_transpoints  # re-exported: the loop imports it from here
 from ..stage_names import TRAINABLE_SETS
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..losses import hidden_loss
 from ..models.modeling import packed_seq_idx
-from .capture import LayerParallelStage
+from .layer_parallel import LayerParallelStage
 
 
 class HiddenStage(LayerParallelStage):

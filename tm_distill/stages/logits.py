@@ -15,6 +15,7 @@ import logging
 
 import torch
 
+from ..extras import require
 from ..losses import chunked_ce_loss, fused_distill_loss
 from ..models.tensors import attribute_state
 from .base import Stage, freeze_except, select_parameters
@@ -109,6 +110,7 @@ class LogitsStage(Stage):
 
 
 def _inject_lora(student, lora_cfg):
+    require("peft", "trainable: lora")
     from peft import LoraConfig, get_peft_model  # noqa: PLC0415  (peft is only needed for trainable: lora)
 
     names = {n.split(".")[-1] for n, _ in student.named_modules()}

@@ -1,8 +1,8 @@
 """The `matrix` stage: each layer's materialized SSM mixing matrix against the teacher's softmax attention.
 
 Per selected layer with an SSM part (P_l < t), on the teacher's own input to that layer:
-``M = (A^x o C B^T) diag(dt)`` (``capture.ssm_matrix_rows``) vs the teacher's attention probabilities
-(``capture.attention_rows``), compared by ``losses.frobenius_loss`` (MOHAWK's per-head Frobenius distance) on
+``M = (A^x o C B^T) diag(dt)`` (``models.capture.ssm_matrix_rows``) vs the teacher's attention probabilities
+(``models.capture.attention_rows``), compared by ``losses.frobenius_loss`` (MOHAWK's per-head Frobenius distance) on
 rows >= P_l (earlier rows are attention in the student, exact by construction). All in fp32, built in blocks
 of query rows with activation checkpointing: one block's (b, h, rows, t) matrices are alive at a time, for
 every head at once, and rows before P_l are never built. Packed documents: both matrices are block-diagonal
@@ -18,8 +18,9 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..losses import frobenius_loss
+from ..models.capture import attention_rows, decoder_layers, ssm_matrix_inputs, ssm_matrix_rows, teacher_qk
 from ..models.modeling import packed_seq_idx
-from .capture import LayerParallelStage, attention_rows, decoder_layers, ssm_matrix_inputs, ssm_matrix_rows, teacher_qk
+from .layer_parallel import LayerParallelStage
 
 
 def _block(q, k, scale, C, B, dt, log_decay, r0, r1, same_doc, row_ok):

@@ -21,6 +21,7 @@ Writing and reading one checkpoint folder is ``tm_distill.checkpoint``'s.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import re
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from ..atomic import temp_is_stale
-from ..checkpoint import STATE_FILE, read_training_state
+from ..checkpoint import STATE_FILE, CheckpointError, read_training_state
 
 log = logging.getLogger(__name__)
 
@@ -172,5 +173,18 @@ def find_resume_point(output_dir: str | Path, stage_names: list[str]) -> ResumeP
     return ResumePoint(idx, path, step, state)
 
 
+def read_seeded_kl(path: Path) -> dict:
+    """A run's seeded_kl.json ({"heldout_kl", ...}); CheckpointError naming it when it is damaged."""
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as err:  # bad JSON or bytes that are not UTF-8 alike
+        record = err
+    if not isinstance(record, dict) or not isinstance(record.get("heldout_kl"), (int, float)):
+        reason = str(record).splitlines()[0][:200] if isinstance(record, ValueError) else "no heldout_kl number"
+        raise CheckpointError(f"{path} cannot be read ({reason}): delete it to resume (the starting held-out KL is "
+                              "then measured on the checkpoint resumed from), or start a new run in another output_dir")
+    return record
+
+
 __all__ = ["ResumePoint", "capture_rng", "clean_temp", "drop_superseded", "find_resume_point", "locate_resume_point",
-           "newest_checkpoint", "prune", "restore_rng", "stage_dir", "stage_folders", "step_checkpoints"]
+           "newest_checkpoint", "prune", "read_seeded_kl", "restore_rng", "stage_dir", "stage_folders", "step_checkpoints"]

@@ -19,7 +19,7 @@ import shutil
 import socket
 from pathlib import Path
 
-from ..atomic import is_alive
+from ..atomic import DENIED, FULL, OutputNotWritable, is_alive
 from ..errors import UserError
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,6 @@ LOCK_FILE = ".tm-distill.lock"
 
 class RunFolderBusy(UserError):
     """Another live run holds the output folder."""
-
-
-class OutputNotWritable(UserError):
-    """The output folder cannot be written (read-only, no permission, disk full)."""
 
 
 def busy_message(out: Path, holder: dict) -> str:
@@ -103,8 +99,6 @@ def _not_writable(out: Path, err: OSError) -> OutputNotWritable:
                              "write to, on a disk with free space")
 
 
-_FULL = (errno.ENOSPC, errno.EDQUOT)
-_DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
 _WRITERS = ("write", "inline_container", "ioerror", "no space left", "quota")  # torch's and safetensors' wording
 _LOW_SPACE = 64 * 2**20
 
@@ -114,9 +108,9 @@ def write_failure(err: BaseException, out: Path) -> OutputNotWritable | None:
     permission (torch and safetensors report a full disk as RuntimeError: then the free space decides),
     else None."""
     reason = None
-    if isinstance(err, OSError) and err.errno in _FULL:
+    if isinstance(err, OSError) and err.errno in FULL:
         reason = err.strerror
-    elif isinstance(err, OSError) and err.errno in _DENIED and err.filename:
+    elif isinstance(err, OSError) and err.errno in DENIED and err.filename:
         inside = Path(os.path.abspath(err.filename))
         if inside == out.absolute() or out.absolute() in inside.parents:
             reason = f"{err.strerror}: {err.filename}"

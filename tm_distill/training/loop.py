@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import save_checkpoint
 from ..data.tokens import document_positions, iterate_batches
+from ..errors import UserError
 from ..models.configuration import ATTENTION_ONLY
 from ..models.modeling import use_transpoints
 from ..models.tensors import attribute_state
@@ -53,7 +54,7 @@ from .stopping import StopFlag
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     pass
 
 

@@ -15,7 +15,8 @@ from transformers import AutoConfig, PretrainedConfig
 
 from ..convert.calibrate import default_windows
 from ..convert.teacher import CustomCodeRefused, TeacherNotFound, check_no_custom_code, resolve_source
-from ..convert.transpoints import TransPointSpecError, describe_transpoints, parse_transpoints
+from ..convert.transpoints import TransPointSpecError, describe_transpoints
+from ..plan import resolve_transpoints
 from ..recipe import Recipe, RecipeError
 from .tracking import check_trackers
 
@@ -147,6 +148,16 @@ def _check_ssm(options: dict) -> None:
         raise RecipeError(f"ssm.{err.key}", err.message) from None
 
 
+def _check_lora(recipe: Recipe) -> None:
+    """``trainable: lora`` needs peft, an extra: refused before any work when it is not installed."""
+    from ..extras import available, install_hint  # noqa: PLC0415
+
+    for i, stage in enumerate(recipe.stages):
+        if stage.trainable == "lora" and not available("peft"):
+            raise RecipeError(f"stages[{i}].trainable", f"lora needs peft, which is not installed: "
+                                                        f"{install_hint('peft')}")
+
+
 def _check_teacher_family(config: PretrainedConfig | None) -> None:
     from ..convert.seed import UnsupportedTeacher, teacher_adapter  # noqa: PLC0415
 
@@ -177,24 +188,13 @@ def _check_student(student: str | None, teacher: PretrainedConfig | None) -> Non
         raise RecipeError("student", str(err)) from None
 
 
-def _check_auto(spec: str, num_layers: int | None, seq_len: int) -> None:
-    """An ``auto`` spec parses, and its budget is reachable (checked before any calibration)."""
-    from ..plan import AutoSpecError, check_budget, parse_auto_spec  # noqa: PLC0415
-
-    try:
-        auto = parse_auto_spec(spec)
-        if num_layers is not None:
-            check_budget(auto.kv_budget, num_layers, auto.context or seq_len)
-    except AutoSpecError as err:
-        raise RecipeError("transpoints", str(err)) from None
-
-
 def resolve_plan(recipe: Recipe, config: PretrainedConfig | None, processes: int = 1) -> Plan:
     """Check the recipe against the teacher's config (when known) and compute each stage's budget on
     ``processes`` processes (a stage's ``tokens`` is the run's budget: more processes, fewer steps)."""
     _check_output_dir(recipe.output_dir, recipe.teacher)
     _check_ssm(recipe.ssm)
     check_trackers(recipe.report_to)
+    _check_lora(recipe)
     _check_teacher_family(config)
     _check_student(recipe.student, config)
     n_layers = getattr(config, "num_hidden_layers", None) if config is not None else None
@@ -222,14 +222,10 @@ def resolve_plan(recipe: Recipe, config: PretrainedConfig | None, processes: int
                                 s.optimizer.lr, s.precision, s.transpoint_schedule, generated))
         if s.loss.layers is not None and n_layers is not None and any(j >= n_layers for j in s.loss.layers):
             raise RecipeError(f"stages[{i}].loss.layers", f"layer indices must be < {n_layers}")
-    tps = None
-    if recipe.transpoints.startswith("auto"):
-        _check_auto(recipe.transpoints, n_layers, recipe.data.seq_len)
-    elif n_layers is not None:
-        try:
-            tps = parse_transpoints(recipe.transpoints, n_layers)
-        except TransPointSpecError as err:
-            raise RecipeError("transpoints", str(err)) from None
+    try:  # checked only, not planned: an auto spec is planned when the run has the teacher and its data
+        tps, _ = resolve_transpoints(recipe.transpoints, n_layers, seq_len=recipe.data.seq_len)
+    except TransPointSpecError as err:
+        raise RecipeError("transpoints", str(err)) from None
     return Plan(recipe, n_layers, max_pos, tps, stages)
 
 

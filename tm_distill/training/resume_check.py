@@ -1,15 +1,16 @@
 """``--resume`` continues the run its output folder holds, so the recipe must be the one that run started with.
 
 The run's ``recipe.yaml`` is compared with the recipe given to ``--resume``. A key may differ only where the
-work already done stays what the recipe says:
+work already done stays what the recipe says; each key's ``resume`` metadata in ``recipe.py`` says where
+(``recipe.RESUME_RULES``):
 
-- anywhere: ``device``, ``max_time``, ``report_to``, ``output_dir`` (compared as resolved paths: ``runs/x/`` and an
-  absolute path are the same folder; a run moved elsewhere continues where it is), and each stage's
-  ``checkpoint_every``, ``keep_last``, ``log_every``,
-  ``eval_every`` (bookkeeping);
+- ``any``: anywhere (``device``, ``max_time``, each stage's ``checkpoint_every``, ...: bookkeeping);
+- ``moved``: ``output_dir``, compared as resolved paths (``runs/x/`` and an absolute path are the same
+  folder; a run moved elsewhere continues where it is);
 - a stage that has not started yet (no checkpoint of it or of a later stage): any of its keys but ``name``;
-- the stage in progress: ``optimizer.lr`` and ``precision`` (to recover from a divergence), and, when it is
-  the last stage, ``steps``/``tokens`` when they make it longer.
+- ``in_progress``: also in the stage in progress (its ``optimizer.lr`` and ``precision``, to recover from a
+  divergence);
+- ``longer``: also in the last stage while it is in progress, when they make it longer (``steps``/``tokens``).
 
 Everything else (teacher, TransPoints, data, seed, ssm, the stage list, finished stages) is refused, naming
 each differing key. Allowed changes are recorded: appended to ``OUTPUT/recipe_changes.jsonl`` (when, at which
@@ -30,16 +31,13 @@ import yaml
 from .. import safe_yaml
 from ..atomic import atomic_write_file
 from ..recipe import Recipe, RecipeError, dump_recipe, recipe_from_dict
+from ..recipe_meta import resume_keys, resume_rule
 from .checkpoint import locate_resume_point
 
 log = logging.getLogger(__name__)
 
 RECIPE_FILE = "recipe.yaml"
 CHANGES_FILE = "recipe_changes.jsonl"
-SAFE_TOP = {"device", "max_time", "report_to"}
-SAFE_STAGE = {"checkpoint_every", "keep_last", "log_every", "eval_every"}
-RECOVERY = {"optimizer.lr", "precision"}  # the stage in progress, e.g. after a divergence
-LENGTH = {"steps", "tokens"}  # the last stage in progress, longer only
 
 
 @dataclass
@@ -88,27 +86,27 @@ def classify(old: Recipe, new: Recipe, next_stage: int, steps_done: int) -> tupl
         if a.get(key) == b.get(key):
             continue
         change = Change(key, a.get(key), b.get(key), "")
-        where = _stage_key(key)
-        if key == "output_dir":
+        where, rule = _stage_key(key), resume_rule(key)
+        if rule == "moved":
             ok, change.why = True, "the run's folder moved: it continues where it is"
         elif where is None:
-            ok = key in SAFE_TOP
+            ok = rule == "any"
             change.why = "does not change the result" if ok else "the work done so far depends on it"
         else:
             idx, sub = where
             started = idx < next_stage or (idx == next_stage and steps_done > 0)
-            if sub in SAFE_STAGE:
+            if rule == "any":
                 ok, change.why = True, "bookkeeping"
             elif not started:
                 ok, change.why = True, f"stage {idx} has not started"
             elif idx < next_stage:
                 ok, change.why = False, f"stage {idx} ({new_names[idx]}) is finished"
-                if sub in LENGTH and idx == last:
+                if rule == "longer" and idx == last:
                     change.why += ("; to train longer, start a new run from its result with "
                                    f"student: {Path(new.output_dir) / 'final'}")
-            elif sub in RECOVERY:
+            elif rule == "in_progress":
                 ok, change.why = True, f"stage {idx} continues from step {steps_done} with it"
-            elif sub in LENGTH and idx == last:
+            elif rule == "longer" and idx == last:
                 seq_len = new.stage_seq_len(new.stages[idx])
                 before, after = old.stages[idx].total_steps(seq_len), new.stages[idx].total_steps(seq_len)
                 ok = after >= before
@@ -116,10 +114,24 @@ def classify(old: Recipe, new: Recipe, next_stage: int, steps_done: int) -> tupl
                               f"the last stage would shrink from {before} to {after} steps; only longer is allowed")
             else:
                 ok = False
-                change.why = (f"stage {idx} is in progress (step {steps_done}); only its lr and precision may change"
-                              + (", and its steps/tokens to run longer" if idx == last else ""))
+                change.why = (f"stage {idx} is in progress (step {steps_done}); only its {_stage_keys('in_progress')}"
+                              f" may change" + (f", and its {_stage_keys('longer')} to run longer" if idx == last
+                                                else ""))
         (allowed if ok else refused).append(change)
     return allowed, refused
+
+
+def _stage_keys(rule: str) -> str:
+    """"optimizer.lr, precision": a stage's keys with ``rule``, without the ``stages[i].`` prefix."""
+    return ", ".join(sorted(k.removeprefix("stages[i].") for k in resume_keys(rule) if k.startswith("stages[i].")))
+
+
+def safe_on_resume() -> str:
+    """What ``--resume`` accepts, from the schema's ``resume`` metadata, as one sentence for an error."""
+    anywhere = ", ".join(k for k in resume_keys("any") + resume_keys("moved") if not k.startswith("stages["))
+    return (f"{anywhere}; each stage's {_stage_keys('any')}; the {_stage_keys('in_progress')} of the stage in "
+            f"progress; the {_stage_keys('longer')} of the last stage (longer only); any key of a stage that has "
+            "not started")
 
 
 def check_resume(recipe: Recipe, output_dir: str | Path) -> list[Change]:
@@ -131,9 +143,10 @@ def check_resume(recipe: Recipe, output_dir: str | Path) -> list[Change]:
         return []  # the run stopped before writing it: nothing was done that a recipe must match
     try:
         old = recipe_from_dict(safe_yaml.load(path.read_text()) or {})
-    except (RecipeError, yaml.YAMLError) as err:
-        raise RecipeError("", f"cannot read the run's {path} ({err}): resume with the tm-distill version that "
-                              "started the run, or start a new run in another output_dir") from None
+    except (RecipeError, yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = safe_yaml.describe(err) if isinstance(err, yaml.YAMLError) else " ".join(str(err).split())
+        raise RecipeError("", f"cannot read the run's {path} ({reason[:200]}): resume with the tm-distill version "
+                              "that started the run, or start a new run in another output_dir") from None
     if Path(old.output_dir).expanduser().resolve() == out.expanduser().resolve():
         old.output_dir = recipe.output_dir  # the same folder, written another way (runs/x/, an absolute path)
     next_stage, _, steps_done = locate_resume_point(out, [s.name for s in old.stages])
@@ -143,10 +156,7 @@ def check_resume(recipe: Recipe, output_dir: str | Path) -> list[Change]:
         raise RecipeError("", (
             f"--resume continues the run in {out} with the recipe it started with ({path}), but these keys "
             f"differ:\n{lines}\nRevert them (or leave out the overrides), or start a new run with another "
-            "output_dir. Safe to change on resume: device, max_time, report_to, output_dir; checkpoint_every, keep_last, log_every, "
-            "eval_every; the lr and "
-            "precision of the stage in progress; steps/tokens of the last stage (longer only); any key of a "
-            "stage that has not started."))
+            f"output_dir. Safe to change on resume: {safe_on_resume()}."))
     if allowed:
         _record(out, recipe, allowed, next_stage, steps_done)
     return allowed
@@ -173,4 +183,4 @@ def apply_peak_lr(optimizer, scheduler, lr: float) -> None:
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
-__all__ = ["CHANGES_FILE", "Change", "apply_peak_lr", "check_resume", "classify", "flatten"]
+__all__ = ["CHANGES_FILE", "Change", "apply_peak_lr", "check_resume", "classify", "flatten", "safe_on_resume"]

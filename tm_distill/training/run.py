@@ -20,8 +20,8 @@ import torch
 from ..atomic import atomic_folder, atomic_write_file, link_or_copy
 from ..card import write_card
 from ..checkpoint import read_metadata
-from ..recipe import Recipe, RecipeError, dump_recipe, parse_duration
-from .checkpoint import ResumePoint, clean_temp, find_resume_point, stage_dir, stage_folders
+from ..recipe import Recipe, RecipeError, dump_recipe, parse_duration, recipe_key
+from .checkpoint import ResumePoint, clean_temp, find_resume_point, read_seeded_kl, stage_dir, stage_folders
 from .data import check_batches, heldout_windows
 from .distributed import shard_teacher
 from .loop import StageRun, TrainingDiverged, TrainingStopped, train_stage
@@ -82,18 +82,27 @@ def _device(recipe: Recipe) -> str:
     return "cuda" if recipe.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
 
 
-def _resolve_transpoints(recipe: Recipe, teacher, texts: list[str], seq_len: int, device) -> tuple[list[int], str]:
-    from ..convert import parse_transpoints  # noqa: PLC0415
+def _resolve_transpoints(recipe: Recipe, teacher, documents, recorded: list[int] | None, device
+                         ) -> tuple[list[int], str]:
+    """The run's TransPoints; ``auto:`` is planned on ``documents``' (``run_documents``) training split at
+    data.seq_len, the split the run's held-out windows come from."""
+    from ..plan import resolve_transpoints  # noqa: PLC0415
 
-    if recipe.transpoints.startswith("auto"):
-        from ..data.tokens import training_documents  # noqa: PLC0415
-        from ..plan import resolve_auto  # noqa: PLC0415
+    def training_texts() -> list[str]:  # planning never reads the held-out documents
+        with recipe_key("data"):
+            return documents.training_texts(recipe.data.seq_len)
 
-        train = training_documents(texts, teacher.tokenizer, seq_len, heldout_fraction=recipe.data.heldout_fraction,
-                                   seed=recipe.seed)  # planning never reads the held-out documents
-        return resolve_auto(recipe.transpoints, teacher.model, teacher.tokenizer, train, seq_len, device=device,
-                            seed=recipe.seed)
-    return parse_transpoints(recipe.transpoints, teacher.model.config.num_hidden_layers), ""
+    with recipe_key("transpoints"):
+        return resolve_transpoints(recipe.transpoints, teacher.model.config.num_hidden_layers, teacher=teacher,
+                                   texts=training_texts, seq_len=recipe.data.seq_len, seed=recipe.seed,
+                                   device=device, recorded=recorded)
+
+
+def _load_teacher(recipe: Recipe, dtype: torch.dtype, device: str):
+    from ..convert import load_teacher  # noqa: PLC0415
+
+    with recipe_key("teacher"):  # a teacher that is missing or unreadable names the recipe key
+        return load_teacher(recipe.teacher, dtype=dtype, device=device)
 
 
 def _copy_atomic(src: Path, dest: Path) -> None:
@@ -175,8 +184,8 @@ def _write_json(path: Path, data: dict) -> None:
 
 def run_contents(out: Path) -> list[Path]:
     """What in ``out`` belongs to a run, whatever its recipe: stage folders, final/, metrics, summary, ..."""
-    names = ("final", METRICS_FILE, SUMMARY_FILE, RECIPE_FILE, CHANGES_FILE, _SEEDED_FILE, _CALIBRATION_FILE,
-             "tensorboard")
+    names = ("final", SEED_DIR, METRICS_FILE, SUMMARY_FILE, RECIPE_FILE, CHANGES_FILE, _SEEDED_FILE,
+             _CALIBRATION_FILE, "tensorboard")
     return [p for _, p in stage_folders(out)] + [out / n for n in names if (out / n).exists()]
 
 
@@ -206,7 +215,8 @@ def run_documents(recipe: Recipe, tokenizer, texts: list[str] | None = None):
 
     if texts is None:
         texts = load_texts(recipe.data.source, text_field=recipe.data.text_field)
-    return Documents(texts, tokenizer, recipe.data.heldout_fraction, recipe.seed, recipe.data.source)
+    return Documents(texts, tokenizer, recipe.data.heldout_fraction, recipe.seed, recipe.data.source,
+                     recipe.data.max_tokens)
 
 
 def build_data(recipe: Recipe, teacher, texts, device: str, world: int) -> tuple[dict, torch.Tensor]:
@@ -214,7 +224,6 @@ def build_data(recipe: Recipe, teacher, texts, device: str, world: int) -> tuple
 
     texts: data.source's documents, or their ``run_documents`` (then shared with calibration).
     """
-    from ..data.tokens import cap_windows  # noqa: PLC0415
     from ..data.windows import Documents  # noqa: PLC0415
 
     docs = texts if isinstance(texts, Documents) else run_documents(recipe, teacher.tokenizer, texts)
@@ -222,7 +231,7 @@ def build_data(recipe: Recipe, teacher, texts, device: str, world: int) -> tuple
     sampled = Documents(sampled, teacher.tokenizer, 0.0, recipe.seed) if sampled else None
     data = {}
     for seq_len in sorted({recipe.data.seq_len, *(recipe.stage_seq_len(s) for s in recipe.stages)}):
-        data[seq_len] = cap_windows(docs.windows(seq_len), recipe.data.max_tokens)  # a copy: changed below
+        data[seq_len] = docs.dataset(seq_len)  # capped by data.max_tokens; a new TokenData: changed below
         if recipe.data.mixture:
             _mix(recipe, teacher, data[seq_len], device)
         if sampled:  # training only: the held-out windows stay the source's own text
@@ -327,7 +336,7 @@ def _starting_kl(recipe: Recipe, student, teacher, heldout, transpoints, out: Pa
     calibrated it (None otherwise): {"heldout_kl", "heldout_kl_converted"}, kept from the first call on resume."""
     seeded_file = out / _SEEDED_FILE
     if seeded_file.exists() and resume:
-        return {"heldout_kl_converted": None, **json.loads(seeded_file.read_text())}
+        return {"heldout_kl_converted": None, **read_seeded_kl(seeded_file)}
     seed_meta = read_metadata(out / SEED_DIR) if recipe.calibrate is not None and not recipe.student else {}
     kls = {"heldout_kl": heldout_kl(student, teacher.model, heldout, transpoints),
            "heldout_kl_converted": seed_meta.get("heldout_kl_converted")}
@@ -367,8 +376,6 @@ def run_stages(recipe: Recipe, student, teacher, data: dict, heldout, transpoint
 def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -> dict:
     from accelerate import Accelerator  # noqa: PLC0415
 
-    from ..convert import load_teacher  # noqa: PLC0415
-
     device = _device(recipe)
     out = Path(recipe.output_dir)
     names = [s.name for s in recipe.stages]
@@ -377,20 +384,19 @@ def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -
     _check_output_dir(recipe, out, resume, force, accelerator.is_main_process)
     if device == "cuda":  # this process's GPU (cuda:<local rank> under accelerate launch): "cuda" means it below
         torch.cuda.set_device(accelerator.local_process_index)
-    if teacher is None:
-        teacher = load_teacher(recipe.teacher, dtype=dtype, device=device)
+    teacher = teacher if teacher is not None else _load_teacher(recipe, dtype, device)
     teacher.model.eval().requires_grad_(False)
     plan = resolve_plan(recipe, teacher.model.config, accelerator.num_processes)
     _seed_everything(recipe.seed)
-    documents = run_documents(recipe, teacher.tokenizer)
-    data, heldout = build_data(recipe, teacher, documents, device, accelerator.num_processes)
+    with recipe_key("data.source"):
+        documents = run_documents(recipe, teacher.tokenizer)
+    with recipe_key("data"):
+        data, heldout = build_data(recipe, teacher, documents, device, accelerator.num_processes)
     if accelerator.is_main_process:
         clean_temp(out)
     point = find_resume_point(out, names) if resume else ResumePoint(0, None, 0, None)
-    if point.path is not None and recipe.transpoints.startswith("auto"):  # keep what the run chose
-        transpoints, why = read_metadata(point.path)["transpoints"], "resumed: the schedule the run chose"
-    else:
-        transpoints, why = _resolve_transpoints(recipe, teacher, documents.texts, recipe.data.seq_len, device)
+    recorded = read_metadata(point.path).get("transpoints") if point.path is not None else None  # what it chose
+    transpoints, why = _resolve_transpoints(recipe, teacher, documents, recorded, device)
     if why:
         log.info("auto TransPoints: %s", why)
     student = build_student(recipe, teacher, point, transpoints, out, device, accelerator.is_main_process, heldout,

@@ -6,13 +6,15 @@ import pytest
 import torch
 
 from tm_distill.convert import seed_student
-from tm_distill.models.configuration import ATTENTION_ONLY
-from tm_distill.ops import ssd_scan_ref
-from tm_distill.stages.capture import (
-    capture_teacher, decoder_layers, head_chunk_size, record_activations, ssm_mixing_matrix,
+from tm_distill.models.capture import (
+    capture_teacher,
+    decoder_layers,
+    record_activations,
+    ssm_mixing_matrix,
     teacher_attention_matrix,
 )
-
+from tm_distill.models.configuration import ATTENTION_ONLY
+from tm_distill.ops import ssd_scan_ref
 
 
 def _attention_output(attn, hidden, pe, probs):
@@ -108,12 +110,6 @@ def test_hybrid_rows_after_transpoint_see_the_whole_prefix(tiny_teacher):
         y = torch.einsum("bhts,bshp->bthp", M, v) + v * mixer.D.view(1, 1, -1, 1)
         expect = mixer.o_proj(y.reshape(1, t, 64))
     torch.testing.assert_close(out[:, P:], expect[:, P:], atol=1e-5, rtol=1e-4)
-
-
-def test_head_chunk_size_bounds():
-    assert head_chunk_size(1, 128, 9, 2**40) == 9
-    assert head_chunk_size(2, 2048, 32, 2**28) == 1
-    assert head_chunk_size(1, 256, 32, 8 * 4 * 256 * 256 * 5) == 5
 
 
 def test_capture_real_teacher_matches_its_forward(smol, real_text):

@@ -6,7 +6,7 @@ place at that position) and each switching layer's SSM state (rewritten in place
 a step computes per layer — attention, the SSM, or both and a per-row choice (left padding) — depends only on
 the position relative to the layer's TransPoint; ``phase`` names that for every layer. One graph is captured
 per phase, when decoding first reaches it: a schedule has at most a few phases per TransPoint crossed, and
-the crossing step itself (the converter's state is current, see ``models/cache.py``) is captured like any
+the crossing step itself (the converter's state is current, see ``cache.py``) is captured like any
 other. A dynamic cache is captured only once every layer is past its TransPoint (it holds no KV then).
 
 Usage::
@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from ..models.cache import TransMambaCache
+from ..ops.decode import fused_update_available
+from .cache import TransMambaCache
 
 
 class GraphCaptureError(RuntimeError):
@@ -50,8 +51,6 @@ def capturable_reason(model, cache: TransMambaCache) -> str | None:
                 f"{seen} tokens and grow a dynamic KV cache every step; use a static cache "
                 "(TransMambaCache(..., max_length=N)) or decode them eagerly"
             )
-    from .decode import fused_update_available
-
     for i, s in enumerate(cache.states):
         if not cfg.switches(i) or not cache.reaches(cfg.transpoints[i]):
             continue
