@@ -76,6 +76,20 @@ def test_uncapped_documents_cache_their_windows_as_build_token_dataset_does(tmp_
     assert same.meta["from_cache"] and torch.equal(same.train, data.train)
 
 
+def test_the_training_documents_hold_no_heldout_one_and_keep_the_cap(tmp_path, monkeypatch):
+    """`auto:` planning's Documents: the training documents at the run's seq_len, none held out, at any window
+    length; capped, their windows stay in memory (the cache keeps only the capped dataset)."""
+    docs, held = _split(tmp_path, monkeypatch)
+    capped = Documents(docs.texts, TOK, 0.2, 3, max_tokens=16)
+    for source in (docs, capped):
+        train = source.training(8)
+        assert (train.heldout_fraction, train.max_tokens) == (0.0, source.max_tokens)
+        assert sorted(train.texts) == sorted(docs.training_texts(8))
+        assert not _docs_of(train.windows(6).train) & held and _docs_of(train.windows(6).train)
+    before = sorted((tmp_path / "tokens").glob("*.pt"))
+    assert capped.training(8).windows(12).train.shape[0] > 2 and sorted((tmp_path / "tokens").glob("*.pt")) == before
+
+
 def test_one_document_is_left_whole_only_when_asked(tmp_path, monkeypatch):
     monkeypatch.setenv("TM_DISTILL_CACHE", str(tmp_path))
     (tmp_path / "one.txt").write_text("short text, one document")

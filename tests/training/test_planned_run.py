@@ -18,7 +18,7 @@ def test_a_run_plans_on_its_training_documents_only(monkeypatch, tiny_recipe):
     seen = {}
 
     def fake(spec, model, tokenizer, texts, seq_len, **kw):
-        seen["texts"] = list(texts)
+        seen["texts"] = list(texts.texts)  # the run's training documents, as data.windows.Documents
         return [0, ATTN], "planned"
 
     monkeypatch.setattr(plan_module, "resolve_auto", fake)

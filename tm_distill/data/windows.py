@@ -72,6 +72,11 @@ class Documents:
         return tokens.training_documents(self.texts, self.tokenizer, seq_len, heldout_fraction=self.heldout_fraction,
                                          seed=self.seed)
 
+    def training(self, seq_len: int) -> Documents:
+        """The documents ``windows(seq_len)`` trains on as Documents of their own: none held out, windows at any
+        length, the same max_tokens (a capped run's are held in memory only). What `auto:` planning reads."""
+        return Documents(self.training_texts(seq_len), self.tokenizer, 0.0, self.seed, self.source, self.max_tokens)
+
 
 def load_documents(source: str, tokenizer, *, heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
                    seed: int = DEFAULT_SPLIT_SEED, text_field: str = "text", whole_if_one: bool = False) -> Documents:

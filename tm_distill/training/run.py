@@ -88,13 +88,13 @@ def _resolve_transpoints(recipe: Recipe, teacher, documents, recorded: list[int]
     data.seq_len, the split the run's held-out windows come from."""
     from ..plan import resolve_transpoints  # noqa: PLC0415
 
-    def training_texts() -> list[str]:  # planning never reads the held-out documents
+    def training():  # planning never reads the held-out documents
         with recipe_key("data"):
-            return documents.training_texts(recipe.data.seq_len)
+            return documents.training(recipe.data.seq_len)
 
     with recipe_key("transpoints"):
         return resolve_transpoints(recipe.transpoints, teacher.model.config.num_hidden_layers, teacher=teacher,
-                                   texts=training_texts, seq_len=recipe.data.seq_len, seed=recipe.seed,
+                                   texts=training, seq_len=recipe.data.seq_len, seed=recipe.seed,
                                    device=device, recorded=recorded)
 
 
