@@ -2,7 +2,8 @@
 
 The process runs isolated (``python -I -S``): site-packages is put on ``sys.path`` by hand, so its ``.pth``
 files, among them the editable install's finder for tm_distill, never run; the working directory is a temporary
-folder, not the repository, and ``PYTHON*`` variables are dropped; every import finder is wrapped so that it
+folder, not the repository, and ``PYTHON*`` variables are dropped (PYTHONPATH's folders that hold no
+tm_distill are kept on ``sys.path``); every import finder is wrapped so that it
 finds neither tm_distill (a regular install would sit in site-packages itself) nor any package named in
 ``blocked``, as on a machine without them. Before ``code`` runs, ``import tm_distill`` must fail, or the run
 stops: a test that used it would prove nothing.
@@ -45,13 +46,21 @@ except ModuleNotFoundError:
 """
 
 
+def _pythonpath_without_tm_distill() -> list[str]:
+    """The PYTHONPATH folders that hold no tm_distill: packages installed with ``pip --target`` (as on the GPU
+    machine, where mamba-ssm sits in such a folder) stay importable, the repository checkout does not."""
+    folders = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return [p for p in folders if not (Path(p) / "tm_distill").exists()]
+
+
 def run_without_tm_distill(code: str, cwd: Path, *args: str, timeout: float = 900,
                            blocked: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run ``code`` (``sys.argv[2:]`` = ``args``) with transformers' module cache in ``cwd``, tm_distill and the
     top-level packages in ``blocked`` not importable; fails on exit != 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(HF_MODULES_CACHE=str(cwd / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    isolation = {"path": site.getsitepackages(), "blocked": ["tm_distill", *blocked]}
+    isolation = {"path": [*site.getsitepackages(), *_pythonpath_without_tm_distill()],
+                 "blocked": ["tm_distill", *blocked]}
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", PRELUDE + code, json.dumps(isolation), *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])

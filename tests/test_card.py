@@ -79,3 +79,11 @@ def test_the_card_is_rendered_again_from_the_records(tmp_path):
     assert card == render_card(config, meta, {"license": "mit"}) and meta["training"] == record
     assert "Tokens trained: **192**" in card and "2.5000 before training, **1.2500** after" in card
     assert "distillation" in _front(card)["tags"]
+
+
+def test_lm_eval_metric_keys_and_limits_read_as_a_person_writes_them():
+    from tm_distill.card import _limit, _metric
+
+    assert [_metric(k) for k in ("acc,none", "acc_norm,none", "exact_match,strict-match", "word_perplexity")] == [
+        "acc", "acc_norm", "exact_match (strict-match)", "word_perplexity"]
+    assert [_limit(x) for x in (2.0, 0.1, 5)] == ["2", "0.1", "5"]

@@ -163,13 +163,25 @@ def _evaluation(meta: dict, teacher_source: str) -> list[str]:
              f"{_fmt(s['top1_agreement'], 3)} |", f"| teacher `{ev['teacher']}` | {_fmt(t['perplexity'], 3)} | "
              f"{_fmt(t['kl_to_teacher'])} | {_fmt(t['top1_agreement'], 3)} |", ""]
     for task, scores in (ev.get("lm_eval") or {}).items():
-        lines.append(f"- lm-evaluation-harness `{task}` (limit {ev['lm_eval_limit']}): "
-                     + "; ".join(f"{m} {_fmt(scores['student'][m], 3)} (teacher {_fmt(scores['teacher'].get(m), 3)})"
-                                 for m in scores["student"]) + ".")
+        lines.append(f"- lm-evaluation-harness `{task}` (limit {_limit(ev['lm_eval_limit'])}): "
+                     + "; ".join(f"{_metric(m)} {_fmt(scores['student'][m], 3)} "
+                                 f"(teacher {_fmt(scores['teacher'].get(m), 3)})" for m in scores["student"]) + ".")
     for task, acc in (ev.get("retrieval") or {}).items():
         lines.append(f"- retrieval `{task}` at {ev['retrieval_lengths']} tokens: accuracy {_fmt(acc['student'], 2)} "
                      f"(teacher {_fmt(acc['teacher'], 2)}).")
     return lines + ([""] if lines[-1] else [])
+
+
+def _metric(key: str) -> str:
+    """lm-evaluation-harness's "metric,filter" key as a reader says it: "acc,none" -> "acc",
+    "exact_match,strict-match" -> "exact_match (strict-match)"."""
+    metric, _, how = key.partition(",")
+    return metric if how in ("", "none") else f"{metric} ({how})"
+
+
+def _limit(limit) -> str:
+    """--limit as given: a count (2.0 -> "2") or a fraction of the task (0.1)."""
+    return str(int(limit)) if isinstance(limit, float) and limit.is_integer() else str(limit)
 
 
 def _scores(metrics: dict) -> dict:

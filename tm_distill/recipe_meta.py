@@ -1,4 +1,4 @@
-"""A recipe key's facts, read from the schema's field metadata (``recipe._help``): its help text, its default
+"""A recipe key's facts, read from the schema's field metadata (``recipe_parse.described``): its help text, its default
 and what ``--resume`` may do with it. ``training/resume_check.py`` and ``recipe_docs`` read them here, so a new
 key is described once, where it is declared.
 
@@ -14,7 +14,8 @@ import types
 import typing
 from typing import Any
 
-from .recipe import RESUME_RULES, Recipe
+from .recipe import Recipe
+from .recipe_parse import RESUME_RULES
 
 _INDEX = re.compile(r"\[(?:\d+|i)\]")
 

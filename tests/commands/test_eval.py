@@ -126,7 +126,7 @@ def test_tasks_score_a_local_lm_eval_task_into_the_report_and_the_card(student_d
     assert TASK in (out / "report.md").read_text()
     acc, teacher_acc = scores["cycle"][TASK]["acc,none"], scores["teacher"][TASK]["acc,none"]
     card = (student_dir / "README.md").read_text()
-    assert f"lm-evaluation-harness `{TASK}` (limit 2.0): acc,none {acc:.3f} (teacher {teacher_acc:.3f})." in card
+    assert f"lm-evaluation-harness `{TASK}` (limit 2): acc {acc:.3f} (teacher {teacher_acc:.3f})." in card
 
 
 @pytest.mark.slow

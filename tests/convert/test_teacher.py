@@ -58,3 +58,26 @@ def test_unreadable_sources(tmp_path, tiny_teacher_dir, kind, fragment):
         (source / "tokenizer.json").write_bytes((tiny_teacher_dir / "tokenizer.json").read_bytes())
     with pytest.raises((TeacherNotFound, UnreadableModel), match=fragment):
         load_teacher(str(source))
+
+
+def test_a_bpe_tokenizer_saved_with_cleanup_decodes_without_the_warning(tmp_path, smol, caplog):
+    """A GGUF's tokenizer is saved with clean_up_tokenization_spaces=True, which transformers ignores for BPE and
+    warns about on every decode (seen on each `tm-distill generate`): loaded here it decodes the same, silently."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from tm_distill.convert.teacher import load_tokenizer
+
+    smol.tokenizer.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "clean_up_tokenization_spaces": True}))
+    plain = AutoTokenizer.from_pretrained(tmp_path)
+    assert plain.clean_up_tokenization_spaces
+    ids = plain("Hello , world ! It's fine .")["input_ids"]
+    tok = load_tokenizer(tmp_path, "a test tokenizer")
+    with caplog.at_level("WARNING"):
+        text = tok.decode(ids)
+    assert text == "Hello , world ! It's fine ." == plain.decode(ids, clean_up_tokenization_spaces=False)
+    assert not tok.clean_up_tokenization_spaces
+    assert "clean_up_tokenization_spaces" not in caplog.text

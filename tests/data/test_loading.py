@@ -198,3 +198,18 @@ def test_rows_without_the_text_field_are_counted(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert load_texts(tmp_path / "d.jsonl", split_single=False) == ["one", "two"]
     assert any("2 of 4 rows have no 'text' (missing or null): dropped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_local_file_is_read_without_datasets_progress_bars_and_the_setting_comes_back(tmp_path, capfd):
+    import datasets
+
+    path = tmp_path / "notes.jsonl"
+    path.write_text(json.dumps({"text": "one short note"}) + "\n")
+    datasets.enable_progress_bars()
+    assert load_texts(str(path)) == ["one short note"]
+    assert "Generating" not in capfd.readouterr().err
+    assert datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    load_texts(str(tmp_path / "notes.jsonl"))
+    assert not datasets.is_progress_bar_enabled()
+    datasets.enable_progress_bars()

@@ -216,12 +216,23 @@ def load_teacher(source: str, dtype: torch.dtype = torch.float32, device: str | 
     return Teacher(model=model, tokenizer=tokenizer, source=resolved)
 
 
+def _no_bpe_cleanup(tokenizer):
+    """A BPE tokenizer saved with ``clean_up_tokenization_spaces=True`` (as a GGUF's is) gets False: transformers
+    >= 5.17 ignores that cleanup for BPE anyway and warns on every decode, and older versions would strip real
+    spaces before punctuation. Decoded text is transformers' own either way; only the warning goes."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if getattr(tokenizer, "clean_up_tokenization_spaces", False) and type(getattr(backend, "model", None)).__name__ \
+            == "BPE":
+        tokenizer.clean_up_tokenization_spaces = False
+    return tokenizer
+
+
 def load_tokenizer(folder: str | Path, what: str):
     """``AutoTokenizer`` of ``folder`` without the folder's own code: a tokenizer whose ``auto_map`` names its own
     Python is CustomCodeRefused (never prompted, never run), any other failure UnreadableModel; ``what`` names it
     in the one-line message."""
     try:
-        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        return _no_bpe_cleanup(AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False))
     except (OSError, ValueError) as err:
         if "custom code" in str(err):
             raise CustomCodeRefused(f"{what} needs its own Python code (auto_map in tokenizer_config.json): "

@@ -9,6 +9,7 @@ documents of consecutive paragraphs (``split_document``), so part of it can be h
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import re
@@ -127,6 +128,19 @@ def _cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
+@contextlib.contextmanager
+def _quiet_datasets(datasets):
+    """No "Generating train split" bar for a local file: reading it takes a moment, and the command's own
+    progress already shows the step. The user's setting comes back afterwards."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
 def _load_group(builder: str, paths: list[str], split: str, fields: dict) -> list[str]:
     """Documents of ``paths``, all read by one datasets builder; a failure names the file and the reason."""
     import datasets
@@ -134,7 +148,8 @@ def _load_group(builder: str, paths: list[str], split: str, fields: dict) -> lis
     extra = {"sample_by": "document"} if builder == "text" else {}
     where = paths[0] if len(paths) == 1 else f"{len(paths)} {builder} files ({paths[0]}, ...)"
     try:
-        ds = datasets.load_dataset(builder, data_files={split: paths}, split=split, **extra)
+        with _quiet_datasets(datasets):
+            ds = datasets.load_dataset(builder, data_files={split: paths}, split=split, **extra)
         return _extract(ds, where=where, **fields)
     except DataSourceError:
         raise
