@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from .convert.seed import seed_student
 from .convert.transpoints import TransPointSpecError, describe_transpoints, is_auto_spec, parse_transpoints
 from .data.tokens import TokenDataError
+from .data.windows import Documents, spread
 from .models.capture import record_activations
 from .models.configuration import ATTENTION_ONLY
 from .models.modeling import use_transpoints
@@ -108,32 +109,31 @@ def parse_auto_spec(spec: str) -> AutoSpec:
     return AutoSpec(kv_budget=budget, context=context, method=method, recall=recall)
 
 
-def calibration_windows(texts: Sequence[str], tokenizer, seq_len: int, windows: int) -> Tensor:
-    """(k, seq_len) token windows, k <= windows, spread over the documents (from each one's middle).
+def _documents(texts, tokenizer, seed: int = 0) -> Documents:
+    """``texts`` as ``Documents``: those given (their training split), or plain documents, all of them training."""
+    return texts if isinstance(texts, Documents) else Documents(list(texts), tokenizer, 0.0, seed)
 
-    Documents are picked evenly across ``texts``; each gives ceil(windows / docs) consecutive windows.
+
+def calibration_windows(texts: Sequence[str] | Documents, tokenizer, seq_len: int, windows: int) -> Tensor:
+    """(k, seq_len) token windows, k <= windows, spread evenly over the packed training windows of ``texts``.
+
+    texts: documents (all of them may be used) or ``Documents`` (their training split only). The windows are
+    ``Documents.windows``' training windows, first to last, as calibration picks them.
     Raises TokenDataError when the text holds not even one window.
     """
     if seq_len < 2 or windows < 1:
         raise TokenDataError(f"calibration needs seq_len >= 2 and windows >= 1, got seq_len={seq_len}, windows={windows}")
-    docs = [t for t in texts if t.strip()]
-    if not docs:
+    docs = _documents(texts, tokenizer)
+    if not any(t.strip() for t in docs.texts):
         raise TokenDataError("calibration texts are empty: give real text (e.g. the shakespeare corpus)")
-    picked = [docs[(i * len(docs)) // min(windows, len(docs))] for i in range(min(windows, len(docs)))]
-    per_doc = math.ceil(windows / len(picked))
-    out: list[Tensor] = []
-    for doc in picked:
-        span = per_doc * seq_len * 12  # characters: several per token, with room to spare
-        start = max(0, len(doc) // 2 - span // 2)
-        ids = tokenizer(doc[start:start + span], add_special_tokens=False, return_tensors="pt").input_ids[0]
-        for w in range(min(per_doc, len(ids) // seq_len)):
-            out.append(ids[w * seq_len:(w + 1) * seq_len])
-    if not out:
-        raise TokenDataError(f"calibration texts hold no window of {seq_len} tokens: give longer texts or a smaller "
-                         "--seq-len")
-    if len(out) < windows:
-        log.warning("calibration: only %d of %d windows of %d tokens", len(out), windows, seq_len)
-    return torch.stack(out[:windows])
+    try:
+        train = docs.windows(seq_len).train
+    except TokenDataError:
+        raise TokenDataError(f"calibration texts hold no window of {seq_len} tokens: give longer texts or a "
+                             "smaller --seq-len") from None
+    if len(train) < windows:
+        log.warning("calibration: only %d of %d windows of %d tokens", len(train), windows, seq_len)
+    return spread(train, windows)
 
 
 def candidate_points(seq_len: int, fractions: Sequence[float] = CANDIDATE_FRACTIONS) -> list[int]:
@@ -353,10 +353,11 @@ class AutoPlan:
 
 
 def plan_transpoints(
-    spec: str, teacher_model, tokenizer, texts: Sequence[str], seq_len: int, *, windows: int = 2,
+    spec: str, teacher_model, tokenizer, texts: Sequence[str] | Documents, seq_len: int, *, windows: int = 2,
     fractions: Sequence[float] = CANDIDATE_FRACTIONS, seed: int = 0, device=None, progress: bool = True,
 ) -> AutoPlan:
-    """Measure the layers' sensitivity on ``windows`` windows of ``seq_len`` tokens and choose the schedule."""
+    """Measure the layers' sensitivity on ``windows`` windows of ``seq_len`` tokens of ``texts``
+    (``calibration_windows``) and choose the schedule."""
     auto = parse_auto_spec(spec)
     context = auto.context or seq_len
     limit = getattr(teacher_model.config, "max_position_embeddings", None)
@@ -384,12 +385,13 @@ def plan_transpoints(
 
 
 def resolve_auto(
-    spec: str, teacher_model, tokenizer, texts: list[str], seq_len: int, *, device=None, windows: int = 2,
-    seed: int = 0, max_calib_len: int = 1024, importance: dict | None = None,
+    spec: str, teacher_model, tokenizer, texts: Sequence[str] | Documents, seq_len: int, *, device=None,
+    windows: int = 2, seed: int = 0, max_calib_len: int = 1024, importance: dict | None = None,
 ) -> tuple[list[int], str]:
     """Resolve an ``auto:...`` spec to per-layer TransPoints and a human-readable explanation.
 
-    texts: calibration documents (training documents only); seq_len: the training sequence length, the default
+    texts: calibration documents (training documents only, all may be used), or ``Documents`` (their training
+    split only); seq_len: the training sequence length, the default
     context (the spec's context= overrides it); importance: options of ``importance.plan_by_importance``
     (train_steps, train_seconds, window) for method=importance. Calibration windows are min(seq_len, max_calib_len) tokens long: the candidates
     are fractions of the window, so a long context is planned from shorter, cheaper windows.
@@ -408,7 +410,8 @@ def resolve_auto(
 
 
 def resolve_transpoints(
-    spec: str, num_layers: int | None, *, teacher=None, texts: Sequence[str] | Callable[[], Sequence[str]] = (),
+    spec: str, num_layers: int | None, *, teacher=None,
+    texts: Sequence[str] | Documents | Callable[[], Sequence[str] | Documents] = (),
     seq_len: int = PLAN_SEQ_LEN, windows: int = PLAN_WINDOWS, seed: int = 0, device=None,
     importance: dict | None = None, recorded: list[int] | None = None,
 ) -> tuple[list[int] | None, str]:
@@ -416,8 +419,8 @@ def resolve_transpoints(
 
     A fixed spec is parsed for ``num_layers`` layers. An ``auto`` spec is checked first (its grammar, and its
     budget at its context, else ``seq_len``), then planned with ``teacher`` (``.model``, ``.tokenizer``) on
-    ``texts``: training documents only, or a function returning them, called only here (a fixed spec never
-    loads or tokenizes text). ``recorded``: the TransPoints a resumed run chose; an ``auto`` spec keeps them
+    ``texts``: training documents only, or ``Documents`` (their training split only), or a function returning
+    either, called only here (a fixed spec never loads or tokenizes text). ``recorded``: the TransPoints a resumed run chose; an ``auto`` spec keeps them
     rather than planning again. With ``num_layers`` None (teacher not known yet) or no ``teacher``, nothing
     is planned and the TransPoints are None. Raises TransPointSpecError (AutoSpecError) naming the bad part.
     """
@@ -437,16 +440,15 @@ def resolve_transpoints(
 
 def _resolve_by_importance(auto: AutoSpec, teacher_model, tokenizer, texts, seq_len: int, *, device=None, seed=0,
                            window: int = 2048, windows: int = 64, **options) -> tuple[list[int], str]:
-    """method=importance: windows of min(context, ``window``) tokens from ``texts``, then ``plan_by_importance``."""
+    """method=importance: ``windows`` of min(context, ``window``) tokens drawn (seeded) from the training windows
+    of ``texts``, then ``plan_by_importance``."""
     from types import SimpleNamespace  # noqa: PLC0415
 
-    from .data.tokens import build_token_dataset  # noqa: PLC0415
     from .importance import plan_by_importance  # noqa: PLC0415
 
     context = auto.context or seq_len
     check_budget(auto.kv_budget, teacher_model.config.num_hidden_layers, context)
-    length = min(context, window)
-    data = build_token_dataset(texts, tokenizer, length, heldout_fraction=0.0, seed=seed)
+    data = _documents(texts, tokenizer, seed).windows(min(context, window))
     pick = torch.randperm(data.train.shape[0], generator=torch.Generator().manual_seed(seed))[:windows]
     original = next(teacher_model.parameters()).device
     if device is not None and torch.device(device) != original:

@@ -95,3 +95,32 @@ def test_bad_calibration_data_fails_naming_the_key(tiny_recipe, tmp_path):
         run_recipe(recipe_from_dict(tiny_recipe(), [f"calibrate.data={empty}"]))
     assert err.value.key == "calibrate" and str(empty) in str(err.value) and "gave no text" in str(err.value)
     assert not (tmp_path / "run" / "0-logits").exists()
+
+
+def test_calibration_reuses_the_runs_tokenized_data(tiny_recipe, monkeypatch):
+    """Calibrating on data.source at the run's seq_len loads and tokenizes the source once for the whole run, and
+    fits the windows a standalone calibration_windows picks from the same split."""
+    from tm_distill.convert import calibrate
+    from tm_distill.data import loading, tokens
+
+    loads, builds, tokenized, fitted = [], [], [], []
+    real_load, real_build, real_calibrate = loading.load_texts, tokens.build_token_dataset, calibrate.calibrate_student
+    real_tokenize = tokens.tokenize_windows
+    monkeypatch.setattr(loading, "load_texts", lambda source, **kw: loads.append(source) or real_load(source, **kw))
+    monkeypatch.setattr(tokens, "build_token_dataset",
+                        lambda texts, *a, **kw: builds.append(len(texts)) or real_build(texts, *a, **kw))
+    monkeypatch.setattr(tokens, "tokenize_windows",  # the uncapped windows, in memory: the cache keeps the capped
+                        lambda texts, *a, **kw: tokenized.append(len(texts)) or real_tokenize(texts, *a, **kw))
+    monkeypatch.setattr(calibrate, "calibrate_student",
+                        lambda student, teacher, windows, **kw: fitted.append(windows) or real_calibrate(
+                            student, teacher, windows, **kw))
+    raw = tiny_recipe(steps=1)
+    raw["data"]["max_tokens"] = 32 * 6  # the run trains on fewer windows than calibration chooses from
+    run_recipe(recipe_from_dict(raw, ["calibrate.windows=3"]))
+    source = raw["data"]["source"]
+    assert loads == [source] and builds == [len(load_texts(source))] and tokenized == builds
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(raw["teacher"])
+    alone, _ = calibrate.calibration_windows(source, tokenizer, 32, 3, heldout_fraction=0.2, seed=0)
+    assert torch.equal(fitted[0], alone)

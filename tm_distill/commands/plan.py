@@ -27,7 +27,8 @@ def _a_number(ctx, param, value: float) -> float:
 @click.option("--budget", required=True, help="Memory budget: kv=25% keeps at most 25% of the teacher's KV cache.")
 @click.option("--context", type=int, default=None, help="Tokens at which the budget holds (default: --seq-len).")
 @click.option("--calib", default="shakespeare", show_default=True,
-              help="Calibration text: a corpus name, or a .txt/.jsonl/.parquet file or folder.")
+              help="Calibration text: a corpus name, or a .txt/.jsonl/.parquet file or folder (planned on its "
+                   "training split: 5% of the documents, seed 0, are held out as eval holds them out).")
 @click.option("--windows", type=int, default=PLAN_WINDOWS, show_default=True, help="Calibration windows.")
 @click.option("--seq-len", type=int, default=PLAN_SEQ_LEN, show_default=True, help="Tokens per calibration window.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the SSM init the layers are measured with.")
@@ -52,7 +53,7 @@ def plan(teacher: str, budget: str, context: int | None, calib: str, windows: in
       tm-distill plan smollm2-135m --budget kv=25% --context 4096 --method importance --device cuda
     """
     from ..convert import TransPointSpecError, load_teacher  # noqa: PLC0415
-    from ..data.loading import load_texts  # noqa: PLC0415
+    from ..data.windows import load_documents  # noqa: PLC0415
     from ..plan import resolve_transpoints  # noqa: PLC0415
 
     spec = _auto_spec(budget, context, method)
@@ -63,7 +64,8 @@ def plan(teacher: str, budget: str, context: int | None, calib: str, windows: in
     if windows < 1 or seq_len < 2:
         raise click.BadParameter("need --windows >= 1 and --seq-len >= 2", param_hint="--windows/--seq-len")
     loaded = load_teacher(teacher, device=device)
-    _, explanation = resolve_transpoints(spec, loaded.model.config.num_hidden_layers, teacher=loaded,
-                                         texts=lambda: load_texts(calib), seq_len=seq_len, windows=windows, seed=seed,
-                                         importance={"train_seconds": train_seconds})
+    _, explanation = resolve_transpoints(  # planned on the calibration text's training split
+        spec, loaded.model.config.num_hidden_layers, teacher=loaded, seq_len=seq_len, windows=windows, seed=seed,
+        texts=lambda: load_documents(calib, loaded.tokenizer, whole_if_one=True),
+        importance={"train_seconds": train_seconds})
     click.echo(explanation)

@@ -112,13 +112,15 @@ def check_apart(teacher_source: str, out: Path) -> None:
 
 
 def _schedule(spec: str, teacher, calibrate: str | None, seed: int, device) -> tuple[list[int], str]:
-    """Per-layer TransPoints of ``spec`` and, for ``auto:...``, the plan's explanation (planned on the calibration
-    data, or the shipped corpus, with `tm-distill plan`'s defaults: the same schedule `plan` prints)."""
-    from ..data.loading import load_texts  # noqa: PLC0415
+    """Per-layer TransPoints of ``spec`` and, for ``auto:...``, the plan's explanation (planned on the training
+    split of the calibration data, or the shipped corpus, with `tm-distill plan`'s defaults: the same schedule
+    `plan` prints)."""
+    from ..data.windows import load_documents  # noqa: PLC0415
     from ..plan import resolve_transpoints  # noqa: PLC0415
 
-    return resolve_transpoints(spec, teacher.model.config.num_hidden_layers, teacher=teacher, seed=seed,
-                               texts=lambda: load_texts(calibrate or DEFAULT_CALIBRATION_DATA), device=device)
+    return resolve_transpoints(
+        spec, teacher.model.config.num_hidden_layers, teacher=teacher, seed=seed, device=device,
+        texts=lambda: load_documents(calibrate or DEFAULT_CALIBRATION_DATA, teacher.tokenizer, whole_if_one=True))
 
 
 def _calibrate(student, teacher, data: str, windows: int | None, seq_len: int | None, heldout: int, progress: bool):

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+from ..data.windows import DEFAULT_HELDOUT_FRACTION, DEFAULT_SPLIT_SEED
 from ..errors import UserError
 from ..models.capture import TeacherActivations, capture_teacher
 from ..models.configuration import ATTENTION_ONLY
@@ -424,42 +425,43 @@ def default_windows(seq_len: int) -> int:
 
 
 def calibration_windows(
-    source: str, tokenizer, seq_len: int, windows: int | None = None, heldout_windows: int = 1, *,
-    heldout_fraction: float = 0.05, seed: int = 0, text_field: str = "text",
+    source, tokenizer, seq_len: int, windows: int | None = None, heldout_windows: int = 1, *,
+    heldout_fraction: float = DEFAULT_HELDOUT_FRACTION, seed: int = DEFAULT_SPLIT_SEED, text_field: str = "text",
 ) -> tuple[Tensor, Tensor | None]:
     """Calibration windows (n, seq_len) from the TRAINING split of ``source``, and held-out windows (m, seq_len).
 
+    source: a data source (``load_texts``), or ``data.windows.Documents`` already loaded under their split (a
+    run's: their windows are reused, and heldout_fraction, seed, text_field are theirs).
     windows: how many (None: ``default_windows(seq_len)``, 4096 tokens' worth).
     The split is ``build_token_dataset``'s document split with ``heldout_fraction`` and ``seed`` (use a recipe's
     values so its held-out windows stay unseen); the n windows are spread evenly over the training windows. A
     source of one document is split by windows instead: the held-out windows follow the calibration ones.
     Raises CalibrationError naming the source and the fix when it gives no text or not one whole window.
     """
-    from ..data.loading import DataSourceError, load_texts  # noqa: PLC0415
-    from ..data.tokens import build_token_dataset  # noqa: PLC0415
+    from ..data.loading import DataSourceError  # noqa: PLC0415
+    from ..data.windows import Documents, load_documents, spread  # noqa: PLC0415
 
     windows = windows or default_windows(seq_len)
+    name = source.source if isinstance(source, Documents) else source
     fix = f"give at least {seq_len} tokens of text (a file, folder, corpus name or dataset) or a shorter seq_len"
     try:
-        texts = load_texts(source, text_field=text_field)
+        docs = source if isinstance(source, Documents) else load_documents(
+            source, tokenizer, heldout_fraction=heldout_fraction, seed=seed, text_field=text_field, whole_if_one=True)
     except DataSourceError as err:
-        raise CalibrationError(f"calibration data {source!r}: {err}; {fix}") from err
-    single = len(texts) < 2
+        raise CalibrationError(f"calibration data {name!r}: {err}; {fix}") from err
     try:
-        data = build_token_dataset(texts, tokenizer, seq_len, heldout_fraction=0.0 if single else heldout_fraction,
-                                   seed=seed)
+        data = docs.windows(seq_len)
     except ValueError as err:  # e.g. no whole window of training text
-        raise CalibrationError(f"calibration data {source!r} has no whole window of {seq_len} tokens of "
+        raise CalibrationError(f"calibration data {name!r} has no whole window of {seq_len} tokens of "
                                f"training text ({err}); {fix}") from err
     train, held = data.train, data.heldout
-    if single:  # one document: held-out windows are the ones after the calibration windows
+    if len(docs.texts) < 2:  # one document: held-out windows are the ones after the calibration windows
         train, held = data.train[:windows], data.train[windows:]
     if len(train) < windows:
-        log.warning("calibration data %s gives %d window(s) of %d tokens, fewer than the %d asked for", source,
+        log.warning("calibration data %s gives %d window(s) of %d tokens, fewer than the %d asked for", name,
                     len(train), seq_len, windows)
-    pick = torch.linspace(0, len(train) - 1, min(windows, len(train))).round().long().unique()
     held = held[:heldout_windows] if heldout_windows > 0 and len(held) else None
-    return train[pick], held
+    return spread(train, windows), held
 
 __all__ = [
     "DEFAULT_CALIBRATION_DATA",

@@ -1,7 +1,7 @@
 """A recipe's ``data.mixture``: training windows drawn from several sources in proportion to their weights.
 
 Every entry becomes (n, seq_len) windows: a text source its training split (the document-level held-out split
-of ``build_token_dataset``, so held-out documents never train), teacher-written text (``teacher_data``, sampled
+of ``windows.Documents``, so held-out documents never train), teacher-written text (``teacher_data``, sampled
 once and cached), recall sequences (``recall.recall_windows``, generated in the filler's training text). With
 W the sum of the weights and N the windows of the non-generated entries, the mixture holds
 T = N / (1 - recall's share) windows and entry i contributes round(T * weight_i / W) of them: its own windows in
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .tokens import TokenData, build_token_dataset
+from .tokens import TokenData
+from .windows import Documents, load_documents
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,8 @@ class MixtureContext:
 def _text_data(source: str, ctx: MixtureContext) -> TokenData:
     if source == ctx.primary_source:
         return ctx.primary
-    from .loading import load_texts  # noqa: PLC0415
-
-    texts = load_texts(source, text_field=ctx.text_field)
-    return build_token_dataset(texts, ctx.teacher.tokenizer, ctx.seq_len, heldout_fraction=ctx.heldout_fraction,
-                               seed=ctx.seed)
+    return load_documents(source, ctx.teacher.tokenizer, heldout_fraction=ctx.heldout_fraction, seed=ctx.seed,
+                          text_field=ctx.text_field).windows(ctx.seq_len)
 
 
 def teacher_spec(entry, seed: int, heldout_fraction: float, primary_source: str):
@@ -60,7 +58,7 @@ def _teacher_windows(entry, ctx: MixtureContext) -> TokenData:
 
     spec = teacher_spec(entry, ctx.seed, ctx.heldout_fraction, ctx.primary_source)
     texts = teacher_data(ctx.teacher, spec, device=ctx.device)
-    return build_token_dataset(texts, ctx.teacher.tokenizer, ctx.seq_len, heldout_fraction=0.0, seed=ctx.seed)
+    return Documents(texts, ctx.teacher.tokenizer, 0.0, ctx.seed).windows(ctx.seq_len)
 
 
 def _recall_windows(entry, ctx: MixtureContext, count: int) -> tuple[Tensor, Tensor]:

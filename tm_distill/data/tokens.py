@@ -18,9 +18,9 @@ import contextlib
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -197,6 +197,7 @@ def _split_documents(docs: list[list[int]], n_held: int, seq_len: int, seed: int
 def build_token_dataset(
     texts: Sequence[str], tokenizer, seq_len: int, *, heldout_fraction: float = 0.05, seed: int = 0,
     max_tokens: int | None = None, cache_dir: str | Path | None = None, pack: bool = True,
+    tokenized: Callable[[], TokenData] | None = None,
 ) -> TokenData:
     """Tokenize ``texts`` (EOS after each document), split by document, cut into ``seq_len`` windows.
 
@@ -206,6 +207,9 @@ def build_token_dataset(
     seed: the split permutation; max_tokens: cap on training tokens (whole windows, held-out not capped);
     cache_dir: where the result is cached as ``<key>.pt`` (default ~/.cache/tm-distill/tokens/, within
     ``cache_limit()``), keyed on the texts, tokenizer and these parameters; pack: see the module docstring.
+    A capped dataset caches its own windows only, never the uncapped tokenization it is cut from.
+    tokenized: on a cache miss, returns every window of these texts under this split (``tokenize_windows``'
+    result, e.g. the ones a ``windows.Documents`` holds in memory), instead of tokenizing them here.
     Returns TokenData(train (n, seq_len), heldout (m, seq_len), meta).
     """
     texts, eos, n_held = _check_inputs(texts, tokenizer, seq_len, heldout_fraction, max_tokens)
@@ -217,17 +221,37 @@ def build_token_dataset(
     cached = _read_cache(path)
     if cached is not None:
         return cached
+    every = tokenized() if tokenized is not None else _tokenize(texts, tokenizer, eos, n_held, params)
+    data = cap_windows(every, max_tokens)
+    meta = {**data.meta, "cache_key": key}
+    meta.pop("from_cache", None)
+    try:
+        _save_atomic({"train": data.train, "heldout": data.heldout, "train_doc_ids": data.train_doc_ids,
+                      "heldout_doc_ids": data.heldout_doc_ids, "meta": meta}, path)
+    except OSError as err:
+        log.warning("could not write token cache %s: %s", path, err)
+    return TokenData(data.train, data.heldout, {**meta, "from_cache": False}, data.train_doc_ids,
+                     data.heldout_doc_ids)
 
+
+def tokenize_windows(texts: Sequence[str], tokenizer, seq_len: int, *, heldout_fraction: float = 0.05, seed: int = 0,
+                     pack: bool = True) -> TokenData:
+    """Every window ``build_token_dataset`` cuts from ``texts`` (no max_tokens cap), tokenized now and never
+    cached: for windows held in memory only (a capped run's uncapped ones: the cache keeps the capped ones)."""
+    texts, eos, n_held = _check_inputs(texts, tokenizer, seq_len, heldout_fraction, None)
+    params = {"seq_len": seq_len, "heldout_fraction": heldout_fraction, "seed": seed, "max_tokens": None, "pack": pack}
+    return _tokenize(texts, tokenizer, eos, n_held, params)
+
+
+def _tokenize(texts: list[str], tokenizer, eos: int, n_held: int, params: dict) -> TokenData:
+    """Every window of ``texts`` under ``params``' split (uncapped), tokenized here; reads and writes no cache."""
+    seq_len, seed, pack = params["seq_len"], params["seed"], params["pack"]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     docs = [list(d) + [eos] for d in ids]
     train_idx, held_idx = _split_documents(docs, n_held, seq_len, seed, pack)
     n_held = len(held_idx)
     train, train_doc, dropped = _windows([docs[i] for i in train_idx], seq_len, pack)
     heldout, held_doc, held_dropped = _windows([docs[i] for i in held_idx], seq_len, pack)
-    if max_tokens is not None and train.shape[0] > max_tokens // seq_len:
-        keep = max_tokens // seq_len
-        dropped += (train.shape[0] - keep) * seq_len
-        train, train_doc = train[:keep].clone(), train_doc[:keep].clone()  # a view would keep (and cache) it all
     if train.shape[0] == 0:
         raise TokenDataError(
             f"{len(train_idx)} training document(s) give no full window of seq_len={seq_len} "
@@ -240,20 +264,29 @@ def build_token_dataset(
             f"({sum(len(docs[i]) for i in held_idx)} tokens): raise heldout_fraction or lower seq_len"
         )
     meta = {
-        "seq_len": seq_len, "pack": pack, "seed": seed, "heldout_fraction": heldout_fraction,
-        "max_tokens": max_tokens, "eos_token_id": int(eos), "vocab_size": len(tokenizer),
+        **params, "max_tokens": None, "eos_token_id": int(eos), "vocab_size": len(tokenizer),
         "tokenizer": str(getattr(tokenizer, "name_or_path", "")), "num_documents": len(docs),
         "train_documents": len(train_idx), "heldout_documents": n_held, "train_tokens": int(train.numel()),
-        "heldout_tokens": int(heldout.numel()), "dropped_tokens": int(dropped + held_dropped), "cache_key": key,
+        "heldout_tokens": int(heldout.numel()), "dropped_tokens": int(dropped + held_dropped), "cache_key": None,
     }
-    try:
-        _save_atomic({"train": train, "heldout": heldout, "train_doc_ids": train_doc, "heldout_doc_ids": held_doc,
-                      "meta": meta}, path)
-    except OSError as err:
-        log.warning("could not write token cache %s: %s", path, err)
     log.info("tokenized %d documents: %d train / %d held-out windows of %d", len(docs), train.shape[0],
              heldout.shape[0], seq_len)
     return TokenData(train, heldout, {**meta, "from_cache": False}, train_doc, held_doc)
+
+
+def cap_windows(data: TokenData, max_tokens: int | None) -> TokenData:
+    """A new TokenData holding at most ``max_tokens // seq_len`` of ``data``'s training windows (the first ones;
+    held-out windows uncapped; None: all), its meta a copy that counts the cut windows as dropped. Cut windows
+    are copies (a view would keep, and ``torch.save`` would write, the whole uncapped tokenization); uncut ones
+    are ``data``'s own tensors, so replace them rather than writing into them."""
+    keep = data.train.shape[0] if max_tokens is None else min(data.train.shape[0], max_tokens // data.seq_len)
+    cut = (data.train.shape[0] - keep) * data.seq_len
+    meta = {**data.meta, "max_tokens": max_tokens, "train_tokens": keep * data.seq_len,
+            "dropped_tokens": data.meta["dropped_tokens"] + cut}
+    train, ids = data.train, data.train_doc_ids
+    if cut:
+        train, ids = train[:keep].clone(), None if ids is None else ids[:keep].clone()
+    return TokenData(train, data.heldout, meta, ids, data.heldout_doc_ids)
 
 
 def training_documents(texts: Sequence[str], tokenizer, seq_len: int, *, heldout_fraction: float = 0.05,
@@ -320,5 +353,5 @@ def iterate_batches(
         step += 1
 
 
-__all__ = ["CACHE_LIMIT_ENV", "TokenData", "TokenDataError", "build_token_dataset", "cache_limit", "default_cache_dir",
-           "document_positions", "iterate_batches", "training_documents"]
+__all__ = ["CACHE_LIMIT_ENV", "TokenData", "TokenDataError", "build_token_dataset", "cache_limit", "cap_windows",
+           "default_cache_dir", "document_positions", "iterate_batches", "tokenize_windows", "training_documents"]

@@ -225,20 +225,20 @@ def student_name(path: str | Path, taken: set[str]) -> str:
 
 def load_heldout(data: str, tokenizer, options: EvalOptions) -> tuple[torch.Tensor, str]:
     """Held-out windows (n, seq_len) of ``data`` and the split name; uses the distillation's data pipeline."""
-    from ..data.loading import DataSourceError, load_texts  # noqa: PLC0415
-    from ..data.tokens import build_token_dataset  # noqa: PLC0415
+    from ..data.loading import DataSourceError  # noqa: PLC0415
+    from ..data.windows import load_documents  # noqa: PLC0415
 
     try:
-        texts = load_texts(data, text_field=options.text_field)
+        docs = load_documents(data, tokenizer, heldout_fraction=options.heldout_fraction, seed=options.data_seed,
+                              text_field=options.text_field, whole_if_one=True)
     except DataSourceError as err:
         raise EvalInputError(str(err)) from err
-    split, fraction = "held-out", options.heldout_fraction
-    if len(texts) < 2:
+    split, fraction = "held-out", docs.heldout_fraction
+    if len(docs.texts) < 2:
         log.warning("%s has one document: scoring windows from all of it (nothing held out)", data)
-        split, fraction = "all (single document, not held out)", 0.0
+        split = "all (single document, not held out)"
     try:
-        tokens = build_token_dataset(texts, tokenizer, options.seq_len, heldout_fraction=fraction,
-                                     seed=options.data_seed)
+        tokens = docs.windows(options.seq_len)
     except ValueError as err:
         raise EvalInputError(f"data {data!r}: {err}") from err
     windows = tokens.heldout if fraction > 0 else tokens.train

@@ -22,12 +22,13 @@ def heldout_windows(recipe: Recipe, tokenizer, data: dict) -> torch.Tensor:
     source = recipe.data.heldout_source
     if not source:
         return data[seq_len].heldout[:n]
-    from ..data.loading import DataSourceError, load_texts  # noqa: PLC0415
-    from ..data.tokens import TokenDataError, build_token_dataset  # noqa: PLC0415
+    from ..data.loading import DataSourceError  # noqa: PLC0415
+    from ..data.tokens import TokenDataError  # noqa: PLC0415
+    from ..data.windows import load_documents  # noqa: PLC0415
 
     try:
-        texts = load_texts(source, text_field=recipe.data.text_field)
-        held = build_token_dataset(texts, tokenizer, seq_len, heldout_fraction=0.0, seed=recipe.seed)
+        held = load_documents(source, tokenizer, heldout_fraction=0.0, seed=recipe.seed,
+                              text_field=recipe.data.text_field).windows(seq_len)
     except (DataSourceError, TokenDataError) as err:
         raise RecipeError("data.heldout_source", str(err)) from None
     log.info("held-out windows from %s: %d of %d tokens", source, min(n, held.train.shape[0]), seq_len)

@@ -82,20 +82,19 @@ def _device(recipe: Recipe) -> str:
     return "cuda" if recipe.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
 
 
-def _resolve_transpoints(recipe: Recipe, teacher, texts: list[str], recorded: list[int] | None, device
+def _resolve_transpoints(recipe: Recipe, teacher, documents, recorded: list[int] | None, device
                          ) -> tuple[list[int], str]:
+    """The run's TransPoints; ``auto:`` is planned on ``documents``' (``run_documents``) training split at
+    data.seq_len, the split the run's held-out windows come from."""
     from ..plan import resolve_transpoints  # noqa: PLC0415
 
-    def training_texts() -> list[str]:  # planning never reads the held-out documents
-        from ..data.tokens import training_documents  # noqa: PLC0415
-
+    def training():  # planning never reads the held-out documents
         with recipe_key("data"):
-            return training_documents(texts, teacher.tokenizer, recipe.data.seq_len,
-                                      heldout_fraction=recipe.data.heldout_fraction, seed=recipe.seed)
+            return documents.training(recipe.data.seq_len)
 
     with recipe_key("transpoints"):
         return resolve_transpoints(recipe.transpoints, teacher.model.config.num_hidden_layers, teacher=teacher,
-                                   texts=training_texts, seq_len=recipe.data.seq_len, seed=recipe.seed,
+                                   texts=training, seq_len=recipe.data.seq_len, seed=recipe.seed,
                                    device=device, recorded=recorded)
 
 
@@ -124,16 +123,22 @@ def _teacher_samples(recipe: Recipe, teacher, device) -> list[str]:
                                batch_size=256 if device == "cuda" else 8)
 
 
-def _calibrate(recipe: Recipe, student, teacher, out: Path, write: bool) -> dict:
-    """Calibrated seeding (``recipe.calibrate``) on the recipe's training split; returns the record."""
+def _calibrate(recipe: Recipe, student, teacher, out: Path, write: bool, documents=None) -> dict:
+    """Calibrated seeding (``recipe.calibrate``) on the recipe's training split; returns the record.
+
+    documents: the run's ``Documents`` of data.source; calibration on data.source takes its windows from them
+    (tokenized once for the run) instead of loading and tokenizing the source again.
+    """
     from ..convert.calibrate import CalibrationError, calibrate_student, calibration_table, calibration_windows  # noqa: PLC0415
 
     cal = recipe.calibrate
     source = cal.data or recipe.data.source
+    own = documents is not None and source == recipe.data.source
     try:
         windows, held = calibration_windows(
-            source, teacher.tokenizer, cal.seq_len or recipe.data.seq_len, cal.windows, cal.heldout_windows,
-            heldout_fraction=recipe.data.heldout_fraction, seed=recipe.seed, text_field=recipe.data.text_field)
+            documents if own else source, teacher.tokenizer, cal.seq_len or recipe.data.seq_len, cal.windows,
+            cal.heldout_windows, heldout_fraction=recipe.data.heldout_fraction, seed=recipe.seed,
+            text_field=recipe.data.text_field)
     except CalibrationError as err:
         raise RecipeError("calibrate", str(err)) from None
     record = calibrate_student(student, teacher.model, windows, heldout=held, data=source, progress=write).to_dict()
@@ -202,20 +207,35 @@ def _check_output_dir(recipe: Recipe, out: Path, resume: bool, force: bool, main
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def build_data(recipe: Recipe, teacher, texts: list[str], device: str, world: int) -> tuple[dict, torch.Tensor]:
-    """Token windows per sequence length (source + teacher samples) and the held-out windows."""
-    from ..data.tokens import build_token_dataset  # noqa: PLC0415
+def run_documents(recipe: Recipe, tokenizer, texts: list[str] | None = None):
+    """data.source's documents (``texts``, or loaded) under the run's split (data.heldout_fraction, seed): a
+    ``data.windows.Documents`` every window of the run comes from."""
+    from ..data.loading import load_texts  # noqa: PLC0415
+    from ..data.windows import Documents  # noqa: PLC0415
 
+    if texts is None:
+        texts = load_texts(recipe.data.source, text_field=recipe.data.text_field)
+    return Documents(texts, tokenizer, recipe.data.heldout_fraction, recipe.seed, recipe.data.source,
+                     recipe.data.max_tokens)
+
+
+def build_data(recipe: Recipe, teacher, texts, device: str, world: int) -> tuple[dict, torch.Tensor]:
+    """Token windows per sequence length (source + teacher samples) and the held-out windows.
+
+    texts: data.source's documents, or their ``run_documents`` (then shared with calibration).
+    """
+    from ..data.windows import Documents  # noqa: PLC0415
+
+    docs = texts if isinstance(texts, Documents) else run_documents(recipe, teacher.tokenizer, texts)
     sampled = _teacher_samples(recipe, teacher, device)
+    sampled = Documents(sampled, teacher.tokenizer, 0.0, recipe.seed) if sampled else None
     data = {}
     for seq_len in sorted({recipe.data.seq_len, *(recipe.stage_seq_len(s) for s in recipe.stages)}):
-        data[seq_len] = build_token_dataset(texts, teacher.tokenizer, seq_len, seed=recipe.seed,
-                                            heldout_fraction=recipe.data.heldout_fraction,
-                                            max_tokens=recipe.data.max_tokens)
+        data[seq_len] = docs.dataset(seq_len)  # capped by data.max_tokens; a new TokenData: changed below
         if recipe.data.mixture:
             _mix(recipe, teacher, data[seq_len], device)
         if sampled:  # training only: the held-out windows stay the source's own text
-            extra = build_token_dataset(sampled, teacher.tokenizer, seq_len, seed=recipe.seed, heldout_fraction=0.0)
+            extra = sampled.windows(seq_len)
             base = data[seq_len]
             base.train = torch.cat([base.train, extra.train])
             if base.train_doc_ids is not None and extra.train_doc_ids is not None:
@@ -283,11 +303,12 @@ def _save_seed(recipe: Recipe, student, teacher, out: Path, converted_kl: float 
 
 
 def build_student(recipe: Recipe, teacher, point: ResumePoint, transpoints: list[int], out: Path, device: str,
-                  main_process: bool, heldout: torch.Tensor | None = None):
+                  main_process: bool, heldout: torch.Tensor | None = None, documents=None):
     """The student to train: from the resume checkpoint, from ``recipe.student``, or seeded (and calibrated).
 
     A calibrated seed is saved as OUTPUT/seed (main process), with the held-out KL of the plain seed before
     calibration (``heldout``: the windows; kept in seeded_kl.json too) when ``heldout`` is given.
+    documents: the run's ``run_documents``, which calibration on data.source reuses.
     """
     from ..convert import seed_student  # noqa: PLC0415
 
@@ -303,7 +324,7 @@ def build_student(recipe: Recipe, teacher, point: ResumePoint, transpoints: list
                                dtype=torch.float32, **recipe.ssm)
         if recipe.calibrate is not None:
             converted = None if heldout is None else heldout_kl(student, teacher.model, heldout, transpoints)
-            _calibrate(recipe, student, teacher, out, main_process)
+            _calibrate(recipe, student, teacher, out, main_process, documents)
             if main_process:
                 _save_seed(recipe, student, teacher, out, converted)
     return student.to(device)
@@ -355,8 +376,6 @@ def run_stages(recipe: Recipe, student, teacher, data: dict, heldout, transpoint
 def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -> dict:
     from accelerate import Accelerator  # noqa: PLC0415
 
-    from ..data.loading import load_texts  # noqa: PLC0415
-
     device = _device(recipe)
     out = Path(recipe.output_dir)
     names = [s.name for s in recipe.stages]
@@ -370,17 +389,19 @@ def _run(recipe: Recipe, *, resume: bool, force: bool, on_step, teacher, stop) -
     plan = resolve_plan(recipe, teacher.model.config, accelerator.num_processes)
     _seed_everything(recipe.seed)
     with recipe_key("data.source"):
-        texts = load_texts(recipe.data.source, text_field=recipe.data.text_field)
+        documents = run_documents(recipe, teacher.tokenizer)
     with recipe_key("data"):
-        data, heldout = build_data(recipe, teacher, texts, device, accelerator.num_processes)
+        data, heldout = build_data(recipe, teacher, documents, device, accelerator.num_processes)
     if accelerator.is_main_process:
         clean_temp(out)
     point = find_resume_point(out, names) if resume else ResumePoint(0, None, 0, None)
     recorded = read_metadata(point.path).get("transpoints") if point.path is not None else None  # what it chose
-    transpoints, why = _resolve_transpoints(recipe, teacher, texts, recorded, device)
+    transpoints, why = _resolve_transpoints(recipe, teacher, documents, recorded, device)
     if why:
         log.info("auto TransPoints: %s", why)
-    student = build_student(recipe, teacher, point, transpoints, out, device, accelerator.is_main_process, heldout)
+    student = build_student(recipe, teacher, point, transpoints, out, device, accelerator.is_main_process, heldout,
+                            documents)
+    del documents  # the source's uncapped windows: training reads ``data`` from here on
     if recipe.distributed.teacher == "shard" and accelerator.num_processes > 1:  # after seeding copied its weights
         shard_teacher(teacher.model, accelerator)
     seeded_kl = _starting_kl(recipe, student, teacher, heldout, transpoints, out, resume, accelerator.is_main_process)
