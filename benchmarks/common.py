@@ -153,7 +153,8 @@ class ResultFile:
 
 # ------------------------------------------------------------------------------------------------- tables
 def md_row(cells) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+    """"| a | b |"; an empty cell is "| |"."""
+    return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
 
 
 def md_table(header, rows) -> list[str]:

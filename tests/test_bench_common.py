@@ -61,6 +61,7 @@ def test_a_result_file_is_rewritten_after_every_row_and_part(tmp_path, capsys):
 def test_md_table_renders_header_rule_and_rows():
     assert common.md_table(["a", "b"], [[1, "x"], ["–", 2.5]]) == [
         "| a | b |", "| --- | --- |", "| 1 | x |", "| – | 2.5 |"]
+    assert common.md_row(["error", "", ""]) == "| error | | |"
 
 
 def test_arguments():
