@@ -79,6 +79,20 @@ def models_of(teacher, students):
     return [("teacher", "-", teacher)] + [("student", s, m) for s, m in students.items()]
 
 
+def prefill_fn(model, who: str, T: int, max_new: int, ids, keep: dict | None = None):
+    """One prefill of ids (1, T) into the cache generation uses (the student's static one, room for max_new
+    more tokens), logits of the last token only; ``keep["cache"]`` then holds the filled cache."""
+    L = model.config.num_hidden_layers
+
+    def run():
+        cache = TransMambaCache(L, max_length=T + max_new) if who == "student" else None
+        with torch.no_grad():
+            o = model(ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
+        if keep is not None:
+            keep["cache"] = output_cache(o)
+    return run
+
+
 def prefill(rec, shape, teacher, students, T, args):
     """Prefill latency of every model at T tokens. The repeats alternate between the models (teacher, student,
     ..., teacher, ...), so a drift of the host's speed during the run (short prefills are host-bound) reaches
@@ -92,16 +106,8 @@ def prefill(rec, shape, teacher, students, T, args):
     if time.time() > args.deadline:
         return
     out = {}
-
-    def run_of(who, model):
-        def run():
-            cache = TransMambaCache(L, max_length=T + args.max_new) if who == "student" else None
-            with torch.no_grad():
-                o = model(ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
-            out["cache"] = output_cache(o)
-        return run
-
-    entries = [(who, sched, model, run_of(who, model)) for who, sched, model in models_of(teacher, students)]
+    entries = [(who, sched, model, prefill_fn(model, who, T, args.max_new, ids, keep=out))
+               for who, sched, model in models_of(teacher, students)]
     times: dict[str, list[float]] = {sched: [] for _, sched, _, _ in entries}
     failed = set()
     for rep in range(warm + reps):
@@ -316,16 +322,21 @@ def students_of(teacher, schedules: list[str], shape: str, dtype) -> dict:
     return students
 
 
+def model_args(ap, shapes: str, prefill: str, decode: str, batches: str):
+    """The arguments this script and profile_speed.py share: which models, contexts and batches."""
+    ap.add_argument("--shapes", default=shapes, help="comma list of " + ", ".join(SHAPES))
+    ap.add_argument("--schedules", default=",".join(SCHEDULES))
+    ap.add_argument("--prefill-contexts", default=prefill)
+    ap.add_argument("--decode-contexts", default=decode)
+    ap.add_argument("--batches", default=batches)
+    ap.add_argument("--max-new", type=int, default=128, help="room for new tokens in the prefill's static cache")
+
+
 def parse(argv):
     ap = parser(__doc__)
-    ap.add_argument("--shapes", default="1b,8b", help="comma list of " + ", ".join(SHAPES))
-    ap.add_argument("--schedules", default="attn25,cycle,all2048")
-    ap.add_argument("--prefill-contexts", default="512,2048,8192,131072")
-    ap.add_argument("--decode-contexts", default="2048,8192,32768")
-    ap.add_argument("--batches", default="1,16")
+    model_args(ap, "1b,8b", "512,2048,8192,131072", "2048,8192,32768", "1,16")
     ap.add_argument("--parts", default="prefill,decode")
     ap.add_argument("--decode-steps", type=int, default=8)
-    ap.add_argument("--max-new", type=int, default=128, help="room for new tokens in the prefill's static cache")
     ap.add_argument("--eager", action="store_true", help="time decode without CUDA graphs")
     ap.add_argument("--budget-s", type=float, default=500, help="start no measurement after this many seconds")
     ap.add_argument("--smoke", action="store_true", help="the tiny shape on the CPU in fp32, a few seconds (CI)")

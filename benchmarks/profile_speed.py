@@ -30,10 +30,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_speed import build, student_cache, students_of, teacher_step  # noqa: E402
+from benchmarks.bench_speed import (build, model_args, prefill_fn, student_cache, students_of,  # noqa: E402
+                                    teacher_step)
 from benchmarks.common import ResultFile, capture_graph, ints, parser, run_meta, smoke_or_cuda  # noqa: E402
-from tm_distill.models import TransMambaCache  # noqa: E402
-from tm_distill.models.cache import CACHE_KWARG  # noqa: E402
 from tm_distill.models.graphs import DecodeGraph, capturable_reason  # noqa: E402
 
 _SYNC_OPS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
@@ -107,16 +106,6 @@ def timing(fn, reps: int, device) -> dict:
     return {"wall_ms": statistics.median(walls), "issue_ms": statistics.median(issues)}
 
 
-def prefill_fn(model, who, T, max_new, ids):
-    L = model.config.num_hidden_layers
-
-    def run():
-        cache = TransMambaCache(L, max_length=T + max_new) if who == "student" else None
-        with torch.no_grad():
-            model(ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
-    return run
-
-
 def teacher_step_fn(teacher, T, batch):
     """One teacher decode step on a StaticCache holding T tokens: bench_speed's, without gradients."""
     step, _ = teacher_step(teacher, T, batch)
@@ -163,12 +152,7 @@ def report(rows: list[dict]) -> str:
 
 def main(argv=None):
     ap = parser(__doc__)
-    ap.add_argument("--shapes", default="1b")
-    ap.add_argument("--schedules", default="attn25,cycle,all2048")
-    ap.add_argument("--prefill-contexts", default="512,2048")
-    ap.add_argument("--decode-contexts", default="2048")
-    ap.add_argument("--batches", default="1")
-    ap.add_argument("--max-new", type=int, default=128, help="the prefill cache's room for new tokens")
+    model_args(ap, "1b", "512,2048", "2048", "1")
     ap.add_argument("--calls", type=int, default=5, help="profiled calls per row")
     ap.add_argument("--liger-teacher", action="store_true", help="also the teacher with Liger's kernels patched in")
     ap.add_argument("--smoke", action="store_true", help="the tiny shape on the CPU in fp32 (CI)")
