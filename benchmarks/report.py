@@ -177,11 +177,12 @@ def header(folder: Path, metas: list[dict]) -> list[str]:
     ceil = next((x for x in metas if "copy_bytes_per_s" in x), None)
     machine = " (the device tool's `nvidia-h200` kind: one H200, 139 GiB)" if "H200" in m["device"] else ""
     dates = ", ".join(sorted({x["date"] for x in metas}))
+    where = str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder)
     parts = [f"Machine: {m['device']}{machine}, torch {m['torch']}; runs on {dates}." + (
              f" Measured ceilings in the same runs: device-to-device copy {ceil['copy_bytes_per_s'] / 1e12:.2f} TB/s "
              f"(read + write), bf16 8192³ matmul {ceil['bf16_matmul_flops'] / 1e12:.0f} TFLOP/s." if ceil else ""),
              "", "Commands as the result files record them (`meta.command`: the scripts of that day, run with `python` "
-             "on the device from the repository root, results copied to `" + str(folder.relative_to(ROOT)) + "`; a "
+             "on the device from the repository root, results copied to `" + where + "`; a "
              "script's flags may have changed since, see its `--help`):", ""]
     return parts + [f"    {x['command'].replace('/root/out/', '$OUT/').removeprefix('python ')}" for x in metas]
 

@@ -50,3 +50,14 @@ def test_a_folder_without_results_is_refused_in_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"holds no speed_\*\.json, kernels\*\.json or distill_\*\.json"):
         report.main([str(tmp_path), "--doc", str(tmp_path / "doc.md")])
     assert not (tmp_path / "doc.md").exists()
+
+
+def test_a_folder_outside_the_repository_renders_too(tmp_path):
+    from benchmarks import report
+
+    src = RESULTS / "2026-11-26-h200-decode" / "speed_8b.json"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "speed_8b.json").write_text(src.read_text())
+    report.main([str(tmp_path / "run"), "--doc", str(tmp_path / "doc.md")])
+    text = (tmp_path / "doc.md").read_text()
+    assert f"results copied to `{tmp_path / 'run'}`" in text and "### Memory, 8b shape" in text
