@@ -20,10 +20,8 @@ keeps what it measured. ``--markdown`` renders a JSON file as the section of doc
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import sys
 import time
 import traceback
@@ -33,6 +31,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import (ResultFile, command_line, device_name, md_row, md_table, parser,  # noqa: E402
+                               random_llama, sync, utc_date, wall_seconds)
 from tm_distill.convert import load_teacher, parse_transpoints, seed_student  # noqa: E402
 from tm_distill.recipe import StageConfig, from_dict  # noqa: E402
 from tm_distill.stages import get_stage_class  # noqa: E402
@@ -109,10 +109,7 @@ def build_teacher(model: str, teacher_path: str | None, device: str, dtype: torc
     if teacher_path:
         t = load_teacher(teacher_path, dtype=dtype, device=device)
         return t.model, t.tokenizer
-    torch.manual_seed(0)
-    with torch.device(device):
-        teacher = LlamaForCausalLM(LlamaConfig(**SHAPES[model])).to(dtype)
-    return teacher.eval(), None
+    return random_llama(LlamaConfig(**SHAPES[model]), device, dtype), None
 
 
 def token_windows(tokenizer, vocab: int, seq_len: int, n: int) -> tuple[torch.Tensor, str]:
@@ -161,11 +158,6 @@ class _Accel:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def bench_stage(name: str, teacher, windows, spec: str, args, device: str) -> dict:
     """Build the stage, time its first step, then steady steps; optional profile. Returns the row."""
     t0 = time.perf_counter()
@@ -204,14 +196,8 @@ def bench_stage(name: str, teacher, windows, spec: str, args, device: str) -> di
     step(0)
     sync(device)
     first = time.perf_counter() - t0
-    for i in range(1, 1 + args.warmup):
-        step(i)
-    sync(device)
-    t1 = time.perf_counter()
-    for i in range(args.steps):
-        step(100 + i)
-    sync(device)
-    seconds = (time.perf_counter() - t1) / args.steps
+    wall_seconds(lambda: [step(i) for i in range(1, 1 + args.warmup)], device)
+    seconds = wall_seconds(lambda: [step(100 + i) for i in range(args.steps)], device) / args.steps
     tokens = args.batch_size * seq_len
     terms = flop_terms(name, teacher.config.to_dict(), tps, seq_len)
     flops = sum(terms.values())
@@ -261,15 +247,14 @@ def markdown(data: dict) -> str:
              f"Command: `{m['command']}`", f"Text: {m['text']}. Peak for MFU: {m.get('peak', 'n/a')}. "
              f"Triton autotune cache: {m.get('triton_autotune_cache')}, {m.get('triton_cache_files_at_start')} cached "
              "files at start (0 = a fresh machine: the first step includes mamba-ssm's autotuning).", "",
-             "| stage | trainable | batch | first step (s) | tokens/s | MFU | TFLOP/s | peak GiB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             *md_table(["stage", "trainable", "batch", "first step (s)", "tokens/s", "MFU", "TFLOP/s", "peak GiB"], [])]
     for r in data["results"]:
         if "error" in r:
-            lines.append(f"| {r['stage']} | error: {r['error'][:80]} | | | | | | |")
+            lines.append(md_row([r["stage"], f"error: {r['error'][:80]}", *[""] * 6]))
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"
-        lines.append(f"| {r['stage']} | {r['trainable']} | {r['batch_size']} | {r['first_step_s']} | "
-                     f"{r['tokens_per_s']:,} | {mfu} | {r['achieved_tflops']} | {r.get('peak_memory_gib', 'n/a')} |")
+        lines.append(md_row([r["stage"], r["trainable"], r["batch_size"], r["first_step_s"], f"{r['tokens_per_s']:,}",
+                             mfu, r["achieved_tflops"], r.get("peak_memory_gib", "n/a")]))
     for r in data["results"]:
         if r.get("top_ops"):
             lines += ["", f"Top ops by CUDA time, {r['stage']} (ms per step, self share):", ""]
@@ -282,7 +267,7 @@ def markdown(data: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--model", choices=sorted(SHAPES), default="smollm2-135m")
     ap.add_argument("--teacher", help="a teacher to load (GGUF, HF folder, alias) instead of random weights")
     ap.add_argument("--stages", default=",".join(STAGES))
@@ -312,18 +297,15 @@ def main(argv: list[str] | None = None) -> dict:
     teacher, tokenizer = build_teacher(args.model, args.teacher, device, dtype)
     batch = max(args.batch_size, args.layer_batch_size)
     windows, text = token_windows(tokenizer, teacher.config.vocab_size, args.seq_len, 64 * batch)
-    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+    name = device_name(device)
     peak = next((f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in PEAK_BF16.items() if k in name), None)
     meta = {"model": args.model, "weights": "real teacher" if args.teacher else "random weights",
-            "seq_len": args.seq_len, "device": name, "date": datetime.date.today().isoformat(), "text": text,
-            "command": "python benchmarks/bench_distill.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "torch": torch.__version__, "peak": peak,
+            "seq_len": args.seq_len, "device": name, "date": utc_date(), "text": text,
+            "command": command_line(__file__, argv), "torch": torch.__version__, "peak": peak,
             "triton_autotune_cache": os.environ.get("TRITON_CACHE_AUTOTUNING", "0"),
             "triton_cache_files_at_start": sum(1 for _ in (Path.home() / ".triton" / "cache").glob("**/*"))
             if (Path.home() / ".triton" / "cache").exists() else 0}
-    data = {"meta": meta, "results": []}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    rec = ResultFile(args.out, meta, echo=lambda row: json.dumps({k: v for k, v in row.items() if k != "top_ops"}))
     for stage in args.stages.split(","):
         layer_parallel = stage in ("matrix", "hidden")
         sub = argparse.Namespace(**{**vars(args), "batch_size": args.layer_batch_size if layer_parallel else
@@ -335,10 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
             row = {"stage": stage, "error": f"{type(err).__name__}: {str(err)[:300]}"}
             if device == "cuda":
                 torch.cuda.empty_cache()
-        data["results"].append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "top_ops"}), flush=True)
-        out.write_text(json.dumps(data, indent=1))
-    return data
+        rec.add(**row)
+    return rec.data
 
 
 if __name__ == "__main__":

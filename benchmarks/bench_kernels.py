@@ -12,17 +12,15 @@ mamba-ssm's ``selective_state_update`` (recorded as failed if it raises), each a
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_speed import Recorder, ceilings, timed  # noqa: E402
+from benchmarks.common import ResultFile, capture_graph, ceilings, ints, parser, run_meta, timed  # noqa: E402
 from tm_distill.ops import ssd_scan, ssd_step, ssd_update_fused  # noqa: E402
 
 HEADS, KV_HEADS, CHUNK = 32, 8, 64
@@ -77,18 +75,6 @@ def bench_scan(rec, T, d, ceil):
                 attn_over_scan=ms_fb_attn / ms_fb)
 
 
-def graphed(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
-
-
 def bench_decode_step(rec, batch, d, T_attn=32768):
     dev = "cuda"
     state = torch.randn(batch, HEADS, d, d, device=dev)
@@ -117,7 +103,7 @@ def bench_decode_step(rec, batch, d, T_attn=32768):
     for name, fn in variants.items():
         for mode in ("launch", "cuda_graph"):
             try:
-                run = graphed(fn) if mode == "cuda_graph" else fn
+                run = capture_graph(fn, warmup=1).replay if mode == "cuda_graph" else fn
                 us = timed(lambda: [run() for _ in range(100)], 2, 5) * 10  # ms per 100 -> us per call
                 rec.add(kind="decode_step", variant=name, mode=mode, batch=batch, head_dim=d, us=us,
                         bytes_per_s=state_bytes / us * 1e6, status="ok")
@@ -128,26 +114,24 @@ def bench_decode_step(rec, batch, d, T_attn=32768):
     q = torch.randn(batch, HEADS, 1, d, device=dev, dtype=torch.bfloat16)
     k = torch.randn(batch, KV_HEADS, T_attn, d, device=dev, dtype=torch.bfloat16)
     v = torch.randn_like(k)
-    fn = graphed(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+    fn = capture_graph(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True), warmup=1).replay
     us = timed(lambda: [fn() for _ in range(100)], 2, 5) * 10
     rec.add(kind="decode_step", variant=f"SDPA over {T_attn // 1024}k KV", mode="cuda_graph", batch=batch,
             head_dim=d, us=us, bytes_per_s=2 * k.numel() * 2 / us * 1e6, status="ok")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--contexts", default="2048,8192,32768,131072")
     ap.add_argument("--head-dims", default="64,128")
     ap.add_argument("--out", default="kernels.json")
     args = ap.parse_args(argv)
-    meta = {"command": "python " + " ".join(sys.argv), "device": torch.cuda.get_device_name(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **ceilings()}
-    rec = Recorder(Path(args.out), meta)
+    meta = {**run_meta(__file__, argv, "cuda"), **ceilings()}
+    rec = ResultFile(args.out, meta)
     print(json.dumps(meta), flush=True)
-    ceil = meta
-    for d in (int(v) for v in args.head_dims.split(",")):
-        for T in (int(v) for v in args.contexts.split(",")):
-            bench_scan(rec, T, d, ceil)
+    for d in ints(args.head_dims):
+        for T in ints(args.contexts):
+            bench_scan(rec, T, d, meta)
         for b in (1, 16):
             bench_decode_step(rec, b, d)
 

@@ -9,19 +9,19 @@ Writes OUT/multigpu.json and OUT/multigpu.md. NVLink multicast (NVLS) stays off 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import command_line, device_name, md_table, parser, utc_date, write_json  # noqa: E402
 RUNS = [("1 GPU", 1, "ddp"), ("2 GPUs, DDP", 2, "ddp"), ("2 GPUs, FSDP", 2, "fsdp")]
 
 
@@ -66,15 +66,15 @@ def steady_tokens_per_s(rows: dict[int, dict], skip: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=8, help="rows per GPU per step (global: 2x)")
-    parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--lr", type=float, default=3.0e-4)
-    parser.add_argument("--skip", type=int, default=5, help="warm-up steps left out of tokens/s")
-    args = parser.parse_args(argv)
+    ap = parser(__doc__)
+    ap.add_argument("--teacher", required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=8, help="rows per GPU per step (global: 2x)")
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--lr", type=float, default=3.0e-4)
+    ap.add_argument("--skip", type=int, default=5, help="warm-up steps left out of tokens/s")
+    args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path("/tmp/bench-multigpu")
     work.mkdir(parents=True, exist_ok=True)
@@ -93,11 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
         del r["curve"]
     import torch  # noqa: PLC0415
 
-    report = {"command": "python " + " ".join([Path(__file__).name, *(argv or sys.argv[1:])]),
-              "date": date.today().isoformat(), "gpu": torch.cuda.get_device_name(),
+    report = {"command": command_line(__file__, argv), "date": utc_date(), "gpu": device_name("cuda"),
               "gpus": torch.cuda.device_count(), "host": platform.node(), "torch": torch.__version__,
               "global_batch_rows": 2 * args.batch_size, "seq_len": args.seq_len, "steps": args.steps, "lr": args.lr, "runs": results}
-    (args.out / "multigpu.json").write_text(json.dumps(report, indent=2))
+    write_json(args.out / "multigpu.json", report, indent=2)
     (args.out / "multigpu.md").write_text(markdown(report))
     print(markdown(report))
     return report
@@ -106,12 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
 def markdown(report: dict) -> str:
     lines = [f"`{report['command']}` on {report['gpus']}x {report['gpu']}, {report['date']}, torch {report['torch']}; "
              f"logits stage, bf16, {report['global_batch_rows']} x {report['seq_len']} tokens per step, "
-             f"{report['steps']} steps, lr {report['lr']:g}.", "",
-             "| run | max abs loss difference vs 1 GPU | tokens/s (steady) | scaling efficiency | wall s |",
-             "| --- | --- | --- | --- | --- |"]
-    for r in report["runs"]:
-        lines.append(f"| {r['run']} | {r['max_abs_loss_diff']:.2e} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['scaling_efficiency']:.2f} | {r['wall_s']:.0f} |")
+             f"{report['steps']} steps, lr {report['lr']:g}.", "", *md_table(
+                 ["run", "max abs loss difference vs 1 GPU", "tokens/s (steady)", "scaling efficiency", "wall s"],
+                 ([r["run"], f"{r['max_abs_loss_diff']:.2e}", f"{r['tokens_per_s']:,.0f}",
+                   f"{r['scaling_efficiency']:.2f}", f"{r['wall_s']:.0f}"] for r in report["runs"]))]
     return "\n".join(lines) + "\n"
 
 

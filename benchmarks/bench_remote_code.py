@@ -16,7 +16,6 @@ with a static TransMambaCache whose decode steps are CUDA-graph replays ("graphs
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import parser, write_json  # noqa: E402
 
 # Runs in both processes; argv[2] is JSON {"folder", "mode", "device", "dtype", "prompt", "new", "repeats"}.
 CHILD = r"""
@@ -122,7 +122,7 @@ def compare(package: dict, remote: dict) -> dict:
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = parser(__doc__)
     p.add_argument("--student", help="a student folder (default: a random one of --shape)")
     p.add_argument("--shape", default="tiny", help="bench_speed's shapes: tiny, 1b, 8b")
     p.add_argument("--transpoints", default="cycle=0,128,256,512,1024,2048,4096,8192")
@@ -155,8 +155,7 @@ def main(argv=None) -> dict:
         sides = {mode: run_side(mode, job, tmp) for mode in ("package", "remote")}
     data = {"meta": {k: v for k, v in vars(args).items() if k != "out"}, **sides,
             "comparison": compare(sides["package"], sides["remote"])}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(data, indent=1))
+    write_json(Path(args.out), data)
     print(json.dumps({k: data[k] for k in ("meta", "comparison")}, indent=1))
     return data
 

@@ -9,8 +9,6 @@ DIR/sampling.json. Also samples the comparison's held-out-topic set (160 x 256 t
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import command_line, device_name, parser, utc_date, write_json  # noqa: E402
 from tm_distill.convert import load_teacher  # noqa: E402
 from tm_distill.data.mixture import teacher_spec  # noqa: E402
 from tm_distill.data.teacher_data import TeacherDataSpec, manifest_of, teacher_data  # noqa: E402
@@ -25,7 +24,7 @@ from tm_distill.recipe import load_recipe  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("recipe")
     ap.add_argument("--teacher", default=None, help="override the recipe's teacher (alias, GGUF or HF folder)")
     ap.add_argument("--batch-size", type=int, default=None, help="rows per generate call (default: 256 on CUDA)")
@@ -38,16 +37,14 @@ def main(argv: list[str] | None = None) -> dict:
     specs = [teacher_spec(e, recipe.seed, recipe.data.heldout_fraction, recipe.data.source)
              for e in recipe.data.mixture or [] if e.source.startswith("teacher:")]
     specs.append(TeacherDataSpec("instructions", 160, 256, seed=12345, heldout=True))
-    result = {"command": "python benchmarks/bench_sampling.py " + " ".join(argv or sys.argv[1:]),
-              "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-              "date": datetime.date.today().isoformat(), "entries": []}
+    result = {"command": command_line(__file__, argv), "device": device_name(device), "date": utc_date(),
+              "entries": []}
     for spec in specs:
         teacher_data(teacher, spec, device=device, batch_size=args.batch_size)
         result["entries"].append(manifest_of(teacher, spec))
         print(json.dumps(result["entries"][-1]))
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "sampling.json").write_text(json.dumps(result, indent=1))
+        write_json(args.out / "sampling.json", result)
     return result
 
 

@@ -22,20 +22,20 @@ warm-up, median of repeats. Results are written to the JSON file after every mea
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
+from transformers import LlamaConfig, StaticCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import (ResultFile, capture_graph, ceilings, ints, md_table, parser,  # noqa: E402
+                               random_llama, run_meta, smoke_or_cuda, timed)
 from tm_distill.convert import map_teacher_key, parse_transpoints, seed_student  # noqa: E402
-from tm_distill.eval.speed import copy_bandwidth, read_bytes_per_step  # noqa: E402
+from tm_distill.eval.speed import parameter_bytes, read_bytes_per_step  # noqa: E402
 from tm_distill.models import TransMambaCache  # noqa: E402
 from tm_distill.models.cache import CACHE_KWARG, output_cache  # noqa: E402
 from tm_distill.models.graphs import DecodeGraph, capturable_reason  # noqa: E402
@@ -55,63 +55,11 @@ SCHEDULES = {
 }
 
 
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, warmup: int, reps: int, device=torch.device("cuda")) -> float:
-    """Median milliseconds of fn() over reps, after warmup calls (CUDA events; wall clock on CPU)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def param_bytes(model) -> int:
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel() * p.element_size()
-    return total
-
-
-class Recorder:
-    def __init__(self, path: Path, meta: dict):
-        self.path, self.data = path, {"meta": meta, "results": []}
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def add(self, **row):
-        self.data["results"].append(row)
-        self.path.write_text(json.dumps(self.data, indent=1))
-        print(json.dumps(row), flush=True)
-
-
 def build(shape: str, device, dtype):
+    """The teacher of a shape: a Llama with random weights (seed 0), SDPA attention."""
     cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=262144, rope_theta=500000.0)
     cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            teacher = LlamaForCausalLM(cfg).eval()
-    finally:
-        torch.set_default_dtype(prev)
-    return teacher
+    return random_llama(cfg, device, dtype)
 
 
 def share_weights(student, teacher):
@@ -131,6 +79,20 @@ def models_of(teacher, students):
     return [("teacher", "-", teacher)] + [("student", s, m) for s, m in students.items()]
 
 
+def prefill_fn(model, who: str, T: int, max_new: int, ids, keep: dict | None = None):
+    """One prefill of ids (1, T) into the cache generation uses (the student's static one, room for max_new
+    more tokens), logits of the last token only; ``keep["cache"]`` then holds the filled cache."""
+    L = model.config.num_hidden_layers
+
+    def run():
+        cache = TransMambaCache(L, max_length=T + max_new) if who == "student" else None
+        with torch.no_grad():
+            o = model(ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
+        if keep is not None:
+            keep["cache"] = output_cache(o)
+    return run
+
+
 def prefill(rec, shape, teacher, students, T, args):
     """Prefill latency of every model at T tokens. The repeats alternate between the models (teacher, student,
     ..., teacher, ...), so a drift of the host's speed during the run (short prefills are host-bound) reaches
@@ -144,16 +106,8 @@ def prefill(rec, shape, teacher, students, T, args):
     if time.time() > args.deadline:
         return
     out = {}
-
-    def run_of(who, model):
-        def run():
-            cache = TransMambaCache(L, max_length=T + args.max_new) if who == "student" else None
-            with torch.no_grad():
-                o = model(ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
-            out["cache"] = output_cache(o)
-        return run
-
-    entries = [(who, sched, model, run_of(who, model)) for who, sched, model in models_of(teacher, students)]
+    entries = [(who, sched, model, prefill_fn(model, who, T, args.max_new, ids, keep=out))
+               for who, sched, model in models_of(teacher, students)]
     times: dict[str, list[float]] = {sched: [] for _, sched, _, _ in entries}
     failed = set()
     for rep in range(warm + reps):
@@ -185,21 +139,8 @@ def prefill(rec, shape, teacher, students, T, args):
         out.clear()
         ms = statistics.median(times[sched])
         rec.add(kind="prefill", shape=shape, model=who, schedule=sched, context=T, batch=1, ms=ms,
-                tokens_per_s=T / ms * 1e3, weights_bytes=param_bytes(model), cache_bytes=cache_bytes,
+                tokens_per_s=T / ms * 1e3, weights_bytes=parameter_bytes(model), cache_bytes=cache_bytes,
                 peak_extra_bytes=peak, status="ok")
-
-
-def capture(step, device):
-    """A CUDA graph replaying step() (the teacher's decode step), or None if capture fails."""
-    s = torch.cuda.Stream(device)
-    s.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(s):
-        step(), step()
-    torch.cuda.current_stream(device).wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        step()
-    return g
 
 
 def teacher_step(teacher, T, batch):
@@ -242,7 +183,7 @@ def teacher_decode(teacher, T, batch, steps, graph: bool):
         fn, mode = step, "eager"
         if graph and device.type == "cuda":
             try:
-                fn, mode = capture(step, device).replay, "cuda_graph"
+                fn, mode = capture_graph(step, device).replay, "cuda_graph"
             except Exception as err:  # noqa: BLE001 - any capture failure falls back to eager, recorded
                 mode = f"eager (graph capture failed: {type(err).__name__})"
                 torch.cuda.synchronize()
@@ -313,7 +254,7 @@ def decode(rec, shape, teacher, students, T, batches, args):
                 fn = teacher_decode if who == "teacher" else student_decode
                 ms, cache_bytes, mode = fn(model, T, b, args.decode_steps, graph=not args.eager)
                 row = dict(kind="decode", shape=shape, model=who, schedule=sched, context=T, batch=b,
-                           ms_per_step=ms, tokens_per_s=b / ms * 1e3, weights_bytes=param_bytes(model),
+                           ms_per_step=ms, tokens_per_s=b / ms * 1e3, weights_bytes=parameter_bytes(model),
                            cache_bytes=cache_bytes, mode=mode, status="ok")
                 if b == 1 and args.bandwidth:
                     bound = read_bytes_per_step(model) / args.bandwidth * 1e3
@@ -324,13 +265,33 @@ def decode(rec, shape, teacher, students, T, batches, args):
                 rec.add(kind="decode", shape=shape, model=who, schedule=sched, context=T, batch=b, status="oom")
 
 
-def ceilings() -> dict:
-    """Measured HBM copy bandwidth (bytes read + written) and bf16 matmul rate on this device."""
-    bw = copy_bandwidth(torch.device("cuda"))
-    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    y = torch.randn_like(x)
-    ms = timed(lambda: x @ y, 3, 10)
-    return {"copy_bytes_per_s": bw, "bf16_matmul_flops": 2 * 8192**3 / ms * 1e3}
+def ratio_table(rows: list[dict], kind: str, scheds: list[str]) -> list[str]:
+    """One shape's prefill ms or decode tok/s per (context, batch): teacher, then each schedule (× teacher)."""
+    key, unit = {"prefill": ("ms", "ms"), "decode": ("tokens_per_s", "tok/s")}[kind]
+    sel = {(r["context"], r["batch"], r["schedule"]): r for r in rows if r["kind"] == kind}
+    lines = []
+    for T, b in sorted({(k[0], k[1]) for k in sel}):
+        t = sel.get((T, b, "-"))
+        cells = []
+        for s in scheds:
+            r = sel.get((T, b, s))
+            if r is None:
+                cells.append("–")
+                continue
+            speed = (t[key] / r[key] if key == "ms" else r[key] / t[key]) if t else None
+            mode = "" if kind == "prefill" or r["mode"] == "cuda_graph" else f" [{r['mode']}]"
+            cells.append(f"{r[key]:.1f}{mode}" + (f" ({speed:.2f}×)" if speed else ""))
+        lines.append([T, b, f"{t[key]:.1f}" if t else "–", *cells])
+    header = ["context", "batch", f"teacher {unit}", *(f"{s} {unit} (× teacher)" for s in scheds)]
+    return md_table(header, lines) if lines else []
+
+
+def bound_table(rows: list[dict]) -> list[str]:
+    """Batch-1 decode rows against the weight-read bound (the rows that have one)."""
+    bound = [r for r in rows if "x_bound" in r]
+    return md_table(["model", "context", "ms/step", "bound ms", "× bound"], (
+        [r["model"] if r["model"] == "teacher" else r["schedule"], r["context"], f"{r['ms_per_step']:.3f}",
+         f"{r['bound_ms']:.3f}", f"{r['x_bound']:.2f}"] for r in bound)) if bound else []
 
 
 def markdown(data: dict) -> str:
@@ -338,53 +299,44 @@ def markdown(data: dict) -> str:
     rows = [r for r in data["results"] if r.get("status") == "ok"]
     out = [f"Device: {data['meta']['device']}; command: `{data['meta']['command']}`", ""]
     for shape in dict.fromkeys(r["shape"] for r in rows):
-        scheds = list(dict.fromkeys(r["schedule"] for r in rows if r["shape"] == shape and r["model"] != "teacher"))
-        for kind, key, unit in (("prefill", "ms", "ms"), ("decode", "tokens_per_s", "tok/s")):
-            sel = {(r["context"], r["batch"], r["schedule"]): r
-                   for r in rows if r["shape"] == shape and r["kind"] == kind}
-            if not sel:
-                continue
-            out += [f"### {kind}, {shape} shape", "",
-                    f"| context | batch | teacher {unit} | " + " | ".join(f"{s} {unit} (× teacher)" for s in scheds)
-                    + " |", "| --- | --- | --- | " + " | ".join("---" for _ in scheds) + " |"]
-            for T, b in sorted({(k[0], k[1]) for k in sel}):
-                t = sel.get((T, b, "-"))
-                cells = []
-                for s in scheds:
-                    r = sel.get((T, b, s))
-                    if r is None:
-                        cells.append("–")
-                        continue
-                    speed = (t[key] / r[key] if key == "ms" else r[key] / t[key]) if t else None
-                    mode = "" if kind == "prefill" or r["mode"] == "cuda_graph" else f" [{r['mode']}]"
-                    cells.append(f"{r[key]:.1f}{mode}" + (f" ({speed:.2f}×)" if speed else ""))
-                tcell = f"{t[key]:.1f}" if t else "–"
-                out.append(f"| {T} | {b} | {tcell} | " + " | ".join(cells) + " |")
-            out.append("")
-        bound = [r for r in rows if r["shape"] == shape and "x_bound" in r]
-        if bound:
-            out += [f"### batch-1 decode vs the weight-read bound, {shape} shape", "",
-                    "| model | context | ms/step | bound ms | × bound |", "| --- | --- | --- | --- | --- |"]
-            out += [f"| {r['model'] if r['model'] == 'teacher' else r['schedule']} | {r['context']} | "
-                    f"{r['ms_per_step']:.3f} | {r['bound_ms']:.3f} | {r['x_bound']:.2f} |" for r in bound]
-            out.append("")
+        mine = [r for r in rows if r["shape"] == shape]
+        scheds = list(dict.fromkeys(r["schedule"] for r in mine if r["model"] != "teacher"))
+        for kind in ("prefill", "decode"):
+            if table := ratio_table(mine, kind, scheds):
+                out += [f"### {kind}, {shape} shape", "", *table, ""]
+        if table := bound_table(mine):
+            out += [f"### batch-1 decode vs the weight-read bound, {shape} shape", "", *table, ""]
     return "\n".join(out)
 
 
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
+def students_of(teacher, schedules: list[str], shape: str, dtype) -> dict:
+    """{schedule: student} seeded from the teacher, each sharing the teacher's tensors (see share_weights)."""
+    L = teacher.config.num_hidden_layers
+    students = {}
+    for s in schedules:
+        spec = SCHEDULES[s](L)
+        student = seed_student(teacher, parse_transpoints(spec, L), spec, shape, seed=0, dtype=dtype,
+                               ssm_backend="auto")
+        share_weights(student, teacher)
+        students[s] = student.eval()
+    return students
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", default="1b,8b", help="comma list of " + ", ".join(SHAPES))
-    ap.add_argument("--schedules", default="attn25,cycle,all2048")
-    ap.add_argument("--prefill-contexts", default="512,2048,8192,131072")
-    ap.add_argument("--decode-contexts", default="2048,8192,32768")
-    ap.add_argument("--batches", default="1,16")
+def model_args(ap, shapes: str, prefill: str, decode: str, batches: str):
+    """The arguments this script and profile_speed.py share: which models, contexts and batches."""
+    ap.add_argument("--shapes", default=shapes, help="comma list of " + ", ".join(SHAPES))
+    ap.add_argument("--schedules", default=",".join(SCHEDULES))
+    ap.add_argument("--prefill-contexts", default=prefill)
+    ap.add_argument("--decode-contexts", default=decode)
+    ap.add_argument("--batches", default=batches)
+    ap.add_argument("--max-new", type=int, default=128, help="room for new tokens in the prefill's static cache")
+
+
+def parse(argv):
+    ap = parser(__doc__)
+    model_args(ap, "1b,8b", "512,2048,8192,131072", "2048,8192,32768", "1,16")
     ap.add_argument("--parts", default="prefill,decode")
     ap.add_argument("--decode-steps", type=int, default=8)
-    ap.add_argument("--max-new", type=int, default=128, help="room for new tokens in the prefill's static cache")
     ap.add_argument("--eager", action="store_true", help="time decode without CUDA graphs")
     ap.add_argument("--budget-s", type=float, default=500, help="start no measurement after this many seconds")
     ap.add_argument("--smoke", action="store_true", help="the tiny shape on the CPU in fp32, a few seconds (CI)")
@@ -393,32 +345,23 @@ def main(argv=None):
     if args.smoke:
         args.shapes, args.prefill_contexts, args.decode_contexts, args.batches = "tiny", "64,160", "96,160", "1,2"
         args.decode_steps = 2
-        device, dtype = torch.device("cpu"), torch.float32
-    elif not torch.cuda.is_available():
-        raise SystemExit("bench_speed.py needs a CUDA device (or --smoke for the CPU check)")
-    else:
-        device, dtype = torch.device("cuda"), torch.bfloat16
     args.deadline = time.time() + args.budget_s
     args.reps_for = (lambda T: (1, 1)) if args.smoke else (
         lambda T: (1, 2) if T >= 16384 else (1, 3) if T >= 8192 else (5, 15))
-    meta = {"command": "python benchmarks/bench_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "host": platform.node(), **(ceilings() if device.type == "cuda" else {})}
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    device, dtype = smoke_or_cuda("bench_speed.py", args.smoke)
+    meta = {**run_meta(__file__, argv, device), **(ceilings() if device.type == "cuda" else {})}
     args.bandwidth = meta.get("copy_bytes_per_s")
-    rec = Recorder(Path(args.out), meta)
+    rec = ResultFile(args.out, meta)
     print(json.dumps(meta), flush=True)
     parts = args.parts.split(",")
     for shape in args.shapes.split(","):
         teacher = build(shape, device, dtype)
-        L = teacher.config.num_hidden_layers
-        students = {}
-        for s in args.schedules.split(","):
-            spec = SCHEDULES[s](L)
-            student = seed_student(teacher, parse_transpoints(spec, L), spec, shape, seed=0, dtype=dtype,
-                                   ssm_backend="auto")
-            share_weights(student, teacher)
-            students[s] = student.eval()
+        students = students_of(teacher, args.schedules.split(","), shape, dtype)
         # short contexts first, so a run cut short by its budget keeps them
         for T in sorted(set(ints(args.prefill_contexts)) | set(ints(args.decode_contexts))):
             if "prefill" in parts and T in ints(args.prefill_contexts):

@@ -12,7 +12,6 @@ scored with tm_distill.eval.metrics.compare_models on the first --eval-windows h
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import parser, utc_date, write_json  # noqa: E402
 from tm_distill.convert import load_teacher, parse_transpoints, seed_student  # noqa: E402
 from tm_distill.convert.calibrate import calibrate_student, calibration_windows  # noqa: E402
 from tm_distill.data.loading import load_texts  # noqa: E402
@@ -35,8 +35,8 @@ def _layer_stats(errors: list[float | None]) -> dict:
     return {"mean": sum(vals) / len(vals), "max": max(vals), "layers": len(vals)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__doc__)
     ap.add_argument("--transpoints", default="cycle=0,32,64,128,256,512,1024,2048")
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--windows", type=int, default=None, help="calibration windows (default: 4096 tokens)")
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--feature-map", default="identity")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     teacher = load_teacher("smollm2-135m")
@@ -64,7 +64,7 @@ def main() -> None:
     metrics = compare_models(teacher.model, {"seeded": seeded, "calibrated": calibrated},
                              heldout[: args.eval_windows], progress=True)
     result = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
+        "date": utc_date(), "machine": f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load average {load[0]:.1f}",
         "args": vars(args), "calibration_seconds": done - start, "windows_seconds": prepared - start,
         "calibration": record.to_dict(),
@@ -78,8 +78,7 @@ def main() -> None:
     print(json.dumps({k: result[k] for k in ("machine", "calibration_seconds", "perplexity", "kl_to_teacher",
                                              "heldout_layer_error_stats")}, indent=2))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json(Path(args.out), result, indent=2)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,7 @@ The row is written to OUT/row-<name>.json after every part, so a call cut short 
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +36,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tm_distill  # noqa: E402,F401
-from tm_distill.checkpoint import read_metadata  # noqa: E402
+from benchmarks.common import (ResultFile, command_line, device_name, git_commit, parser,  # noqa: E402
+                               utc_date)
+from tm_distill.checkpoint import read_metadata, save_student  # noqa: E402
+from tm_distill.convert import load_teacher, parse_transpoints, seed_student  # noqa: E402
 from tm_distill.eval.api import EvalOptions, run_eval  # noqa: E402
 from tm_distill.models.memory import layer_memory  # noqa: E402
 from tm_distill.recipe import load_recipe  # noqa: E402
@@ -61,26 +61,16 @@ ROBUSTNESS = ("attn", "all=512")
 HELDOUT_SAMPLES, HELDOUT_SAMPLE_SEED = 160, 12345  # teacher samples for the second held-out set
 
 
-class Row:
-    """The row's JSON, rewritten after every part."""
-
-    def __init__(self, path: Path, meta: dict):
-        self.path, self.data = path, {"meta": meta}
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def set(self, **parts) -> None:
-        self.data.update(parts)
-        self.path.write_text(json.dumps(self.data, indent=1, default=str))
+def seed_cycle(t, teacher_path: str):
+    """Today's seed (row A): the cycle schedule scaled to 2048, seeded from the loaded teacher ``t``."""
+    return seed_student(t.model, parse_transpoints(SEEDED_SPEC, t.model.config.num_hidden_layers), SEEDED_SPEC,
+                        teacher_path)
 
 
 def seeded_student(row: str, teacher_path: str, out: Path) -> tuple[Path, dict]:
     """A and A': the seeded (and, for A', calibrated) cycle student saved at ``out``."""
-    from tm_distill.convert import load_teacher, parse_transpoints, seed_student  # noqa: PLC0415
-    from tm_distill.checkpoint import save_student  # noqa: PLC0415
-
     t = load_teacher(teacher_path, device="cuda")
-    student = seed_student(t.model, parse_transpoints(SEEDED_SPEC, t.model.config.num_hidden_layers), SEEDED_SPEC,
-                           teacher_path)
+    student = seed_cycle(t, teacher_path)
     info: dict = {}
     if row == "A-cal":
         from tm_distill.convert.calibrate import calibrate_student, calibration_windows  # noqa: PLC0415
@@ -133,7 +123,6 @@ def teacher_data_manifests() -> list[dict]:
 
 def teacher_sample_file(teacher_path: str, path: Path) -> Path:
     """Held-out teacher samples (another seed than any recipe's), one JSON line each."""
-    from tm_distill.convert import load_teacher  # noqa: PLC0415
     from tm_distill.data.selfgen import sample_from_teacher  # noqa: PLC0415
 
     t = load_teacher(teacher_path, dtype=torch.bfloat16, device="cuda")
@@ -191,7 +180,6 @@ def evaluate_row(path: Path, teacher_path: str, samples: Path, work: Path, robus
 
 def general_eval(path: Path, teacher_path: str, work: Path) -> dict:
     """The general-purpose columns: held-out-topic teacher samples, the held-out domain, retrieval up to 8k, chat."""
-    from tm_distill.convert import load_teacher  # noqa: PLC0415
     from tm_distill.data.teacher_data import TeacherDataSpec, manifest_of, teacher_data  # noqa: PLC0415
 
     out: dict = {}
@@ -222,7 +210,6 @@ def general_eval(path: Path, teacher_path: str, work: Path) -> dict:
 def chat_answers(path: Path, teacher_path: str, max_new_tokens: int = 64) -> list[dict]:
     """Greedy answers of teacher and student to CHAT_PROMPTS (one left-padded batch each, graph decoding)."""
     from tm_distill.checkpoint import load_student  # noqa: PLC0415
-    from tm_distill.convert import load_teacher  # noqa: PLC0415
     from tm_distill.generation import generate_texts  # noqa: PLC0415
 
     t = load_teacher(teacher_path, dtype=torch.bfloat16, device="cuda")
@@ -233,33 +220,25 @@ def chat_answers(path: Path, teacher_path: str, max_new_tokens: int = 64) -> lis
     return [{"prompt": p, "teacher": a, "student": b} for p, (a, _), (b, _) in zip(prompts, teacher_out, student_out)]
 
 
-def memory_mib(path: Path) -> dict:
+def cache_mib(path: Path, field: str = "student_bytes", lengths=(2048, 4096, 32768)) -> dict:
+    """MiB of the student's KV + state (``field="teacher_kv_bytes"``: the teacher's KV) at each length, batch 1."""
     from transformers import AutoConfig  # noqa: PLC0415
 
     cfg = AutoConfig.from_pretrained(path)
-    return {f"{n // 1024}k": sum(r.student_bytes for r in layer_memory(cfg, n)) / 2**20 for n in (2048, 4096, 32768)}
-
-
-def teacher_kv_mib(path: Path) -> dict:
-    from transformers import AutoConfig  # noqa: PLC0415
-
-    cfg = AutoConfig.from_pretrained(path)
-    return {f"{n // 1024}k": sum(r.teacher_kv_bytes for r in layer_memory(cfg, n)) / 2**20 for n in (2048, 4096, 32768)}
+    return {f"{n // 1024}k": sum(getattr(r, field) for r in layer_memory(cfg, n)) / 2**20 for n in lengths}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--row", choices=sorted(ROWS), required=True)
     ap.add_argument("--teacher", required=True, help="the SmolLM2-135M teacher (alias, GGUF path or HF folder)")
     ap.add_argument("--out", type=Path, required=True, help="folder for row-<name>.json")
     ap.add_argument("--work", type=Path, default=Path("/tmp/compare"), help="where students and reports go")
     ap.add_argument("--max-time", default=None, help="safety net for the distillation (e.g. 6m30s)")
     args = ap.parse_args(argv)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    row = Row(args.out / f"row-{args.row}.json", {
-        "row": args.row, "device": device, "date": datetime.date.today().isoformat(), "commit": commit.strip(),
-        "command": "python benchmarks/compare_row.py " + " ".join(argv if argv is not None else sys.argv[1:])})
+    meta = {"row": args.row, "device": device_name("cuda" if torch.cuda.is_available() else "cpu"),
+            "date": utc_date(), "commit": git_commit(), "command": command_line(__file__, argv)}
+    row = ResultFile(args.out / f"row-{args.row}.json", meta, rows=None, echo=False)
     work = args.work / args.row
     start = time.time()
     if ROWS[args.row] is None:
@@ -267,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         path, info = trained_student(args.row, args.teacher, work / "run", args.max_time)
     row.set(**info, train_wall_s=round(time.time() - start, 1))
-    row.set(memory_mib=memory_mib(path), teacher_kv_mib=teacher_kv_mib(path))
+    row.set(memory_mib=cache_mib(path), teacher_kv_mib=cache_mib(path, "teacher_kv_bytes"))
     samples = teacher_sample_file(args.teacher, args.work / "heldout-teacher-samples.jsonl")
     row.set(eval=evaluate_row(path, args.teacher, samples, work, robustness=args.row in ("C", "D")),
             wall_s=round(time.time() - start, 1))

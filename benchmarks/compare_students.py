@@ -13,30 +13,28 @@ CPU smoke run of the same pipeline (a few steps, short windows; what the test su
 
 Writes OUT/results.json and OUT/results.md: held-out perplexity and KL, top-1 agreement by position bucket,
 passkey accuracy, KV + state memory at 2k and 32k, and C/D under two other schedules (all-attention, all=512).
+The rows' recipes, seed, metrics and memory are compare_row.py's (which runs one row per device call with the
+fuller evaluation); this script runs every row in one process.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
+import sys
 import time
 from pathlib import Path
 
-import tm_distill  # noqa: F401
-from tm_distill.convert import load_teacher, parse_transpoints, seed_student
-from tm_distill.checkpoint import save_student
-from tm_distill.eval.api import EvalOptions, run_eval
-from tm_distill.models.memory import layer_memory
-from tm_distill.recipe import load_recipe
-from tm_distill.training.run import run_recipe
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import md_table, parser, write_json  # noqa: E402
+from benchmarks.compare_row import (RECIPES, ROBUSTNESS, ROWS, cache_mib, metrics_of,  # noqa: E402,F401
+                                    seed_cycle)
+from tm_distill.checkpoint import save_student  # noqa: E402
+from tm_distill.convert import load_teacher  # noqa: E402
+from tm_distill.eval.api import EvalOptions, run_eval  # noqa: E402
+from tm_distill.recipe import load_recipe  # noqa: E402
+from tm_distill.training.run import run_recipe  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ROOT / "recipes" / "smollm2-135m" / "compare"
-TRAINED = {"B-mil": "B-mil.yaml", "C-full": "C-full.yaml", "D-sampled": "D-sampled.yaml",
-           "E-logits-only": "E-logits-only.yaml", "G-onpolicy": "G-onpolicy.yaml"}
-SEEDED_SPEC = "cycle=0,32,64,128,256,512,1024,2048"  # A: C's schedule, untrained
-ROBUSTNESS = ("attn", "all=512")
+TRAINED = {ROWS[r].removesuffix(".yaml"): ROWS[r] for r in ("B", "C", "D", "E", "G")}  # compare_row's files
 
 SCALES = {
     "full": dict(seq_len=2048, windows=16, passkey=[1024, 2048, 4096, 8192], trials=2, device="cuda"),
@@ -69,28 +67,13 @@ def _smoke_on_policy(stage, seq_len: int):
     return dataclasses.replace(stage.on_policy, prompt_tokens=seq_len // 2, new_tokens=seq_len // 4, lmbda=1.0)
 
 
-def _row(model: dict) -> dict:
-    pos = model["by_position"]
-    return {"perplexity": model["perplexity"], "kl_to_teacher": model["kl_to_teacher"],
-            "top1_agreement": model["top1_agreement"],
-            **{f"top1_{k}": pos[k]["top1_agreement"] for k in ("before", "between", "after")}}
-
-
-def _memory(path: Path, n: int) -> float:
-    from transformers import AutoConfig  # noqa: PLC0415
-
-    rows = layer_memory(AutoConfig.from_pretrained(path), n)
-    return sum(r.student_bytes for r in rows) / 2**20
-
-
 def compare(scale_name: str, out: Path, teacher: str = "smollm2-135m") -> dict:
     scale = SCALES[scale_name]
     out.mkdir(parents=True, exist_ok=True)
     t = load_teacher(teacher, device=scale["device"])
-    n_layers = t.model.config.num_hidden_layers
     paths, wall = {}, {}
     start = time.time()
-    seeded = seed_student(t.model, parse_transpoints(SEEDED_SPEC, n_layers), SEEDED_SPEC, teacher)
+    seeded = seed_cycle(t, teacher)  # A: C's schedule, untrained
     paths["A-seeded"] = save_student(seeded, t.tokenizer, out / "A-seeded", {"stage": "seeded"}, force=True)
     wall["A-seeded"] = time.time() - start
     for name in TRAINED:
@@ -105,10 +88,11 @@ def compare(scale_name: str, out: Path, teacher: str = "smollm2-135m") -> dict:
     names = {Path(m.get("path", "")).resolve(): k for k, m in report["models"].items()}
     for label, path in paths.items():
         key = names[Path(path).resolve()]
-        row = _row(report["models"][key])
+        row = metrics_of(report, key)
         passkey = ((report.get("retrieval") or {}).get("tasks") or {}).get("passkey", {}).get(key)
         row["passkey"] = passkey["accuracy"] if passkey else None
-        row["memory_mib_2k"], row["memory_mib_32k"] = _memory(path, 2048), _memory(path, 32768)
+        memory = cache_mib(path, lengths=(2048, 32768))
+        row["memory_mib_2k"], row["memory_mib_32k"] = memory["2k"], memory["32k"]
         row["wall_s"] = wall[label]
         results["models"][label] = row
     results["teacher_perplexity"] = report["models"]["teacher"]["perplexity"]
@@ -119,35 +103,33 @@ def compare(scale_name: str, out: Path, teacher: str = "smollm2-135m") -> dict:
         results["robustness"][spec] = {label: rep["models"][names_key]["perplexity"]
                                        for label, names_key in zip(("C-full", "D-sampled"),
                                                                    [k for k in rep["models"] if k != "teacher"])}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "results.json", results, indent=2)
     (out / "results.md").write_text(render(results))
     return results
 
 
 def render(results: dict) -> str:
     tp = results["teacher_perplexity"]
-    lines = [f"Teacher perplexity: {tp:.2f} ({results['scale']} scale)", "",
-             "| student | ppl | ppl / teacher | KL | top-1 | top-1 before / between / after | passkey | "
-             "memory 2k (MiB) | memory 32k (MiB) | wall (s) |", "|" + " --- |" * 10]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    for label, r in results["models"].items():
-        lines.append(f"| {label} | {r['perplexity']:.2f} | {r['perplexity'] / tp:.3f} | {r['kl_to_teacher']:.3f} | "
-                     f"{r['top1_agreement']:.3f} | {fmt(r['top1_before'])} / {fmt(r['top1_between'])} / "
-                     f"{fmt(r['top1_after'])} | {fmt(r['passkey'])} | {r['memory_mib_2k']:.1f} | "
-                     f"{r['memory_mib_32k']:.1f} | {r['wall_s']:.0f} |")
-    lines += ["", "Schedule robustness (perplexity under another schedule at inference):", "",
-              "| student | " + " | ".join(results["robustness"]) + " |", "|" + " --- |" * (1 + len(results["robustness"]))]
-    for label in ("C-full", "D-sampled"):
-        lines.append(f"| {label} | " + " | ".join(f"{v[label]:.2f}" for v in results["robustness"].values()) + " |")
+    lines = [f"Teacher perplexity: {tp:.2f} ({results['scale']} scale)", "", *md_table(
+        ["student", "ppl", "ppl / teacher", "KL", "top-1", "top-1 before / between / after", "passkey",
+         "memory 2k (MiB)", "memory 32k (MiB)", "wall (s)"],
+        ([label, f"{r['perplexity']:.2f}", f"{r['perplexity'] / tp:.3f}", f"{r['kl_to_teacher']:.3f}",
+          f"{r['top1_agreement']:.3f}", f"{fmt(r['top1_before'])} / {fmt(r['top1_between'])} / {fmt(r['top1_after'])}",
+          fmt(r["passkey"]), f"{r['memory_mib_2k']:.1f}", f"{r['memory_mib_32k']:.1f}", f"{r['wall_s']:.0f}"]
+         for label, r in results["models"].items()))]
+    lines += ["", "Schedule robustness (perplexity under another schedule at inference):", "", *md_table(
+        ["student", *results["robustness"]],
+        ([label, *(f"{v[label]:.2f}" for v in results["robustness"].values())] for label in ("C-full", "D-sampled")))]
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=sorted(SCALES), default="smoke")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--teacher", default="smollm2-135m")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    ap = parser(__doc__)
+    ap.add_argument("--scale", choices=sorted(SCALES), default="smoke")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--teacher", default="smollm2-135m")
+    args = ap.parse_args(argv)
     results = compare(args.scale, args.out, args.teacher)
     print(render(results))
 

@@ -20,8 +20,6 @@ are written.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,11 +30,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_speed import (SCHEDULES, build, capture, share_weights, student_cache,  # noqa: E402
+from benchmarks.bench_speed import (build, model_args, prefill_fn, student_cache, students_of,  # noqa: E402
                                     teacher_step)
-from tm_distill.convert import parse_transpoints, seed_student  # noqa: E402
-from tm_distill.models import TransMambaCache  # noqa: E402
-from tm_distill.models.cache import CACHE_KWARG  # noqa: E402
+from benchmarks.common import ResultFile, capture_graph, ints, parser, run_meta, smoke_or_cuda  # noqa: E402
 from tm_distill.models.graphs import DecodeGraph, capturable_reason  # noqa: E402
 
 _SYNC_OPS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
@@ -110,16 +106,6 @@ def timing(fn, reps: int, device) -> dict:
     return {"wall_ms": statistics.median(walls), "issue_ms": statistics.median(issues)}
 
 
-def prefill_fn(model, who, T, max_new, ids):
-    L = model.config.num_hidden_layers
-
-    def run():
-        cache = TransMambaCache(L, max_length=T + max_new) if who == "student" else None
-        with torch.no_grad():
-            model(ids, **{CACHE_KWARG: cache}, use_cache=True, logits_to_keep=1)
-    return run
-
-
 def teacher_step_fn(teacher, T, batch):
     """One teacher decode step on a StaticCache holding T tokens: bench_speed's, without gradients."""
     step, _ = teacher_step(teacher, T, batch)
@@ -165,13 +151,8 @@ def report(rows: list[dict]) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", default="1b")
-    ap.add_argument("--schedules", default="attn25,cycle,all2048")
-    ap.add_argument("--prefill-contexts", default="512,2048")
-    ap.add_argument("--decode-contexts", default="2048")
-    ap.add_argument("--batches", default="1")
-    ap.add_argument("--max-new", type=int, default=128, help="the prefill cache's room for new tokens")
+    ap = parser(__doc__)
+    model_args(ap, "1b", "512,2048", "2048", "1")
     ap.add_argument("--calls", type=int, default=5, help="profiled calls per row")
     ap.add_argument("--liger-teacher", action="store_true", help="also the teacher with Liger's kernels patched in")
     ap.add_argument("--smoke", action="store_true", help="the tiny shape on the CPU in fp32 (CI)")
@@ -179,51 +160,28 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.smoke:
         args.shapes, args.prefill_contexts, args.decode_contexts, args.calls = "tiny", "64", "96", 1
-        device, dtype = torch.device("cpu"), torch.float32
-    elif not torch.cuda.is_available():
-        raise SystemExit("profile_speed.py needs a CUDA device (or --smoke for the CPU check)")
-    else:
-        device, dtype = torch.device("cuda"), torch.bfloat16
-    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-    rows: list[dict] = []
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python benchmarks/profile_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-
-    def add(**row):
-        rows.append(row)
-        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-        print(report([row]), flush=True)
-
+    device, dtype = smoke_or_cuda("profile_speed.py", args.smoke)
+    rec = ResultFile(args.out, run_meta(__file__, argv, device), rows="rows", echo=lambda row: report([row]))
     for shape in args.shapes.split(","):
-        run_shape(shape, args, device, dtype, ints, add)
-    (out.with_suffix(".txt")).write_text(report(rows) + "\n")
-    return rows
+        run_shape(shape, args, device, dtype, rec.add)
+    rec.path.with_suffix(".txt").write_text(report(rec.data["rows"]) + "\n")
+    return rec.data["rows"]
 
 
-def run_shape(shape, args, device, dtype, ints, add):
+def run_shape(shape, args, device, dtype, add):
     """Every row of one shape: the teacher and each student, then (``--liger-teacher``) the patched teacher."""
     teacher = build(shape, device, dtype)
-    L = teacher.config.num_hidden_layers
-    models = [("teacher", teacher)]
-    for s in [s for s in args.schedules.split(",") if s]:
-        spec = SCHEDULES[s](L)
-        student = seed_student(teacher, parse_transpoints(spec, L), spec, shape, seed=0, dtype=dtype,
-                               ssm_backend="auto")
-        share_weights(student, teacher)
-        models.append((s, student.eval()))
-    measure(models, shape, args, device, ints, add)
+    students = students_of(teacher, [s for s in args.schedules.split(",") if s], shape, dtype)
+    measure([("teacher", teacher), *students.items()], shape, args, device, add)
     if args.liger_teacher:
         from liger_kernel.transformers import apply_liger_kernel_to_llama  # noqa: PLC0415  (GPU extra)
 
         apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=False, model=teacher)
-        measure([("teacher+liger", teacher)], shape, args, device, ints, add)
+        measure([("teacher+liger", teacher)], shape, args, device, add)
 
 
-def measure(models, shape, args, device, ints, add):
+def measure(models, shape, args, device, add):
     """Prefill rows, then decode rows (eager and graph) of each (name, model)."""
     for T in ints(args.prefill_contexts):
         ids = torch.randint(0, models[0][1].config.vocab_size, (1, T), device=device)
@@ -236,8 +194,8 @@ def measure(models, shape, args, device, ints, add):
             for who, model in models:
                 if who.startswith("teacher"):
                     step = teacher_step_fn(model, T, b)
-                    fns = [("eager", step)] + ([("graph", capture(step, device).replay)] if device.type == "cuda"
-                                               else [])
+                    fns = [("eager", step)] + ([("graph", capture_graph(step, device).replay)]
+                                               if device.type == "cuda" else [])
                 else:
                     eager, graph = student_step_fns(model, T, b)
                     fns = [("eager", eager)] + ([("graph", graph)] if graph else [])

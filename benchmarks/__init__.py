@@ -1,0 +1,1 @@
+"""The benchmark scripts (run each as ``python benchmarks/<script>.py``); ``common`` holds what they share."""
