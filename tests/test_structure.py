@@ -14,8 +14,8 @@ MAX_LINES = 60
 # root package, which registers the student with transformers.
 FLOORS = (
     # no model code: errors, atomic writes, YAML, dtype/device/cache folder, chat templates, the recipe schema
-    ("errors", "extras", "atomic", "safe_yaml", "version", "runtime", "chat", "stage_names", "recipe_parse", "recipe",
-     "recipe_meta", "recipe_docs"),
+    ("errors", "extras", "atomic", "safe_yaml", "version", "runtime", "chat", "stage_names", "metadata",
+     "recipe_parse", "recipe", "recipe_meta", "recipe_docs"),
     ("ops",),  # the scan and decode kernels, each with its PyTorch reference
     ("models",),  # the student: config, mixer, model, cache, CUDA-graph decode, activation capture
     ("data", "losses", "generation"),  # text -> token windows; losses as functions; decoding loops

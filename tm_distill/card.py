@@ -19,6 +19,7 @@ from .atomic import atomic_write_file
 from .convert.teacher import SHIPPED_TEACHER, TeacherNotFound, resolve_source
 from .convert.transpoints import describe_transpoints
 from .errors import UserError
+from .metadata import META_FILE, read_metadata
 from .models.configuration import ATTENTION_ONLY
 from .version import __version__
 
@@ -215,25 +216,13 @@ def render_card(config: dict, meta: dict, facts: dict) -> str:
     return _yaml_front(facts, bool(meta.get("training"))) + "\n" + "\n".join(lines).rstrip() + "\n"
 
 
-def _meta_path(folder: Path) -> Path:
-    from .checkpoint import META_FILE  # noqa: PLC0415  (checkpoint writes cards through this module)
-
-    return folder / META_FILE
-
-
-def _read_meta(folder: Path) -> dict:
-    from .checkpoint import read_metadata  # noqa: PLC0415  (checkpoint writes cards through this module)
-
-    return read_metadata(folder)
-
-
 def write_card(folder: str | Path, **records) -> Path:
     """(Re)write the folder's README.md, first adding ``records`` (``training=``, ``evaluation=``) to its
     tm_distill.json. The teacher's hub id and license are the existing card's, or looked up when there is none.
     Files are replaced, never written in place (a run's final/ hard-links its stage's files)."""
     folder = Path(folder)
-    meta_path, card_path = _meta_path(folder), folder / CARD_FILE
-    meta = _read_meta(folder)
+    meta_path, card_path = folder / META_FILE, folder / CARD_FILE
+    meta = read_metadata(folder)
     config = json.loads((folder / "config.json").read_text())
     if card_path.exists():
         facts = {k: v for k, v in _front_matter(card_path).items() if k in ("base_model", "license")}

@@ -25,13 +25,13 @@ from .card import write_card
 from .convert.teacher import (SHIPPED_TEACHER, CustomCodeRefused, UnreadableModel, load_tokenizer, load_weights,
                               read_config)
 from .errors import UserError
+from .metadata import META_FILE, CheckpointError, read_metadata
 from .models.configuration import TransMambaConfig
 from .models.remote_code import write_code
 from .runtime import parse_device, parse_dtype
 
 log = logging.getLogger(__name__)
 
-META_FILE = "tm_distill.json"
 STATE_FILE = "training_state.pt"
 
 
@@ -57,10 +57,6 @@ class NotAStudent(UserError, ValueError):
 
 class StudentMismatch(UserError, ValueError):
     """A student whose shapes or teacher family are not this teacher's, or whose weights differ from its config."""
-
-
-class CheckpointError(UserError):
-    """A training checkpoint that cannot be read back: corrupt, truncated, or not plain data."""
 
 
 def check_output(out_dir: str | Path, force: bool) -> Path:
@@ -143,21 +139,6 @@ def save_student(model, tokenizer, out_dir: str | Path, metadata: dict | None = 
                                 "on a disk with free space") from None
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The checkpoint's ``tm_distill.json`` ({} when it has none); CheckpointError naming it when it is no JSON
-    object (cut short, overwritten)."""
-    meta = Path(path) / META_FILE
-    if not meta.exists():
-        return {}
-    try:
-        record = json.loads(meta.read_text())
-    except ValueError as err:  # bad JSON or bytes that are not UTF-8 alike
-        record = err
-    if not isinstance(record, dict):
-        reason = str(record).splitlines()[0][:200] if isinstance(record, ValueError) else "not a JSON object"
-        raise CheckpointError(f"{meta} cannot be read ({reason}): the checkpoint is corrupt; copy it again from a good "
-                              "copy, or in a run remove that checkpoint folder to resume from an earlier one")
-    return record
 
 
 def read_training_state(path: str | Path) -> dict:

@@ -34,7 +34,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .convert.seed import seed_student
-from .convert.transpoints import describe_transpoints
+from .convert.transpoints import AutoSpecError, describe_transpoints
 from .data.tokens import TokenDataError
 from .models.configuration import ATTENTION_ONLY
 from .models.modeling import use_transpoints
@@ -245,8 +245,6 @@ def choose(gains: Tensor, points: Sequence[int], context: int, kv_budget: float)
     attn = len(costs) - 1 if points[-1] >= ATTENTION_ONLY else None
     allowed = [v for (u, first, same), v in states.items() if not same or first == attn or num_layers == 1]
     if not allowed:
-        from .plan import AutoSpecError  # noqa: PLC0415
-
         raise AutoSpecError(f"kv_budget={kv_budget:.2%} at context {context} allows no schedule but one TransPoint "
                             "for every layer, which is never chosen: raise the budget")
     best = max(allowed, key=lambda v: (round(v[0], 12), v[1]))

@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .convert.seed import seed_student
-from .convert.transpoints import TransPointSpecError, describe_transpoints, is_auto_spec, parse_transpoints
+from .convert.transpoints import AutoSpecError, describe_transpoints, is_auto_spec, parse_transpoints
 from .data.tokens import TokenDataError
 from .data.windows import Documents, spread
 from .models.capture import record_activations
@@ -43,10 +43,6 @@ METHODS = ("sensitivity", "importance")
 # `tm-distill plan`'s calibration defaults, which `convert --transpoints auto:...` uses too (one schedule for both).
 PLAN_SEQ_LEN = 128
 PLAN_WINDOWS = 2
-
-
-class AutoSpecError(TransPointSpecError):
-    """A malformed ``auto`` spec, or a budget no schedule can meet."""
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,10 @@ class TransPointSpecError(UserError, ValueError):
     pass
 
 
+class AutoSpecError(TransPointSpecError):
+    """A malformed ``auto`` spec, or a budget no schedule can meet."""
+
+
 def is_auto_spec(spec: str) -> bool:
     """Whether ``spec`` is chosen from calibration data (``auto:...``) rather than fixed."""
     return spec.strip().startswith("auto")
@@ -124,4 +128,4 @@ def scale_cycle(seq_len: int, num_values: int = 8) -> str:
     return "cycle=" + ",".join(str(v) for v in values)
 
 
-__all__ = ["TransPointSpecError", "describe_transpoints", "is_auto_spec", "parse_transpoints", "scale_cycle"]
+__all__ = ["AutoSpecError", "TransPointSpecError", "describe_transpoints", "is_auto_spec", "parse_transpoints", "scale_cycle"]
