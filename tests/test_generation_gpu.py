@@ -15,7 +15,7 @@ from tests.conftest import tiny_llama
 from tm_distill.checkpoint import load_student
 from tm_distill.cli import cli
 from tm_distill.convert import seed_student
-from tm_distill.convert.api import convert
+from tm_distill.conversion import convert
 from tm_distill.models import ATTENTION_ONLY, TransMambaCache
 from tm_distill.models.cache import CACHE_KWARG
 from tm_distill.ops import HAS_MAMBA_SSM

@@ -136,7 +136,7 @@ def test_defaults_on_a_small_text_file_write_a_full_report(tmp_path, smol, shake
     SmolLM2's tokenizer keeps it fast."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tm_distill.convert.api import convert
+    from tm_distill.conversion import convert
 
     cfg = LlamaConfig(vocab_size=len(smol.tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,

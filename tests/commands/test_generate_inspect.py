@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from tm_distill.cli import cli
 from tm_distill.checkpoint import student_config_from
-from tm_distill.convert.api import convert
+from tm_distill.conversion import convert
 from tm_distill.models import ATTENTION_ONLY
 from tm_distill.models.memory import format_bytes, layer_memory, memory_totals
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..checkpoint import OutputInTheWay, read_metadata
-from ..convert.api import convert as convert_teacher
+from ..conversion import convert as convert_teacher
 from ..convert.calibrate import DEFAULT_CALIBRATION_DATA, calibration_table
 from ..convert.transpoints import describe_transpoints
 from ..ops import FEATURE_MAPS

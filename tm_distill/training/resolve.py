@@ -124,7 +124,7 @@ class Plan:
 
 def _check_output_dir(output_dir: str, teacher: str) -> None:
     from ..checkpoint import OutputExists  # noqa: PLC0415
-    from ..convert.api import check_apart  # noqa: PLC0415
+    from ..conversion import check_apart  # noqa: PLC0415
     from .lock import busy_message, lock_holder  # noqa: PLC0415
 
     out = Path(output_dir).expanduser()
@@ -140,7 +140,7 @@ def _check_output_dir(output_dir: str, teacher: str) -> None:
 
 
 def _check_ssm(options: dict) -> None:
-    from ..convert.api import SSMOptionError, check_ssm_options  # noqa: PLC0415
+    from ..conversion import SSMOptionError, check_ssm_options  # noqa: PLC0415
 
     try:
         check_ssm_options(options)

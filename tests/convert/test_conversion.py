@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from tm_distill.convert import TeacherNotFound, UnsupportedTeacher, TransPointSpecError, load_teacher, seed_student
 from tm_distill.checkpoint import (META_FILE, NotAStudent, OutputExists, StudentNotFound, load_student, read_metadata,
                                    save_student)
-from tm_distill.convert.api import convert
+from tm_distill.conversion import convert
 from tm_distill.generation import PromptTooLong, generate_text
 from tm_distill.models import ATTENTION_ONLY, TransMambaForCausalLM
 

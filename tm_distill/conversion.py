@@ -16,18 +16,20 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig
 
-from ..atomic import remove_stale_temps
-from ..checkpoint import OutputExists, check_output, save_student
-from ..errors import UserError
-from ..models.configuration import TransMambaConfig
-from ..ops import BACKENDS, FEATURE_MAPS
-from ..runtime import parse_device, parse_dtype
-from ..version import __version__
-from .calibrate import DEFAULT_CALIBRATION_DATA, CalibrationError, calibrate_student, calibration_windows
-from .dtype import teacher_dtype
-from .seed import seed_student
-from .teacher import SHIPPED_TEACHER, TeacherNotFound, load_teacher, resolve_source
-from .transpoints import is_auto_spec
+from .atomic import remove_stale_temps
+from .checkpoint import OutputExists, check_output, save_student
+from .convert.calibrate import DEFAULT_CALIBRATION_DATA, CalibrationError, calibrate_student, calibration_windows
+from .convert.dtype import teacher_dtype
+from .convert.seed import seed_student
+from .convert.teacher import SHIPPED_TEACHER, TeacherNotFound, load_teacher, resolve_source
+from .convert.transpoints import is_auto_spec
+from .data.windows import load_documents
+from .errors import UserError
+from .models.configuration import TransMambaConfig
+from .ops import BACKENDS, FEATURE_MAPS
+from .plan import resolve_transpoints
+from .runtime import parse_device, parse_dtype
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +117,6 @@ def _schedule(spec: str, teacher, calibrate: str | None, seed: int, device) -> t
     """Per-layer TransPoints of ``spec`` and, for ``auto:...``, the plan's explanation (planned on the training
     split of the calibration data, or the shipped corpus, with `tm-distill plan`'s defaults: the same schedule
     `plan` prints)."""
-    from ..data.windows import load_documents  # noqa: PLC0415
-    from ..plan import resolve_transpoints  # noqa: PLC0415
-
     return resolve_transpoints(
         spec, teacher.model.config.num_hidden_layers, teacher=teacher, seed=seed, device=device,
         texts=lambda: load_documents(calibrate or DEFAULT_CALIBRATION_DATA, teacher.tokenizer, whole_if_one=True))
