@@ -143,6 +143,11 @@ def test_overrides_by_index_by_stage_name_and_lr_shorthand():
     assert isinstance(recipe, Recipe) and isinstance(recipe.stages[1], StageConfig)
 
 
+def test_a_stage_lr_beside_an_optimizer_that_is_no_mapping_names_the_optimizer():
+    with pytest.raises(RecipeError, match=r"stages\[0\]\.optimizer: expected a mapping, got str"):
+        recipe_from_dict(_raw(stages=[{"name": "logits", "steps": 4, "lr": 1e-3, "optimizer": "adam"}]))
+
+
 @pytest.mark.parametrize("override, key", [
     ("stages.5.steps=1", "stages.5"), ("stages.hiden.steps=1", "stages.hiden"), ("nokey", "nokey"),
     ("stages.0.lr=-1", "stages[0].optimizer.lr"), ("data.seq_len=abc", "data.seq_len"),

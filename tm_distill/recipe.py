@@ -151,9 +151,12 @@ class StageConfig:
     @staticmethod
     def expand_shorthand(data: dict) -> dict:
         """A stage's ``lr`` is shorthand for ``optimizer.lr`` (``recipe_parse.from_dict`` calls this)."""
-        if "lr" in data:
-            data = {**data, "optimizer": {**(data.get("optimizer") or {}), "lr": data["lr"]}}
-            del data["lr"]
+        if "lr" not in data:
+            return data
+        data = dict(data)
+        lr, optimizer = data.pop("lr"), data.get("optimizer") or {}
+        if isinstance(optimizer, dict):  # otherwise the optimizer's own check names it
+            data["optimizer"] = {**optimizer, "lr": lr}
         return data
 
     def __post_init__(self):
