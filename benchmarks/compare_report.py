@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import write_json  # noqa: E402
+
 NOT_RUN: dict[str, str] = {}  # row -> why it has no file; every row of 2026-11-26 has one
 LABELS = {"B": "B Mamba-in-the-Llama (seed: attention)", "C": "C matrix -> hidden -> logits (calibrated seed)",
           "D": "D as C, sampled TransPoints", "E": "E logits only (calibrated seed)",
@@ -85,7 +89,7 @@ def main() -> None:
     ap.add_argument("folders", type=Path, nargs="+")
     args = ap.parse_args()
     results = collect([f.resolve() for f in args.folders])
-    (ROOT / "docs" / "results.json").write_text(json.dumps(results, indent=1))
+    write_json(ROOT / "docs" / "results.json", results)
     plot(results, ROOT / "docs" / "kl_curve.png")
     chat = chat_answers(results)
     if chat:

@@ -13,7 +13,6 @@ lives in ``recipe_parse``.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,6 @@ from .recipe_parse import RESUME_RULES, RecipeError, apply_overrides, from_dict,
 from .recipe_parse import check as _check
 from .recipe_parse import described as _help
 from .stage_names import STAGES, TRAINABLE, unknown_stage
-
-log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------------------
